@@ -1,0 +1,61 @@
+"""autoprune: search per-layer channel-pruning policies under FLOPs, parameter or latency budgets.
+
+The public API loads lazily, so ``import autoprune`` is cheap and never imports Ray.
+
+Example:
+    >>> import torch, autoprune as ap
+    >>> model = ap.create_model("resnet20")
+    >>> x = torch.randn(1, 3, 32, 32)
+    >>> policy = ap.uniform_policy(model, x, [ap.Budget.parse("flops", "50%")])
+    >>> small = ap.apply_policy(model, policy, x)
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "AutopruneError": "errors",
+    "Budget": "budget",
+    "Policy": "policy",
+    "create_model": "models",
+    "list_models": "models",
+    "register_model": "models",
+    "load_checkpoint": "models",
+    "load_dataset": "data",
+    "list_datasets": "data",
+    "register_dataset": "data",
+    "Group": "prune",
+    "prunable_groups": "prune",
+    "fit_policy": "prune",
+    "uniform_policy": "prune",
+    "apply_policy": "prune",
+    "count_flops": "prune",
+    "count_params": "prune",
+    "CostModel": "prune",
+    "measure_latency": "latency",
+    "relative_latency": "latency",
+    "SearchConfig": "trial",
+    "TrialResult": "trial",
+    "run_trial": "trial",
+    "search": "search",
+    "load_run": "results",
+    "load_pruned": "apply",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'autoprune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

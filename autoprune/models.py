@@ -1,0 +1,219 @@
+"""Model registry: CIFAR-style ResNets, every torchvision classifier, and ``package.module:function``.
+
+Example:
+    >>> m = create_model("resnet20", num_classes=10, in_channels=3)
+    >>> list_models("resnet2*")
+    ['resnet20']
+"""
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import inspect
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import CheckpointError, ModelError, close_matches
+
+__all__ = ["register_model", "list_models", "create_model", "load_checkpoint", "MODELS"]
+
+# name -> constructor(num_classes, in_channels) -> nn.Module
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable:
+    """Decorator that adds a constructor ``fn(num_classes, in_channels)`` under ``name``."""
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in MODELS:
+            raise ModelError(f"Model {name!r} is registered twice.")
+        MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR ResNets (He et al. 2016, section 4.2): 3 stages of 16/32/64 channels, 6n+2 layers.
+# The shortcut of a block that changes width is a 1x1 conv + BN ("option B"), not zero padding,
+# so every channel dimension is a real tensor dimension that the dependency graph can prune.
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ModelError(f"CIFAR ResNet depth must be 6n+2, but got {depth}.")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, planes = [], 16
+        for i, width in enumerate((16, 32, 64)):
+            blocks = []
+            for j in range(n):
+                stride = 2 if i > 0 and j == 0 else 1
+                blocks.append(BasicBlock(planes, width, stride))
+                planes = width
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc(out)
+
+
+def _cifar(depth: int) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+        return CifarResNet(depth, num_classes, in_channels)
+
+    build.__doc__ = f"CIFAR ResNet-{depth} (He et al. 2016)."
+    return build
+
+
+for _depth in (20, 32, 44, 56, 110):
+    register_model(f"resnet{_depth}")(_cifar(_depth))
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision classifiers, built without weights; first conv and classifier adapted.
+
+
+def _torchvision_names() -> list[str]:
+    from torchvision import models as tvm
+
+    return sorted(tvm.list_models(module=tvm))
+
+
+def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Conv2d):
+            if mod.in_channels == in_channels:
+                return
+            new = nn.Conv2d(in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
+                            mod.dilation, mod.groups if mod.groups == 1 else in_channels,
+                            mod.bias is not None, mod.padding_mode)
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, new)
+            return
+    raise ModelError(f"Found no Conv2d to adapt to {in_channels} input channels.")
+
+
+def _build_torchvision(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    from torchvision import models as tvm
+
+    kwargs: dict = {"weights": None, "num_classes": num_classes}
+    if name.startswith("inception") or name == "googlenet":
+        kwargs.update(aux_logits=False, init_weights=True)
+    model = tvm.get_model(name, **kwargs)
+    if in_channels != 3:
+        _replace_first_conv(model, in_channels)
+    return model
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names (CIFAR ResNets first, then torchvision), filtered by a glob pattern."""
+    names = list(MODELS) + [n for n in _torchvision_names() if n not in MODELS]
+    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+
+def _from_spec(spec: str, num_classes: int, in_channels: int) -> nn.Module:
+    module_name, _, fn_name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise ModelError(f"Cannot load model {spec!r}: {e}; give an importable package.module:function.") from None
+    params = inspect.signature(fn).parameters
+    kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels)) if k in params}
+    model = fn(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"Model function {spec!r} returned {type(model).__name__}, not a torch.nn.Module.")
+    return model
+
+
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """Build a model by registered name, torchvision name, or ``package.module:function``.
+
+    Example:
+        >>> create_model("mobilenet_v2", num_classes=10, in_channels=1)
+    """
+    if ":" in name:
+        return _from_spec(name, num_classes, in_channels)
+    if name in MODELS:
+        return MODELS[name](num_classes=num_classes, in_channels=in_channels)
+    if name in _torchvision_names():
+        return _build_torchvision(name, num_classes, in_channels)
+    raise ModelError(
+        f"Unknown model {name!r}; choose one of {close_matches(name, list_models())} "
+        f"(see `autoprune list-models`) or give package.module:function."
+    )
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load weights into ``model`` from a state dict or a common wrapper, with ``weights_only=True``.
+
+    Accepts a plain state dict, ``{"state_dict": ...}``, ``{"model": ...}`` or ``{"model_state_dict": ...}``,
+    and strips a ``module.`` prefix left by DataParallel.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and format errors all mean: not a checkpoint we can read safely
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"Checkpoint {str(path)!r} is not a readable PyTorch state dict ({first[:160]}).") from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} holds no state dict; expected a dict of tensors or "
+            "{'state_dict': ...} / {'model': ...}."
+        )
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+
+        parts = [f"{label}: {few(keys)}" for label, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+        raise CheckpointError(f"Checkpoint {str(path)!r} does not match the model; " + "; ".join(parts) + ".")
+    model.load_state_dict(state)
+    return model

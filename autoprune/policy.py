@@ -1,0 +1,106 @@
+"""A pruning policy: one sparsity per prunable group of a named model.
+
+Policies name groups by the ``named_modules()`` path of their root layer and hold no module
+objects, so they cross process boundaries and round-trip through JSON.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from .errors import ConfigError
+
+__all__ = ["Policy", "atomic_write_text", "kept_channels"]
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Group name -> sparsity (share of channels removed, 0 <= s < 1) for one model.
+
+    ``channels`` records the unpruned channel count of each group so the kept counts can be read
+    without the model. Sparsities are stored unrounded: JSON keeps floats exactly, and rounding could
+    flip a channel count at a rounding edge and break a budget the policy was fitted to.
+
+    Example:
+        >>> p = Policy("resnet20", {"layer1.0.conv1": 0.5}, {"layer1.0.conv1": 16})
+        >>> p.kept()["layer1.0.conv1"]
+        8
+    """
+
+    model: str
+    sparsity: Mapping[str, float]
+    channels: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        clean = {}
+        for name, s in self.sparsity.items():
+            s = float(s)
+            if not math.isfinite(s) or not 0.0 <= s < 1.0:
+                raise ConfigError(f"Sparsity of group {name!r} must lie in [0, 1), but got {s!r}.")
+            clean[str(name)] = s
+        object.__setattr__(self, "sparsity", dict(sorted(clean.items())))
+        object.__setattr__(self, "channels", {str(k): int(v) for k, v in sorted(self.channels.items())})
+        missing = set(self.channels) and set(self.sparsity) - set(self.channels)
+        if missing:
+            raise ConfigError(f"Policy names groups without channel counts: {sorted(missing)[:5]}.")
+
+    def __hash__(self) -> int:
+        return hash((self.model, tuple(self.sparsity.items())))
+
+    def kept(self, round_to: int = 1) -> dict[str, int]:
+        """Channels kept per group, rounded to a multiple of ``round_to`` (at least one multiple)."""
+        return {name: kept_channels(self.channels[name], s, round_to) for name, s in self.sparsity.items()}
+
+    def mean_sparsity(self) -> float:
+        return sum(self.sparsity.values()) / max(1, len(self.sparsity))
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "sparsity": dict(self.sparsity), "channels": dict(self.channels)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Policy":
+        try:
+            return cls(str(d["model"]), dict(d["sparsity"]), dict(d.get("channels", {})))
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"Not a policy: missing or bad key {e}; expected model, sparsity, channels.") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "Policy":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"Policy is not valid JSON: {e}.") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Policy":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Policy file {str(path)!r} does not exist.")
+        return cls.from_json(path.read_text())
+
+
+def kept_channels(channels: int, sparsity: float, round_to: int = 1) -> int:
+    """Channels kept when removing ``sparsity`` of ``channels``, rounded to a multiple of ``round_to``."""
+    keep = channels - int(round(sparsity * channels))
+    if round_to > 1:
+        keep = int(math.ceil(keep / round_to) * round_to)
+    return max(1, min(channels, keep))
