@@ -366,16 +366,25 @@ def _fit_latency(model, x, cm, fitted, limits, latency_budgets, *, round_to, max
     from .latency import relative_latency
 
     proxy = dict(limits)
-    current = fitted
+    base_ms = None
+    if any(not b.relative for b in latency_budgets):
+        from .latency import measure_latency
+
+        base_ms = measure_latency(model, x, device=device, batch_size=batch)
+    # First guess: the latency share as a FLOPs share (latency falls slower, so it is refined below).
+    share = min(b.limit(base_ms) / base_ms if not b.relative else b.value for b in latency_budgets)
+    proxy["flops"] = min(proxy.get("flops", float("inf")), share * cm.flops)
+    current = _fit_static(cm, fitted, proxy, round_to, max_sparsity)
+    worst = float("inf")
     for _ in range(max_measurements):
         small = apply_policy(model, Policy(name, current, cm.channels), x, round_to=round_to, exclude=cm.exclude)
         pruned_ms, base_ms = relative_latency(small, model, x, device=device, batch_size=batch)
         worst = max(pruned_ms / b.limit(base_ms) for b in latency_budgets)
         if worst <= 1.0:
             return current
-        # Tighten the FLOPs proxy by the measured overshoot (latency falls slower than FLOPs).
+        # Latency falls roughly with the square root of FLOPs on small batches: tighten by overshoot^2.
         now = cm.cost(current, round_to)["flops"]
-        proxy["flops"] = min(proxy.get("flops", now), now) / worst * 0.98
+        proxy["flops"] = now / worst**2 * 0.99
         current = _fit_static(cm, current, proxy, round_to, max_sparsity)
     raise InfeasibleError(
         f"Latency budget {', '.join(b.describe() for b in latency_budgets)} not met after "
