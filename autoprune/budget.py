@@ -49,10 +49,10 @@ class Budget:
         if self.kind not in KINDS:
             raise BudgetError(f"Unknown budget kind {self.kind!r}; choose one of {', '.join(KINDS)}.")
         if not math.isfinite(self.value) or self.value <= 0:
-            raise BudgetError(f"Budget {self.kind} must be positive, but got {self.text or self.value!r}.")
+            raise BudgetError(f"Budget {self.kind} must be positive, but got {self.text or self.value!r}; give {_FORMS[self.kind]}.")
         if self.relative and not 0 < self.value < 1:
             raise BudgetError(
-                f"Relative {self.kind} budget must lie in (0%, 100%), but got {self.text or self.value!r}."
+                f"Relative {self.kind} budget must lie in (0%, 100%), but got {self.text or self.value!r}; give {_FORMS[self.kind]}."
             )
 
     @classmethod
@@ -118,8 +118,8 @@ class Budget:
 
 
 def scale_keep(proposal: Mapping[str, float], beta: float, max_sparsity: float = 0.99) -> dict[str, float]:
-    """Shrink every group's kept share by the common factor ``beta`` (0 < beta <= 1)."""
-    return {k: min(max_sparsity, 1.0 - beta * (1.0 - s)) for k, s in proposal.items()}
+    """Scale every group's kept share by the common factor ``beta`` (kept shares capped at 1)."""
+    return {k: min(max_sparsity, max(0.0, 1.0 - beta * (1.0 - s))) for k, s in proposal.items()}
 
 
 def fit_to_budgets(
@@ -130,6 +130,7 @@ def fit_to_budgets(
     tolerance: float = 0.005,
     max_steps: int = 40,
     max_sparsity: float = 0.99,
+    fill: bool = False,
 ) -> dict[str, float] | None:
     """Push ``proposal`` down until ``cost(p)[kind] <= limits[kind]`` for every kind.
 
@@ -144,19 +145,30 @@ def fit_to_budgets(
         cost: proposal -> {kind: absolute figure}; must be cheap (it is called ~30 times).
         limits: kind -> absolute upper limit.
         tolerance: stop once the binding cost is within this share below its limit.
+        fill: also scale a proposal that is under every limit *up* (beta > 1) until the binding
+            limit is reached, so the proposal is read as a shape and the whole budget is used.
     """
 
     def slack(p: Mapping[str, float]) -> float:
         c = cost(p)
         return min((limits[k] - c[k]) / limits[k] for k in limits)
 
-    if not limits or slack(proposal) >= 0:
+    if not limits:
         return dict(proposal)
-    lo, hi = 0.0, 1.0  # beta: lo always feasible (checked below), hi infeasible
-    floor = scale_keep(proposal, 0.0, max_sparsity)
-    if slack(floor) < 0:
-        return None
-    best = floor
+    if slack(proposal) >= 0:
+        if not fill or slack(proposal) <= tolerance:
+            return dict(proposal)
+        # beta at which every group keeps all its channels: beyond it nothing changes
+        top = 1.0 / max(1e-6, min(1.0 - s for s in proposal.values()))
+        if slack(scale_keep(proposal, top, max_sparsity)) >= 0:
+            return scale_keep(proposal, top, max_sparsity)
+        lo, hi, best = 1.0, top, dict(proposal)
+    else:
+        lo, hi = 0.0, 1.0  # beta: lo always feasible (checked below), hi infeasible
+        floor = scale_keep(proposal, 0.0, max_sparsity)
+        if slack(floor) < 0:
+            return None
+        best = floor
     for _ in range(max_steps):
         mid = (lo + hi) / 2
         p = scale_keep(proposal, mid, max_sparsity)

@@ -102,5 +102,5 @@ def kept_channels(channels: int, sparsity: float, round_to: int = 1) -> int:
     """Channels kept when removing ``sparsity`` of ``channels``, rounded to a multiple of ``round_to``."""
     keep = channels - int(round(sparsity * channels))
     if round_to > 1:
-        keep = int(math.ceil(keep / round_to) * round_to)
+        keep = max(round_to, int(math.ceil(keep / round_to) * round_to))  # at least one multiple
     return max(1, min(channels, keep))

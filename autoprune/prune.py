@@ -316,8 +316,8 @@ def _limits(cm: CostModel, budgets: Sequence[Budget]) -> dict[str, float]:
 
 
 def _fit_static(cm: CostModel, proposal: Mapping[str, float], limits: Mapping[str, float],
-                round_to: int, max_sparsity: float) -> dict[str, float]:
-    fitted = fit_to_budgets(proposal, lambda p: cm.cost(p, round_to), limits, max_sparsity=max_sparsity)
+                round_to: int, max_sparsity: float, fill: bool = False) -> dict[str, float]:
+    fitted = fit_to_budgets(proposal, lambda p: cm.cost(p, round_to), limits, max_sparsity=max_sparsity, fill=fill)
     if fitted is None:
         wanted = ", ".join(f"{k} <= {v:.4g}" for k, v in limits.items())
         raise InfeasibleError(f"No policy within reach meets {wanted} for model {cm.model_name!r}.")
@@ -337,6 +337,7 @@ def fit_policy(
     latency_batch: int = 1,
     max_measurements: int = 6,
     model_name: str | None = None,
+    fill: bool = False,
 ) -> Policy:
     """Fit a proposal (group -> sparsity) to every budget; raise :class:`InfeasibleError` if impossible.
 
@@ -344,7 +345,8 @@ def fit_policy(
     each group's channels, with the largest common ``beta`` that meets every FLOPs and params budget
     (bisection on the cost model: no pruning, no training). A latency budget is fitted through a
     FLOPs proxy, then measured on ``device`` against the unpruned model and tightened until it holds,
-    with at most ``max_measurements`` measurements.
+    with at most ``max_measurements`` measurements. With ``fill=True`` a proposal under every budget
+    is scaled up to the tightest one, so the proposal sets the shape and the budget sets the size.
     """
     cm = cost_model(model, x, exclude)
     unknown = sorted(set(proposal) - set(cm.channels))
@@ -352,17 +354,18 @@ def fit_policy(
         raise ConfigError(f"Proposal names unknown groups {unknown[:3]}; valid groups: {sorted(cm.channels)[:5]} ...")
     full = {g: float(proposal.get(g, 0.0)) for g in cm.channels}
     limits = _limits(cm, budgets)
-    fitted = _fit_static(cm, full, limits, round_to, max_sparsity)
+    fitted = _fit_static(cm, full, limits, round_to, max_sparsity, fill)
     name = model_name or cm.model_name
     latency = [b for b in budgets if b.kind == "latency"]
     if latency:
         fitted = _fit_latency(model, x, cm, fitted, limits, latency, round_to=round_to, max_sparsity=max_sparsity,
-                              device=device, batch=latency_batch, max_measurements=max_measurements, name=name)
+                              device=device, batch=latency_batch, max_measurements=max_measurements, name=name,
+                              fill=fill)
     return Policy(name, fitted, cm.channels)
 
 
 def _fit_latency(model, x, cm, fitted, limits, latency_budgets, *, round_to, max_sparsity, device, batch,
-                 max_measurements, name) -> dict[str, float]:
+                 max_measurements, name, fill=False) -> dict[str, float]:
     from .latency import relative_latency
 
     proxy = dict(limits)
@@ -374,7 +377,7 @@ def _fit_latency(model, x, cm, fitted, limits, latency_budgets, *, round_to, max
     # First guess: the latency share as a FLOPs share (latency falls slower, so it is refined below).
     share = min(b.limit(base_ms) / base_ms if not b.relative else b.value for b in latency_budgets)
     proxy["flops"] = min(proxy.get("flops", float("inf")), share * cm.flops)
-    current = _fit_static(cm, fitted, proxy, round_to, max_sparsity)
+    current = _fit_static(cm, fitted, proxy, round_to, max_sparsity, fill)
     worst = float("inf")
     for _ in range(max_measurements):
         small = apply_policy(model, Policy(name, current, cm.channels), x, round_to=round_to, exclude=cm.exclude)

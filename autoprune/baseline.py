@@ -1,0 +1,94 @@
+"""Baselines: train an unpruned model once, save it with its metrics, and cache it for searches.
+
+``autoprune train`` writes ``DIR/model.pt`` (a state dict), ``DIR/metrics.json`` and ``DIR/log.csv``.
+A search without ``--checkpoint`` reuses ``results/baselines/<key>/`` or trains it there first;
+that path evaluates only the validation split, since search decisions never look at test data.
+
+Example:
+    >>> info = train_baseline(model, splits, TrainConfig(epochs=15), out="/tmp/base", device="cpu")
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn as nn
+
+from .policy import atomic_write_text
+
+__all__ = ["train_baseline", "ensure_baseline", "baseline_recipe"]
+
+
+def baseline_recipe(dataset: str, epochs: int, seed: int = 0):
+    """The training recipe for a baseline: SGD + cosine, lr 0.1 (0.05 for the small digits set)."""
+    from .train import TrainConfig
+
+    lr = 0.05 if dataset == "digits" else 0.1
+    hflip = dataset in ("cifar10", "cifar100", "imagefolder")  # flips would turn digits into non-digits
+    return TrainConfig(epochs=epochs, lr=lr, batch_size=64 if dataset == "digits" else 128, hflip=hflip,
+                       seed=seed, weight_decay=5e-4)
+
+
+def train_baseline(model: nn.Module, splits, cfg, *, out: str | Path, device, evaluate_test: bool,
+                   log: Callable[[str], None] = print, extra: Mapping[str, Any] | None = None) -> dict:
+    """Train ``model`` in place, then write model.pt, metrics.json and log.csv under ``out``."""
+    import pandas as pd
+
+    from .prune import count_flops, count_params
+    from .train import evaluate, train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+
+    def on_epoch(row: dict) -> None:
+        rows.append(row)
+        log(f"epoch {row['epoch']:>5.1f}  loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}"
+            + (f"  val_acc {row['val_acc']:.4f}" if "val_acc" in row else "") + f"  {row['seconds']:.1f}s")
+
+    start = time.perf_counter()
+    train(model, splits.train, cfg, device=device, val_ds=splits.val, on_epoch=on_epoch)
+    seconds = time.perf_counter() - start
+    model.cpu().eval()
+    example = splits.example_input()
+    metrics = {
+        "val_acc": evaluate(model, splits.val, device=device),
+        "test_acc": evaluate(model, splits.test, device=device) if evaluate_test else None,
+        "flops": count_flops(model, example), "params": count_params(model),
+        "epochs": cfg.epochs, "seconds": round(seconds, 2), "recipe": cfg.to_dict(),
+        "input_shape": list(splits.input_shape), "num_classes": splits.num_classes, **(extra or {}),
+    }
+    model.cpu()
+    tmp = out / ".model.pt.tmp"
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(out / "model.pt")
+    buf = io.StringIO()
+    pd.DataFrame(rows).to_csv(buf, index=False)
+    atomic_write_text(out / "log.csv", buf.getvalue())
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def ensure_baseline(model: nn.Module, splits, config, *, device, log: Callable[[str], None] = print) -> dict:
+    """Load the cached baseline of (model, dataset, seed, epochs) into ``model``, training it first if needed."""
+    from .models import load_checkpoint
+
+    size = f"-{config.image_size}px" if config.image_size else ""
+    key = f"{config.model}-{config.dataset}{size}-e{config.baseline_epochs}-s{config.seed}".replace(":", "_").replace("/", "_")
+    folder = Path(config.results_dir) / "baselines" / key
+    if (folder / "model.pt").is_file() and (folder / "metrics.json").is_file():
+        load_checkpoint(model, folder / "model.pt")
+        metrics = json.loads((folder / "metrics.json").read_text())
+        log(f"baseline: using the cached {folder} (val_acc {metrics['val_acc']:.4f})")
+    else:
+        cfg = baseline_recipe(config.dataset, config.baseline_epochs, config.seed)
+        log(f"baseline: no --checkpoint, training {config.model} on {config.dataset} for {cfg.epochs} epochs "
+            f"once (cached in {folder}); give --checkpoint to skip this")
+        start = time.perf_counter()
+        metrics = train_baseline(model, splits, cfg, out=folder, device=device, evaluate_test=False, log=log)
+        log(f"baseline: trained in {time.perf_counter() - start:.0f}s, val_acc {metrics['val_acc']:.4f}")
+    return {"source": str((folder / "model.pt").resolve()), "test_acc": metrics.get("test_acc")}

@@ -1,0 +1,265 @@
+"""The ``autoprune`` command: list-models, list-datasets, train, search, report, apply.
+
+The only module that prints for users or exits. Every :class:`AutopruneError` becomes one line on
+stderr and exit status 2; argparse usage errors exit 2 as well.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import AutopruneError, ConfigError
+
+__all__ = ["main", "build_parser"]
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def _err(message: str) -> None:
+    print(f"autoprune: error: {message}", file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="autoprune",
+        description="Search per-layer channel-pruning policies under FLOPs, params or latency budgets.",
+        epilog="Start with: autoprune search --budget-flops 50%",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    lm = sub.add_parser("list-models", help="list the model names autoprune knows")
+    lm.add_argument("pattern", nargs="?", default=None, help="glob filter, e.g. 'resnet*'")
+    ld = sub.add_parser("list-datasets", help="list the dataset names autoprune knows")
+    ld.add_argument("pattern", nargs="?", default=None)
+
+    tr = sub.add_parser("train", help="train an unpruned baseline and report its test accuracy")
+    _data_flags(tr)
+    tr.add_argument("--model", default="resnet20", help="registered name, torchvision name or package.module:function")
+    tr.add_argument("--epochs", type=int, default=30)
+    tr.add_argument("--lr", type=float, default=None, help="default 0.05 on digits, else 0.1")
+    tr.add_argument("--batch-size", type=int, default=None)
+    tr.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", default=None, help="output folder (default results/baselines/<model>-<dataset>-eN)")
+
+    se = sub.add_parser("search", help="search a per-layer pruning policy under a budget")
+    _search_flags(se)
+
+    re_ = sub.add_parser("report", help="print a run's Pareto front and redraw pareto.png")
+    re_.add_argument("run", help="a results folder, e.g. results/<run>")
+
+    ap_ = sub.add_parser("apply", help="train a chosen policy fully, report test accuracy, export the model")
+    ap_.add_argument("run", help="a results folder, e.g. results/<run>")
+    ap_.add_argument("--pick", default="best", help="best, uniform, or a trial number (default best)")
+    ap_.add_argument("--epochs", type=int, default=30)
+    ap_.add_argument("--lr", type=float, default=None, help="default: a tenth of the baseline's rate")
+    ap_.add_argument("--batch-size", type=int, default=None)
+    ap_.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap_.add_argument("--seed", type=int, default=0)
+    ap_.add_argument("--compare-uniform", action="store_true", help="also train the uniform policy, same recipe")
+    ap_.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the onnx package)")
+    return p
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default=None, help="digits (bundled), cifar10, cifar100, imagefolder or module:function")
+    p.add_argument("--data-dir", default=None, help="where the dataset lives (cifar, imagefolder)")
+    p.add_argument("--download", action="store_true", default=None, help="let torchvision download CIFAR")
+    p.add_argument("--image-size", type=int, default=None, help="input height/width (digits default 32)")
+
+
+def _search_flags(p: argparse.ArgumentParser) -> None:
+    _data_flags(p)
+    a = p.add_argument
+    a("--config", default=None, help="a YAML file of defaults (keys as in a run's config.yaml 'search' section)")
+    a("--model", default=None, help="default resnet20")
+    a("--checkpoint", default=None, help="trained weights of the model (else a baseline is trained once and cached)")
+    a("--budget-flops", default=None, metavar="B", help="e.g. 50%% of the unpruned model, or 120M")
+    a("--budget-params", default=None, metavar="B", help="e.g. 50%% or 1.5M")
+    a("--budget-latency", default=None, metavar="B", help="e.g. 60%% or 4ms, measured on the trial device")
+    a("--trials", type=int, default=None, help="number of trials, the uniform one included (default 16)")
+    a("--finetune-epochs", type=float, default=None, help="finetune per trial, may be fractional; 0 = BN only")
+    a("--finetune-lr", type=float, default=None)
+    a("--importance", default=None, help="l1 (default), l2, bn_scale, taylor or random")
+    a("--no-fill-budget", dest="fill_budget", action="store_false", default=None,
+      help="keep proposals under budget as they are (default: scale each proposal to the budget)")
+    a("--concurrency", type=int, default=None, help="trials running at once (default 2)")
+    a("--cpus-per-trial", type=float, default=None)
+    a("--gpus-per-trial", type=float, default=None, help="fractions pack trials on a GPU, e.g. 0.25")
+    a("--device", default=None, help="auto, cpu or cuda")
+    a("--sampler", default=None, help="tpe (default), nsga2 or random")
+    a("--search-space", default=None, help="default, cifar_resnet, mobilenet, or a YAML file")
+    a("--seed", type=int, default=None)
+    a("--baseline-epochs", type=int, default=None, help="epochs of the cached baseline (default 15)")
+    a("--results-dir", default=None, help="default results")
+    a("--name", default=None, help="run folder name (default <model>-<dataset>-<budget>-<time>)")
+    a("--resume", action="store_true", help="continue the interrupted run --name")
+    a("--address", default=None, help="join a Ray cluster: auto or HOST:PORT (or set RAY_ADDRESS)")
+    a("--dashboard", action="store_true", default=None, help="start the Ray dashboard on 127.0.0.1")
+
+
+def _search_config(args: argparse.Namespace):
+    import yaml
+
+    from .trial import SearchConfig
+
+    values: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError(f"Config file {args.config!r} does not exist.")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            raise ConfigError(f"Config file {args.config!r} is not valid YAML.") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"Config file {args.config!r} must be a mapping of flag names to values.")
+        data = data.get("search", data)
+        values.update({k.replace("-", "_"): v for k, v in data.items()})
+    for f in dataclasses.fields(SearchConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    return SearchConfig.from_dict(values)
+
+
+def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .results import front_table
+    from .trial import SearchConfig
+
+    config = _search_config(args)
+    if not args.resume and not config.budgets():
+        raise ConfigError("Give at least one budget: --budget-flops, --budget-params or --budget-latency (e.g. 50%).")
+    from .search import search
+
+    try:
+        outcome = search(config, resume=args.resume, argv=["autoprune", *argv], log=_log)
+    except KeyboardInterrupt:
+        name = config.name or "<run>"
+        _err(f"interrupted; finished trials are kept. Continue with: autoprune search --resume --name {name}"
+             + (f" --results-dir {config.results_dir}" if config.results_dir != "results" else ""))
+        return 130
+    counts = outcome.counts
+    _log(f"\n{len(outcome.trials)} trials ({counts['ok']} ok, {counts['infeasible']} infeasible, "
+         f"{counts['failed']} failed) in {outcome.seconds:.0f}s")
+    _log("Pareto front (validation accuracy, sizes relative to the unpruned model):")
+    _log(front_table(outcome.front))
+    best = outcome.best
+    if best is not None:
+        _log(f"best within budget: trial {int(best['trial'])} val_acc {best['val_acc']:.4f} "
+             f"flops {best['flops_ratio']:.3f}  (unpruned val_acc {outcome.baseline.get('val_acc', float('nan')):.4f})")
+    _log(f"written: {outcome.path}/trials.csv, pareto.csv, pareto.png, policies/")
+    if not outcome.finished:
+        _err(f"the run stopped after {len(outcome.trials)} of {outcome.requested} trials; continue with: "
+             f"autoprune search --resume --name {outcome.path.name}")
+        return 1
+    if counts["ok"] == 0:
+        errors = outcome.trials["error"].dropna().astype(str)
+        reason = errors.iloc[0] if len(errors) else "no trial succeeded"
+        _err(f"every trial failed or was infeasible; first reason: {reason}")
+        return 1
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .results import RunDir, front_table, load_run
+
+    run = load_run(args.run)
+    if run.trials.empty:
+        _log(f"{run.path}: no finished trial yet")
+        return 0
+    front = RunDir(run.path).write_front(run.budgets, run.config.objective, run.baseline)
+    _log(f"run {run.path}  ({len(run.trials)} trials, budgets: {', '.join(b.describe() for b in run.budgets)})")
+    _log(f"unpruned: val_acc {run.baseline.get('val_acc', float('nan')):.4f}  flops {run.baseline.get('flops', 0):,}"
+         f"  params {run.baseline.get('params', 0):,}")
+    _log(front_table(front))
+    best = run.best()
+    uni = run.trials[(run.trials["origin"] == "uniform") & (run.trials["status"] == "ok")]
+    if best is not None:
+        _log(f"best within budget: trial {int(best['trial'])} (val_acc {best['val_acc']:.4f}, "
+             f"flops {best['flops_ratio']:.3f}); apply it with: autoprune apply {run.path} --pick {int(best['trial'])}")
+    if len(uni):
+        _log(f"uniform policy: trial {int(uni.iloc[0]['trial'])} val_acc {uni.iloc[0]['val_acc']:.4f}")
+    _log(f"plot: {run.path / 'pareto.png'}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .baseline import baseline_recipe, train_baseline
+    from .data import load_dataset
+    from .models import create_model
+    from .train import resolve_device
+
+    dataset = args.dataset or "digits"
+    if args.epochs < 1:
+        raise ConfigError(f"--epochs must be a whole number >= 1, but got {args.epochs}.")
+    device = resolve_device(args.device)
+    out = Path(args.out or f"results/baselines/{args.model}-{dataset}-e{args.epochs}-s{args.seed}".replace(":", "_"))
+    if (out / "model.pt").exists():
+        raise ConfigError(f"{out / 'model.pt'} already exists; pick another --out (nothing was overwritten).")
+    splits = load_dataset(dataset, data_dir=args.data_dir, download=bool(args.download), image_size=args.image_size,
+                          seed=args.seed)
+    model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
+    cfg = baseline_recipe(dataset, args.epochs, args.seed)
+    changes = {k: v for k, v in (("lr", args.lr), ("batch_size", args.batch_size)) if v is not None}
+    cfg = dataclasses.replace(cfg, **changes) if changes else cfg
+    _log(f"training {args.model} on {dataset} ({len(splits.train)} train / {len(splits.val)} val images) "
+         f"for {args.epochs} epochs on {device}")
+    m = train_baseline(model, splits, cfg, out=out, device=device, evaluate_test=True, log=_log,
+                       extra={"model": args.model, "dataset": dataset})
+    _log(f"done in {m['seconds']:.1f}s: val_acc {m['val_acc']:.4f}  test_acc {m['test_acc']:.4f}  "
+         f"flops {m['flops']:,}  params {m['params']:,}")
+    _log(f"written: {out}/model.pt, metrics.json, log.csv")
+    return 0
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from .apply import apply_run
+
+    apply_run(args.run, pick=args.pick, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+              device=args.device, seed=args.seed, compare_uniform=args.compare_uniform, onnx=args.onnx, log=_log)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list-models":
+            from .models import list_models
+
+            names = list_models(args.pattern)
+            _log("\n".join(names) if names else f"(no model matches {args.pattern!r})")
+            return 0
+        if args.command == "list-datasets":
+            from .data import list_datasets
+
+            _log("\n".join(list_datasets(args.pattern)))
+            _log("or package.module:function")
+            return 0
+        if args.command == "train":
+            return _cmd_train(args)
+        if args.command == "search":
+            return _cmd_search(args, argv)
+        if args.command == "report":
+            return _cmd_report(args)
+        if args.command == "apply":
+            return _cmd_apply(args)
+    except AutopruneError as e:
+        _err(str(e))
+        return 2
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

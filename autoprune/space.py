@@ -1,0 +1,143 @@
+"""Search-space files (``search_spaces/*.yaml``) and the Optuna sampling function.
+
+A file sets the sparsity range of every group, an optional step, layer patterns to leave
+unpruned, and per-group overrides (fnmatch patterns on group names, first match wins)::
+
+    range: [0.0, 0.9]
+    step: null              # or 0.05: sparsities on a grid
+    exclude: ["conv1"]      # layers (and the groups that set their width) never pruned
+    overrides:
+      "layer*.0.shortcut.0": [0.0, 0.6]
+
+Example:
+    >>> space = load_space("default")
+    >>> ranges = space.ranges(["conv1", "layer1.0.conv1"])
+    >>> sample = space.sampler(ranges)          # define-by-run function for OptunaSearch
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from .errors import SearchSpaceError
+
+__all__ = ["SearchSpace", "load_space", "list_spaces", "SPACE_DIR", "PARAM_PREFIX"]
+
+SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+PARAM_PREFIX = "s/"  # Optuna parameter name = "s/<group>"; Ray nests it as config["s"][group]
+_KEYS = ("range", "step", "exclude", "overrides", "description")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Per-group sparsity ranges for a search."""
+
+    name: str = "default"
+    low: float = 0.0
+    high: float = 0.9
+    step: float | None = None
+    exclude: tuple[str, ...] = ()
+    overrides: tuple[tuple[str, float, float], ...] = ()
+    description: str = ""
+
+    def range_of(self, group: str) -> tuple[float, float]:
+        for pattern, lo, hi in self.overrides:
+            if fnmatch.fnmatch(group, pattern):
+                return lo, hi
+        return self.low, self.high
+
+    def ranges(self, groups: Sequence[str]) -> dict[str, tuple[float, float]]:
+        return {g: self.range_of(g) for g in groups}
+
+    def snap(self, value: float, group: str) -> float:
+        """``value`` clipped to the group's range and, with a step, rounded to the grid."""
+        lo, hi = self.range_of(group)
+        value = min(hi, max(lo, value))
+        if self.step:
+            value = lo + round((value - lo) / self.step) * self.step
+            value = min(hi, max(lo, round(value, 10)))
+        return value
+
+    def sampler(self, ranges: Mapping[str, tuple[float, float]]) -> "Sampler":
+        """A define-by-run function: one ``suggest_float`` per group, nothing else."""
+        return Sampler(dict(ranges), self.step)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "range": [self.low, self.high], "step": self.step, "exclude": list(self.exclude),
+                "overrides": {p: [lo, hi] for p, lo, hi in self.overrides}, "description": self.description}
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """The Optuna define-by-run space: picklable, since Ray checkpoints the searcher with it."""
+
+    ranges: Mapping[str, tuple[float, float]]
+    step: float | None = None
+
+    def __call__(self, trial: Any) -> None:
+        for group, (lo, hi) in self.ranges.items():
+            trial.suggest_float(PARAM_PREFIX + group, lo, hi, step=self.step if self.step and hi > lo else None)
+
+
+def list_spaces() -> list[str]:
+    return sorted(p.stem for p in SPACE_DIR.glob("*.yaml"))
+
+
+def load_space(name_or_path: str | Path) -> SearchSpace:
+    """A built-in space by name (``default``, ``cifar_resnet``, ``mobilenet``) or a YAML file."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        builtin = SPACE_DIR / f"{name_or_path}.yaml"
+        if not builtin.is_file():
+            raise SearchSpaceError(
+                f"Search space {str(name_or_path)!r} is neither a file nor a built-in space; "
+                f"choose one of {', '.join(list_spaces())} or give a YAML file."
+            )
+        path = builtin
+    where = str(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise SearchSpaceError(f"Search space {where!r} is not valid YAML{at}.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SearchSpaceError(f"Cannot read search space {where!r}: {e}.") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SearchSpaceError(f"Search space {where!r} must be a mapping with keys {', '.join(_KEYS)}.")
+    unknown = sorted(set(map(str, data)) - set(_KEYS))
+    if unknown:
+        raise SearchSpaceError(f"Search space {where!r} has unknown key {unknown[0]!r}; valid keys: {', '.join(_KEYS)}.")
+    low, high = _range(data.get("range", [0.0, 0.9]), where, "range")
+    step = data.get("step")
+    if step is not None and (not _number(step) or not 0 < step < 1):
+        raise SearchSpaceError(f"Search space {where!r} key 'step' must be null or in (0, 1), but got {step!r}.")
+    exclude = data.get("exclude") or []
+    if not isinstance(exclude, list) or not all(isinstance(p, str) for p in exclude):
+        raise SearchSpaceError(f"Search space {where!r} key 'exclude' must be a list of layer patterns, "
+                               f"but got {exclude!r}.")
+    overrides = data.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise SearchSpaceError(f"Search space {where!r} key 'overrides' must map group patterns to [low, high].")
+    parsed = tuple((str(p), *_range(r, where, f"overrides.{p}")) for p, r in overrides.items())
+    return SearchSpace(path.stem, low, high, float(step) if step is not None else None, tuple(exclude), parsed,
+                       str(data.get("description", "")))
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _range(value: Any, where: str, key: str) -> tuple[float, float]:
+    if not (isinstance(value, list) and len(value) == 2 and all(_number(v) for v in value)
+            and 0 <= value[0] <= value[1] < 1):
+        raise SearchSpaceError(f"Search space {where!r} key {key!r} must be [low, high] with "
+                               f"0 <= low <= high < 1, but got {value!r}.")
+    return float(value[0]), float(value[1])
