@@ -110,32 +110,37 @@ def _prepare_payload(config: SearchConfig, run: RunDir, space, *, resume: bool, 
     else:
         if config.checkpoint:
             load_checkpoint(model, config.checkpoint)
-            info = {"source": str(Path(config.checkpoint).resolve()), "test_acc": None}
-        else:
-            info = ensure_baseline(model, splits, config, device=device, log=log)
         example = splits.example_input()
         from .prune import count_flops, count_params, prunable_groups
 
+        # Sizes, latency and groups do not depend on the weights: check them before a baseline is
+        # trained, so an absolute budget above the model or an unsupported model fails in seconds.
+        sizes = {"flops": count_flops(model, example), "params": count_params(model)}
+        if config.budget_latency is not None:
+            from .latency import measure_latency
+
+            sizes["latency_ms"] = measure_latency(model, example, device=device, batch_size=config.latency_batch)
+            sizes["latency_device"] = str(device)
+            model.cpu()  # measuring left it on the device; the graph is traced with a CPU example
+        for b in config.budgets():  # an absolute budget above the unpruned model fails before any training
+            if b.kind in ("flops", "params"):
+                b.limit(sizes[b.kind])
+            elif not b.relative and "latency_ms" in sizes:
+                b.limit(sizes["latency_ms"])
         groups = prunable_groups(model, example, space.exclude)  # an unsupported model fails here
         if not groups:
             raise ConfigError(f"Model {config.model!r} has no prunable group outside the excluded layers "
                               f"{list(space.exclude)}.")
+        if config.checkpoint:
+            info = {"source": str(Path(config.checkpoint).resolve()), "test_acc": None}
+        else:
+            info = ensure_baseline(model, splits, config, device=device, log=log)
         baseline = {
             "model": config.model, "dataset": config.dataset, "num_classes": splits.num_classes,
-            "input_shape": list(splits.input_shape), "flops": count_flops(model, example),
-            "params": count_params(model), "val_acc": evaluate(model, splits.val, device=device),
+            "input_shape": list(splits.input_shape), **sizes,
+            "val_acc": evaluate(model, splits.val, device=device),
             "test_acc": info.get("test_acc"), "source": info.get("source"), "groups": len(groups),
         }
-        if config.budget_latency is not None:
-            from .latency import measure_latency
-
-            baseline["latency_ms"] = measure_latency(model, example, device=device, batch_size=config.latency_batch)
-            baseline["latency_device"] = str(device)
-        for b in config.budgets():  # an absolute budget above the baseline fails before Ray starts
-            if b.kind in ("flops", "params"):
-                b.limit(baseline[b.kind])
-            elif not b.relative and "latency_ms" in baseline:
-                b.limit(baseline["latency_ms"])
         run.path.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), run.path / "baseline.pt")
         run.write_baseline(baseline)
@@ -364,7 +369,8 @@ def _init_ray(config: SearchConfig, payload_bytes: int) -> bool:
     gpus = torch.cuda.device_count() if config.gpus_per_trial > 0 else 0
     # Enough object store for the baseline and the data, a few times over, not 30% of RAM.
     store = max(100 * 2**20, 4 * payload_bytes)
-    ray.init(num_cpus=cpus, num_gpus=gpus, object_store_memory=store, logging_level=logging.WARNING,
+    # address="local": always a fresh private instance, never a cluster another `ray start` left running.
+    ray.init(address="local", num_cpus=cpus, num_gpus=gpus, object_store_memory=store, logging_level=logging.WARNING,
              log_to_driver=False, configure_logging=True, **kwargs)
     return True
 

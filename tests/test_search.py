@@ -1,0 +1,186 @@
+"""End-to-end searches through Ray Tune and Optuna on the CPU (marked `ray`; run by `make test`)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import autoprune as ap
+from autoprune.search import STUDY_NAME, search
+from autoprune.trial import TRIAL_COLUMNS
+
+pytestmark = pytest.mark.ray
+
+
+def _study_states(run_path: Path) -> list[str]:
+    import optuna
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(run_path / "study" / "journal.log")))
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    return [t.state.name for t in study.get_trials(deepcopy=False)]
+
+
+def _flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops()
+
+
+def test_search_end_to_end(small_config):
+    outcome = search(small_config(trials=4, concurrency=2), log=lambda line: None)
+    run = outcome.path
+    for name in ("config.yaml", "baseline.json", "baseline.pt", "trials.csv", "pareto.csv", "pareto.png"):
+        assert (run / name).is_file(), name
+    trials = pd.read_csv(run / "trials.csv")
+    assert list(trials.columns[: len(TRIAL_COLUMNS)]) == list(TRIAL_COLUMNS)
+    assert any(c.startswith("s:") for c in trials.columns)
+    assert len(trials) == 4 and sorted(trials["trial"]) == [0, 1, 2, 3]
+    assert trials.set_index("trial").loc[0, "origin"] == "uniform"
+    assert (trials["status"] == "ok").all(), trials["error"].tolist()
+    assert len(list((run / "policies").glob("*.json"))) == 4
+
+    front = pd.read_csv(run / "pareto.csv")
+    assert list(front.columns[: len(TRIAL_COLUMNS)]) == list(TRIAL_COLUMNS)
+    assert list(front["flops_ratio"]) == sorted(front["flops_ratio"])
+    for _, a in front.iterrows():  # no front point is dominated by any ok trial
+        dominated = trials[(trials["val_acc"] >= a["val_acc"]) & (trials["flops_ratio"] <= a["flops_ratio"])
+                           & ((trials["val_acc"] > a["val_acc"]) | (trials["flops_ratio"] < a["flops_ratio"]))]
+        assert dominated.empty, (a["trial"], dominated["trial"].tolist())
+
+    loaded = ap.load_run(run)
+    model, x = loaded.model(), loaded.example_input()
+    base = _flops(model, x)
+    assert base == loaded.baseline["flops"]
+    for t in trials["trial"]:
+        small = ap.apply_policy(model, loaded.policy(t), x, importance=loaded.config.importance)
+        assert _flops(small, x) <= 0.5 * base, t
+    assert "RUNNING" not in _study_states(run)
+    assert json.loads((run / "state.json").read_text())["finished"] is True
+
+
+def test_failed_and_nan_trials_do_not_stop_the_search(small_config):
+    outcome = search(small_config(trials=4, concurrency=1), log=lambda line: None,
+                     faults={"fail_on_trial": 1, "nan_on_trial": 2})
+    trials = outcome.trials.set_index("trial")
+    assert len(trials) == 4
+    assert trials.loc[1, "status"] == "failed" and "injected failure" in trials.loc[1, "error"]
+    assert trials.loc[2, "status"] == "failed" and "NaN" in trials.loc[2, "error"]
+    assert trials.loc[0, "status"] == "ok" and trials.loc[3, "status"] == "ok"
+    states = _study_states(outcome.path)
+    assert "RUNNING" not in states and states.count("FAIL") == 2
+    assert outcome.counts == {"ok": 2, "infeasible": 0, "failed": 2}
+
+
+def test_same_seed_same_policies(small_config):
+    a = search(small_config(trials=3, concurrency=1, name="a"), log=lambda line: None).trials
+    b = search(small_config(trials=3, concurrency=1, name="b"), log=lambda line: None).trials
+    cols = [c for c in a.columns if c.startswith("s:")]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    c = search(small_config(trials=3, concurrency=1, name="c", seed=1), log=lambda line: None).trials
+    assert not a[cols].iloc[1:].equals(c[cols].iloc[1:])  # another seed proposes other policies
+
+
+def _ray_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def test_kill_9_then_resume_finishes_without_repeats(rand20, tmp_path):
+    before = _ray_pids()
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "autoprune.cli", "search", "--budget-flops", "50%", "--checkpoint", rand20,
+           "--trials", "6", "--finetune-epochs", "0.1", "--image-size", "16", "--concurrency", "1",
+           "--results-dir", str(results), "--name", "k"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    csv = results / "k" / "trials.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if csv.is_file() and len(pd.read_csv(csv)) >= 2:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the search ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = len(pd.read_csv(csv))
+    assert 2 <= killed_at < 6
+    time.sleep(3)
+    assert _ray_pids() <= before, "a Ray process outlived the killed search"
+
+    done = subprocess.run(cmd[:4] + ["--resume", "--name", "k", "--results-dir", str(results)],
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    trials = pd.read_csv(csv)
+    assert len(trials) == 6
+    assert trials["trial"].is_unique and (trials["status"] == "ok").all()
+    assert (trials["origin"] == "uniform").sum() == 1
+    policies = trials[[c for c in trials.columns if c.startswith("s:")]]
+    assert not policies.duplicated().any()
+    assert "RUNNING" not in _study_states(results / "k")
+    # a finished run is never run again
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_search_on_a_real_ray_cluster(rand20, tmp_path):
+    temp = tempfile.mkdtemp(prefix="/tmp/aprt")  # short: Ray's socket paths must stay < 108 chars
+    port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    start = subprocess.run(["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                            "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        out = subprocess.run([sys.executable, "-m", "autoprune.cli", "search", "--budget-flops", "50%",
+                              "--checkpoint", rand20, "--trials", "2", "--finetune-epochs", "0.1", "--image-size", "16",
+                              "--results-dir", str(tmp_path / "results"), "--name", "c",
+                              "--address", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=400, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        trials = pd.read_csv(tmp_path / "results" / "c" / "trials.csv")
+        assert len(trials) == 2 and (trials["status"] == "ok").all()
+    finally:
+        _stop_head(temp)
+
+
+def _pids_using(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return [p for p in pids if p != os.getpid()]
+
+
+def _stop_head(temp: str) -> None:
+    """Stop the head this test started, by the process ids of the processes that use its temp dir."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _pids_using(temp):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 15
+        while _pids_using(temp) and time.time() < deadline:
+            time.sleep(0.5)
+    assert not _pids_using(temp), "a Ray process of the test cluster outlived the test"
