@@ -1,0 +1,58 @@
+"""Search-space files: built-ins load, malformed files name the file and the key."""
+from __future__ import annotations
+
+import pytest
+
+from autoprune.errors import SearchSpaceError
+from autoprune.space import PARAM_PREFIX, list_spaces, load_space
+
+
+def test_builtin_spaces_load():
+    assert {"default", "cifar_resnet", "mobilenet"} <= set(list_spaces())
+    d = load_space("default")
+    assert (d.low, d.high, d.step) == (0.0, 0.9, None)
+    c = load_space("cifar_resnet")
+    assert c.range_of("layer2.0.shortcut.0") == (0.0, 0.6)
+    assert c.range_of("layer2.1.conv1") == (0.0, 0.9)
+    assert load_space("mobilenet").exclude == ("features.0.0",)
+
+
+def test_snap_to_grid_and_range():
+    c = load_space("cifar_resnet")
+    assert c.snap(0.333, "layer1.0.conv1") == pytest.approx(0.35)
+    assert c.snap(0.95, "conv1") == pytest.approx(0.6)
+
+
+def test_sampler_only_suggests_one_float_per_group():
+    import optuna
+
+    space = load_space("cifar_resnet")
+    sample = space.sampler(space.ranges(["conv1", "layer1.0.conv1"]))
+    study = optuna.create_study()
+    trial = study.ask()
+    sample(trial)
+    assert set(trial.params) == {PARAM_PREFIX + "conv1", PARAM_PREFIX + "layer1.0.conv1"}
+    assert 0.0 <= trial.params[PARAM_PREFIX + "conv1"] <= 0.6
+
+
+@pytest.mark.parametrize("text,key", [
+    ("range: [0.5, 0.2]\n", "range"),
+    ("range: [0, 1.5]\n", "range"),
+    ("step: 2\n", "step"),
+    ("exclude: conv1\n", "exclude"),
+    ("overrides: {conv1: [0.9]}\n", "overrides.conv1"),
+    ("rnage: [0, 0.5]\n", "rnage"),
+    ("range: [0, 0.5\n", "YAML"),
+    ("- a\n- b\n", "mapping"),
+])
+def test_malformed_files_name_file_and_key(tmp_path, text, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SearchSpaceError) as e:
+        load_space(path)
+    assert str(path) in str(e.value) and key in str(e.value)
+
+
+def test_unknown_space_lists_choices():
+    with pytest.raises(SearchSpaceError, match="cifar_resnet"):
+        load_space("nosuchspace")
