@@ -10,7 +10,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from .errors import AutopruneError, ConfigError
 
@@ -25,8 +25,46 @@ def _err(message: str) -> None:
     print(f"autoprune: error: {message}", file=sys.stderr, flush=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other autoprune error (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"autoprune: error: {message}; see `{self.prog} --help`.\n")
+
+
+def _join_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Read ``--budget-flops -10%`` as ``--budget-flops=-10%``.
+
+    argparse takes a value that starts with '-' for a flag unless it is a plain negative number, and
+    then says only 'expected one argument'; joined, the value reaches its own check, which names it.
+    """
+    takes_value: set[str] = set()
+    known: set[str] = set()
+    parsers = [parser]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            known.update(action.option_strings)
+            if action.option_strings and action.nargs is None:
+                takes_value.update(action.option_strings)
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if (argv[i] in takes_value and i + 1 < len(argv) and argv[i + 1].startswith("-")
+                and argv[i + 1] not in known and argv[i + 1] != "--"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            if argv[i] == "--":
+                return out + argv[i:]
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="autoprune",
         description="Search per-layer channel-pruning policies under FLOPs, params or latency budgets.",
         epilog="Start with: autoprune search --budget-flops 50%",
@@ -230,7 +268,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(_join_dash_values(parser, argv))
     try:
         if args.command == "list-models":
             from .models import list_models
