@@ -195,8 +195,9 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
              f"flops {best['flops_ratio']:.3f}  (unpruned val_acc {outcome.baseline.get('val_acc', float('nan')):.4f})")
     _log(f"written: {outcome.path}/trials.csv, pareto.csv, pareto.png, policies/")
     if not outcome.finished:
-        _err(f"the run stopped after {len(outcome.trials)} of {outcome.requested} trials; continue with: "
-             f"autoprune search --resume --name {outcome.path.name}")
+        where = f" --results-dir {config.results_dir}" if config.results_dir != "results" else ""
+        _err(f"the run stopped after {len(outcome.trials)} of {outcome.requested} trials (finished ones are kept); "
+             f"continue with: autoprune search --resume --name {outcome.path.name}{where}")
         return 1
     if counts["ok"] == 0:
         errors = outcome.trials["error"].dropna().astype(str)

@@ -45,6 +45,8 @@ class SearchOutcome:
     finished: bool
     seconds: float
     baseline: dict = field(default_factory=dict)
+    # driver-side seconds: prepare, driver_context, ray_start, tuner, ray_shutdown, front (overhead studies)
+    timings: dict = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -199,15 +201,17 @@ def evaluate_proposal(payload: Mapping, proposal: Mapping[str, float], *, trial:
     start = time.perf_counter()
     ctx = _context(payload)
     config = ctx.config
+    context_s = time.perf_counter() - start  # non-zero only on a worker's first trial
     try:
         policy = ctx.fit(proposal)
     except InfeasibleError as e:
         return TrialResult(trial=trial, status="infeasible", origin=origin, error=str(e),
-                           trial_s=time.perf_counter() - start)
-    fit_s = time.perf_counter() - start
+                           trial_s=time.perf_counter() - start,
+                           timings={"context": context_s, "fit": time.perf_counter() - start - context_s})
+    fit_s = time.perf_counter() - start - context_s
     result = run_trial(config, policy, ctx, trial=trial, origin=origin)
-    timings = {"fit": fit_s, **result.timings}
-    return TrialResult(**{**result.__dict__, "trial_s": result.trial_s + fit_s, "timings": timings})
+    timings = {"context": context_s, "fit": fit_s, **result.timings}
+    return TrialResult(**{**result.__dict__, "trial_s": result.trial_s + context_s + fit_s, "timings": timings})
 
 
 def _trainable(cfg: dict, payload: dict) -> None:
@@ -370,7 +374,7 @@ def _init_ray(config: SearchConfig, payload_bytes: int) -> bool:
     # Enough object store for the baseline and the data, a few times over, not 30% of RAM.
     store = max(100 * 2**20, 4 * payload_bytes)
     # address="local": always a fresh private instance, never a cluster another `ray start` left running.
-    ray.init(address="local", num_cpus=cpus, num_gpus=gpus, object_store_memory=store, logging_level=logging.WARNING,
+    ray.init(address="local", num_cpus=cpus, num_gpus=gpus, object_store_memory=store, logging_level=logging.ERROR,
              log_to_driver=False, configure_logging=True, **kwargs)
     return True
 
@@ -411,17 +415,21 @@ def search(config: SearchConfig, *, resume: bool = False, argv: list[str] | None
     """
     start = time.perf_counter()
     config, run, payload = prepare_run(config, resume=resume, argv=argv, log=log)
+    timings = {"prepare": time.perf_counter() - start}
     done = run.read_trials()
     remaining = config.trials - len(done)
     space = load_space(config.search_space) if not resume else _saved_space(run)
     baseline = payload["baseline"]
     if remaining > 0:
-        _search_trials(config, run, payload, space, done, remaining, log=log, faults=faults or {})
+        _search_trials(config, run, payload, space, done, remaining, log=log, faults=faults or {}, timings=timings)
+    t = time.perf_counter()
     trials = run.read_trials()
     front = run.write_front(config.budgets(), config.objective, baseline)
     finished = len(trials) >= config.trials
     run.write_state(finished=finished)
-    return SearchOutcome(run.path, trials, front, config.trials, finished, time.perf_counter() - start, baseline)
+    timings["front"] = time.perf_counter() - t
+    return SearchOutcome(run.path, trials, front, config.trials, finished, time.perf_counter() - start, baseline,
+                         timings)
 
 
 def _saved_space(run: RunDir):
@@ -434,7 +442,9 @@ def _saved_space(run: RunDir):
 
 
 def _search_trials(config: SearchConfig, run: RunDir, payload: dict, space, done: pd.DataFrame, remaining: int,
-                   *, log: Callable[[str], None], faults: Mapping[str, int]) -> None:
+                   *, log: Callable[[str], None], faults: Mapping[str, int], timings: dict | None = None) -> None:
+    timings = {} if timings is None else timings
+    t = time.perf_counter()
     ctx = _context(payload)  # the driver's own copy: groups, uniform policy
     ranges = space.ranges(ctx.group_names)
     warm = []
@@ -452,15 +462,25 @@ def _search_trials(config: SearchConfig, run: RunDir, payload: dict, space, done
         log(f"resume: marked {stale} interrupted Optuna trial(s) as failed")
     offset = int(done["trial"].max()) + 1 if len(done) else 0
     payload = {**payload, "warm": warm, "trial_offset": offset, **faults}
+    t = _lap(timings, "driver_context", t)
     started = _init_ray(config, _payload_bytes(payload))
     _quiet_tune_logs()
+    t = _lap(timings, "ray_start", t)
     try:
         _run_tuner(config, run, payload, ranges, space, warm, remaining, log=log)
     finally:
+        t = _lap(timings, "tuner", t)
         if started:
             import ray
 
             ray.shutdown()
+        _lap(timings, "ray_shutdown", t)
+
+
+def _lap(timings: dict, part: str, t0: float) -> float:
+    now = time.perf_counter()
+    timings[part] = timings.get(part, 0.0) + now - t0
+    return now
 
 
 def _run_tuner(config, run, payload, ranges, space, warm, remaining, *, log) -> None:

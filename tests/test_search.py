@@ -184,3 +184,23 @@ def _stop_head(temp: str) -> None:
         while _pids_using(temp) and time.time() < deadline:
             time.sleep(0.5)
     assert not _pids_using(temp), "a Ray process of the test cluster outlived the test"
+
+
+def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(rand20, tmp_path):
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "autoprune.cli", "search", "--budget-flops", "50%", "--checkpoint", rand20,
+           "--trials", "8", "--finetune-epochs", "0.1", "--image-size", "16", "--concurrency", "1",
+           "--results-dir", str(results), "--name", "i"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    csv = results / "i" / "trials.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not (csv.is_file() and len(pd.read_csv(csv)) >= 1):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the foreground group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-2000:]
+    assert "Traceback" not in err
+    assert f"autoprune search --resume --name i --results-dir {results}" in err
+    kept = pd.read_csv(csv)
+    assert 1 <= len(kept) < 8 and (kept["status"] == "ok").all()
+    assert json.loads((results / "i" / "state.json").read_text())["finished"] is False
