@@ -49,10 +49,13 @@ class Budget:
         if self.kind not in KINDS:
             raise BudgetError(f"Unknown budget kind {self.kind!r}; choose one of {', '.join(KINDS)}.")
         if not math.isfinite(self.value) or self.value <= 0:
-            raise BudgetError(f"Budget {self.kind} must be positive, but got {self.text or self.value!r}; give {_FORMS[self.kind]}.")
+            raise BudgetError(
+                f"Budget {self.kind} must be positive, but got {self.text or self.value!r}; give {_FORMS[self.kind]}."
+            )
         if self.relative and not 0 < self.value < 1:
             raise BudgetError(
-                f"Relative {self.kind} budget must lie in (0%, 100%), but got {self.text or self.value!r}; give {_FORMS[self.kind]}."
+                f"Relative {self.kind} budget must lie in (0%, 100%), but got {self.text or self.value!r}; "
+                f"give {_FORMS[self.kind]}."
             )
 
     @classmethod
