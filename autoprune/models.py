@@ -168,11 +168,16 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.M
         >>> create_model("mobilenet_v2", num_classes=10, in_channels=1)
     """
     if ":" in name:
-        return _from_spec(name, num_classes, in_channels)
-    if name in MODELS:
-        return MODELS[name](num_classes=num_classes, in_channels=in_channels)
-    if name in _torchvision_names():
-        return _build_torchvision(name, num_classes, in_channels)
+        model = _from_spec(name, num_classes, in_channels)
+    elif name in MODELS:
+        model = MODELS[name](num_classes=num_classes, in_channels=in_channels)
+    elif name in _torchvision_names():
+        model = _build_torchvision(name, num_classes, in_channels)
+    else:
+        model = None
+    if model is not None:
+        model.autoprune_name = name  # policies and error messages name the model as the user did
+        return model
     raise ModelError(
         f"Unknown model {name!r}; choose one of {close_matches(name, list_models())} "
         f"(see `autoprune list-models`) or give package.module:function."

@@ -43,6 +43,7 @@ class Policy:
     model: str
     sparsity: Mapping[str, float]
     channels: Mapping[str, int] = field(default_factory=dict)
+    round_to: int = 1  # kept channels are multiples of this (8 suits GPU kernels); fit and apply agree
 
     def __post_init__(self) -> None:
         clean = {}
@@ -53,6 +54,9 @@ class Policy:
             clean[str(name)] = s
         object.__setattr__(self, "sparsity", dict(sorted(clean.items())))
         object.__setattr__(self, "channels", {str(k): int(v) for k, v in sorted(self.channels.items())})
+        if int(self.round_to) != self.round_to or self.round_to < 1:
+            raise ConfigError(f"round_to must be a whole number >= 1, but got {self.round_to!r}.")
+        object.__setattr__(self, "round_to", int(self.round_to))
         missing = set(self.channels) and set(self.sparsity) - set(self.channels)
         if missing:
             raise ConfigError(f"Policy names groups without channel counts: {sorted(missing)[:5]}.")
@@ -60,15 +64,16 @@ class Policy:
     def __hash__(self) -> int:
         return hash((self.model, tuple(self.sparsity.items())))
 
-    def kept(self, round_to: int = 1) -> dict[str, int]:
+    def kept(self) -> dict[str, int]:
         """Channels kept per group, rounded to a multiple of ``round_to`` (at least one multiple)."""
-        return {name: kept_channels(self.channels[name], s, round_to) for name, s in self.sparsity.items()}
+        return {name: kept_channels(self.channels[name], s, self.round_to) for name, s in self.sparsity.items()}
 
     def mean_sparsity(self) -> float:
         return sum(self.sparsity.values()) / max(1, len(self.sparsity))
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "sparsity": dict(self.sparsity), "channels": dict(self.channels)}
+        return {"model": self.model, "sparsity": dict(self.sparsity), "channels": dict(self.channels),
+                "round_to": self.round_to}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -76,7 +81,7 @@ class Policy:
     @classmethod
     def from_dict(cls, d: Mapping) -> "Policy":
         try:
-            return cls(str(d["model"]), dict(d["sparsity"]), dict(d.get("channels", {})))
+            return cls(str(d["model"]), dict(d["sparsity"]), dict(d.get("channels", {})), int(d.get("round_to", 1)))
         except (KeyError, TypeError) as e:
             raise ConfigError(f"Not a policy: missing or bad key {e}; expected model, sparsity, channels.") from None
 

@@ -115,13 +115,28 @@ def _build_graph(model: nn.Module, x: torch.Tensor, exclude: Sequence[str]):
         ignored = _ignored_modules(model, out_dim, exclude)
         groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=_ROOT_TYPES))
     except (ZeroDivisionError, IndexError, KeyError, RuntimeError, ValueError, AttributeError, TypeError) as e:
+        layer = _culprit(e.__traceback__)
         raise PruningError(
-            f"Torch-Pruning cannot build the dependency graph of model {_model_label(model)!r}: "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (unsupported layer or operation)."
+            f"Torch-Pruning cannot build the dependency graph of model {_model_label(model)!r}"
+            + (f" at {layer}" if layer else "")
+            + f": {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (unsupported layer or operation)."
         ) from None
     finally:
         model.train(was_training)
     return graph, groups, ignored
+
+
+def _culprit(tb) -> str | None:
+    """The dependency-graph node Torch-Pruning was handling when it failed, read from its frames."""
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if type(value).__name__ == "Node" and hasattr(value, "name"):
+                return str(value.name)
+    return None
 
 
 def _layer_flops(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
@@ -331,7 +346,7 @@ def fit_policy(
     budgets: Sequence[Budget],
     *,
     exclude: Sequence[str] = (),
-    round_to: int = 1,
+    round_to: int | None = None,
     max_sparsity: float = 0.99,
     device: str | torch.device = "cpu",
     latency_batch: int = 1,
@@ -349,6 +364,8 @@ def fit_policy(
     is scaled up to the tightest one, so the proposal sets the shape and the budget sets the size.
     """
     cm = cost_model(model, x, exclude)
+    if round_to is None:
+        round_to = 8 if x.is_cuda else 1
     unknown = sorted(set(proposal) - set(cm.channels))
     if unknown:
         raise ConfigError(f"Proposal names unknown groups {unknown[:3]}; valid groups: {sorted(cm.channels)[:5]} ...")
@@ -361,7 +378,7 @@ def fit_policy(
         fitted = _fit_latency(model, x, cm, fitted, limits, latency, round_to=round_to, max_sparsity=max_sparsity,
                               device=device, batch=latency_batch, max_measurements=max_measurements, name=name,
                               fill=fill)
-    return Policy(name, fitted, cm.channels)
+    return Policy(name, fitted, cm.channels, round_to)
 
 
 def _fit_latency(model, x, cm, fitted, limits, latency_budgets, *, round_to, max_sparsity, device, batch,
@@ -380,7 +397,7 @@ def _fit_latency(model, x, cm, fitted, limits, latency_budgets, *, round_to, max
     current = _fit_static(cm, fitted, proxy, round_to, max_sparsity, fill)
     worst = float("inf")
     for _ in range(max_measurements):
-        small = apply_policy(model, Policy(name, current, cm.channels), x, round_to=round_to, exclude=cm.exclude)
+        small = apply_policy(model, Policy(name, current, cm.channels, round_to), x, exclude=cm.exclude)
         pruned_ms, base_ms = relative_latency(small, model, x, device=device, batch_size=batch)
         worst = max(pruned_ms / b.limit(base_ms) for b in latency_budgets)
         if worst <= 1.0:
@@ -431,12 +448,14 @@ def apply_policy(
     Args:
         importance: which channels of a group go first: ``l1`` (default), ``l2``, ``bn_scale``,
             ``taylor`` (needs ``grad_batch=(inputs, targets)`` for one backward pass), ``random``.
-        round_to: kept channels per group rounded up to a multiple (default 1 on CPU, 8 on CUDA).
+        round_to: kept channels per group rounded up to a multiple; default: the policy's own
+            (set when it was fitted: 1 for a CPU example input, 8 for CUDA), so the pruned model
+            has exactly the size the policy was fitted to.
         exclude: the same layer patterns the policy was fitted with.
     """
     imp = _importance(importance)
     if round_to is None:
-        round_to = 8 if x.is_cuda else 1
+        round_to = policy.round_to
     small = copy.deepcopy(model)
     small.zero_grad(set_to_none=True)
     if importance == "taylor":

@@ -78,7 +78,9 @@ def test_kept(policy):
 
 def test_kept_round_to(policy):
     # 11 -> 16, 8 -> 8, 21 -> 24, 64 -> 64: rounded up, never above the unpruned width
-    assert policy.kept(round_to=8) == {"conv1": 16, "layer1.0.conv1": 8, "layer2.0.conv1": 24, "layer3.0.conv1": 64}
+    rounded = Policy(policy.model, policy.sparsity, policy.channels, round_to=8)
+    assert rounded.kept() == {"conv1": 16, "layer1.0.conv1": 8, "layer2.0.conv1": 24, "layer3.0.conv1": 64}
+    assert Policy.from_json(rounded.to_json()) == rounded and rounded.round_to == 8
 
 
 @pytest.mark.parametrize("channels, sparsity, round_to, kept", [

@@ -320,7 +320,7 @@ def test_unsupported_model_raises_pruning_error():
         except AutopruneError as e:  # anything else (ZeroDivisionError, ...) fails the test
             raised.append(e)
     assert raised and all(isinstance(e, PruningError) for e in raised)
-    assert "ShuffleNetV2" in str(raised[0])
+    assert "shufflenet_v2_x0_5" in str(raised[0])
 
 
 def test_pruned_model_loads_in_fresh_process(tmp_path, r20):
@@ -352,3 +352,16 @@ def test_pruned_model_loads_in_fresh_process(tmp_path, r20):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[:2] == ["CifarResNet (1, 10)", "MobileNetV2 (1, 10)"]
+
+
+def test_round_to_is_fitted_and_applied_alike():
+    """A policy fitted with round_to=8 prunes to multiples of 8 and still meets its budget."""
+    model = create_model("resnet20")
+    x = torch.randn(1, 3, 32, 32)
+    p = uniform_policy(model, x, [Budget.parse("flops", "50%")], round_to=8)
+    assert p.round_to == 8
+    small = apply_policy(model, p, x)
+    assert flops_by_torch(small, x) <= 0.5 * flops_by_torch(model, x)
+    widths = [m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w % 8 == 0 for w in widths)
+    assert p.model == "resnet20"
