@@ -1,0 +1,407 @@
+"""Full training of a chosen policy from a run, test accuracy against the baseline, export.
+
+``apply_run`` is the last step of the journey: it prunes the run's baseline with one policy of the
+run (the best on the front, the uniform policy, or any ok trial), finetunes it for many epochs with
+the baseline's recipe at a tenth of its rate, and reports test accuracy, FLOPs, params and latency
+next to the unpruned model's, measured in the same process. Together with ``train`` it is the only
+step that reads the test split; the search never does.
+
+Each apply writes ``RUN/apply-<pick>/`` (``apply-best-2/`` and so on when that folder exists: an
+earlier apply is never overwritten)::
+
+    model.pt       the pruned nn.Module itself (torch.save(model)), CPU, eval mode
+    policy.json    the policy that was applied
+    metrics.json   test_acc, val_acc, flops, params, latency_ms and their ratios, baseline, recipe
+    log.csv        one row per epoch
+    model.onnx     with onnx=True
+
+Example:
+    >>> result = apply_run("results/resnet20-digits-flops50", pick="best", epochs=30, log=print)
+    >>> model, metrics = load_pruned("results/resnet20-digits-flops50/apply-best")
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import importlib.util
+import io
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .baseline import baseline_recipe
+from .data import load_dataset, make_loader
+from .errors import ConfigError, RunError
+from .latency import relative_latency
+from .policy import Policy
+from .prune import apply_policy, count_flops, count_params
+from .results import Run, RunDir, load_run, write_json
+from .train import TrainConfig, evaluate, recalibrate_bn, resolve_device, train
+
+__all__ = ["apply_run", "load_pruned"]
+
+_NAMED_PICKS = ("best", "uniform")
+_SHOWN_TRIALS = 10  # ok trial numbers listed in a bad-pick message
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """A resolved pick: the label of its folder (``best``, ``uniform``, ``7``) and the trial behind it."""
+
+    label: str
+    trial: int
+    policy: Policy
+    search_val_acc: float | None
+    search_flops: int | None
+
+
+def apply_run(
+    run: str | os.PathLike | Run,
+    *,
+    pick: str | int = "best",
+    epochs: int = 30,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    compare_uniform: bool = False,
+    onnx: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Finetune one policy of a run fully, report test accuracy against the baseline, save the model.
+
+    Every argument is checked, and the pick resolved, before any data is loaded or any training runs.
+
+    Args:
+        run: a results folder of ``autoprune search`` (or a :class:`~autoprune.results.Run`).
+        pick: ``best`` (highest validation accuracy on the front), ``uniform`` (the run's uniform
+            policy) or the number of an ok trial.
+        epochs: finetuning epochs (a whole number >= 1), cosine schedule.
+        lr: learning rate; default a tenth of the baseline recipe's rate.
+        batch_size: default the baseline recipe's.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; training and latency both run there.
+        seed: seeds training (the same seed for the uniform comparison).
+        compare_uniform: also train the uniform policy with the identical recipe and compare.
+        onnx: also export ``model.onnx`` (needs the ``onnx`` package).
+        log: receives one line per epoch and the summary; this module never prints.
+
+    Returns:
+        The pick's metrics (as in metrics.json) plus ``path``; with ``compare_uniform`` also
+        ``uniform`` (the uniform policy's metrics and path) and ``comparison``.
+
+    Raises:
+        RunError: the run folder is missing or the pick is not an ok trial of the run.
+        ConfigError: a bad ``epochs``, ``lr``, ``batch_size`` or ``device``, or ``onnx`` without
+            the onnx package.
+
+    Example:
+        >>> r = apply_run("results/r1", pick="best", epochs=30, compare_uniform=True)
+        >>> r["test_acc"], r["comparison"]["test_acc_diff_points"]
+    """
+    run = run if isinstance(run, Run) else load_run(run)
+    _check_numbers(epochs, lr, batch_size)
+    if onnx:
+        _check_onnx()
+    dev = resolve_device(device)
+    choice = _resolve_pick(run, pick)
+    uniform = _resolve_pick(run, "uniform") if compare_uniform else None
+    exclude = tuple(RunDir(run.path).read_config().get("space", {}).get("exclude", ()) or ())
+    config = run.config
+
+    recipe = baseline_recipe(config.dataset, epochs, seed)
+    cfg = dataclasses.replace(recipe, lr=lr if lr is not None else recipe.lr / 10,
+                              batch_size=batch_size if batch_size is not None else recipe.batch_size)
+
+    splits = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                          val_fraction=config.val_fraction, seed=config.seed)
+    shape = list(run.baseline.get("input_shape", splits.input_shape))
+    if list(splits.input_shape) != shape:
+        raise RunError(f"Dataset {config.dataset!r} now gives inputs of shape {list(splits.input_shape)}, but the "
+                       f"run's baseline was searched at {shape}; was --image-size or the data changed?")
+    base_model = run.model()
+    x = run.example_input()
+    log(f"apply: run {run.path}  model {config.model} on {config.dataset}  device {dev}")
+    base = _measure_baseline(base_model, splits, x, dev)
+    log(f"unpruned baseline: test_acc {base['test_acc']:.4f}  val_acc {base['val_acc']:.4f}  "
+        f"flops {base['flops']:,}  params {base['params']:,}")
+
+    common = dict(run=run, splits=splits, base_model=base_model, x=x, dev=dev, cfg=cfg, base=base,
+                  exclude=exclude, onnx=onnx, log=log)
+    result = _apply_one(choice, **common)
+    if uniform is None:
+        return result
+    if uniform.trial == choice.trial:
+        log(f"--compare-uniform: the pick is the uniform policy (trial {uniform.trial}); nothing else to train")
+        other = dict(result)
+    else:
+        other = _apply_one(uniform, **common)
+    result["uniform"] = other
+    result["comparison"] = _compare(result, other, log)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def _check_numbers(epochs: Any, lr: Any, batch_size: Any) -> None:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"--epochs must be a whole number >= 1, but got {epochs!r}.")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)
+                           or lr <= 0):
+        raise ConfigError(f"--lr must be a number > 0, but got {lr!r}.")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"--batch-size must be a whole number >= 1, but got {batch_size!r}.")
+
+
+def _check_onnx() -> None:
+    if importlib.util.find_spec("onnx") is None:
+        raise ConfigError("--onnx needs the onnx package: pip install onnx (or pip install 'autoprune[onnx]').")
+
+
+def _ok_trials(run: Run) -> list[int]:
+    t = run.trials
+    return sorted(int(v) for v in t.loc[t["status"] == "ok", "trial"]) if len(t) else []
+
+
+def _valid_picks(run: Run) -> str:
+    ok = _ok_trials(run)
+    shown = ", ".join(str(v) for v in ok[:_SHOWN_TRIALS]) + (", ..." if len(ok) > _SHOWN_TRIALS else "")
+    return f"choose best, uniform or an ok trial number ({shown})" if ok else "the run has no ok trial"
+
+
+def _resolve_pick(run: Run, pick: str | int) -> _Choice:
+    """Turn ``best``, ``uniform`` or a trial number into an ok trial of the run, or raise RunError."""
+    text = str(pick).strip()
+    trials = run.trials
+    if text == "best":
+        best = run.best()
+        if best is None:
+            raise RunError(f"--pick best: run {run.path.name!r} has no feasible trial on its front; "
+                           f"{_valid_picks(run)}.")
+        trial = int(best["trial"])
+    elif text == "uniform":
+        rows = trials[(trials["origin"] == "uniform") & (trials["status"] == "ok")] if len(trials) else trials
+        if rows.empty:
+            raise RunError(f"--pick uniform: run {run.path.name!r} has no ok trial of the uniform policy; "
+                           f"{_valid_picks(run)}.")
+        trial = int(rows.iloc[0]["trial"])
+    else:
+        try:
+            trial = int(text)
+        except ValueError:
+            raise RunError(f"Unknown --pick {text!r}; {_valid_picks(run)}.") from None
+        text = str(trial)
+        rows = trials[trials["trial"] == trial] if len(trials) else trials
+        if rows.empty:
+            raise RunError(f"--pick {text}: run {run.path.name!r} has no trial {trial}; {_valid_picks(run)}.")
+        row = rows.iloc[0]
+        if row["status"] != "ok":
+            why = str(row.get("error", "") if isinstance(row.get("error", ""), str) else "")
+            why = " ".join(why.split())[:160]
+            raise RunError(f"--pick {text}: trial {trial} is {row['status']}" + (f" ({why})" if why else "")
+                           + f"; {_valid_picks(run)}.")
+    rows = trials[trials["trial"] == trial] if len(trials) else trials
+    row = rows.iloc[0] if len(rows) else run.pareto[run.pareto["trial"] == trial].iloc[0]
+    return _Choice(text, trial, run.policy(trial), _number(row.get("val_acc")), _number(row.get("flops")))
+
+
+def _number(v: Any) -> Any:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+# ----------------------------------------------------------------------------------------- training
+
+
+def _measure_baseline(model: nn.Module, splits, x: torch.Tensor, dev: torch.device) -> dict:
+    return {"test_acc": evaluate(model, splits.test, device=dev), "val_acc": evaluate(model, splits.val, device=dev),
+            "flops": count_flops(model.cpu(), x), "params": count_params(model), "latency_ms": None}
+
+
+def _prune(run: Run, choice: _Choice, model: nn.Module, x: torch.Tensor, splits, exclude: tuple[str, ...],
+           log: Callable[[str], None]) -> tuple[nn.Module, int]:
+    """Prune as the search did: the policy carries the channel rounding it was fitted with."""
+    config = run.config
+    grad_batch = None
+    if config.importance == "taylor":
+        grad_batch = next(iter(make_loader(splits.train, 64, shuffle=True, seed=0)))
+    small = apply_policy(model, choice.policy, x, importance=config.importance, exclude=exclude,
+                         seed=config.seed + choice.trial, grad_batch=grad_batch)
+    if choice.search_flops is not None and count_flops(small, x) != int(choice.search_flops):
+        log(f"note: the pruned model has {count_flops(small, x):,} FLOPs, the search recorded "
+            f"{int(choice.search_flops):,} for trial {choice.trial}")
+    return small, choice.policy.round_to
+
+
+def _apply_one(choice: _Choice, *, run: Run, splits, base_model: nn.Module, x: torch.Tensor, dev: torch.device,
+               cfg: TrainConfig, base: dict, exclude: tuple[str, ...], onnx: bool,
+               log: Callable[[str], None]) -> dict:
+    import pandas as pd
+
+    log(f"apply-{choice.label}: trial {choice.trial}"
+        + (f" (val_acc {choice.search_val_acc:.4f} in the search)" if choice.search_val_acc is not None else "")
+        + f", {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, lr {cfg.lr:g}, batch {cfg.batch_size}, seed {cfg.seed}")
+    small, round_to = _prune(run, choice, base_model, x, splits, exclude, log)
+    if run.config.bn_batches:  # as in the search: fresh BatchNorm statistics before the first step
+        recalibrate_bn(small, splits.train, device=dev, batches=run.config.bn_batches, batch_size=cfg.batch_size,
+                       seed=cfg.seed)
+    rows: list[dict] = []
+
+    def on_epoch(row: dict) -> None:
+        rows.append(row)
+        log(f"  epoch {row['epoch']:>5.1f}/{cfg.epochs}  loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}"
+            f"  val_acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s")
+
+    start = time.perf_counter()
+    train(small, splits.train, cfg, device=dev, val_ds=splits.val, on_epoch=on_epoch)
+    seconds = time.perf_counter() - start
+    test_acc = evaluate(small, splits.test, device=dev)
+    val_acc = evaluate(small, splits.val, device=dev)
+    # Pruned and unpruned are timed side by side (interleaved) so machine drift cancels in the ratio.
+    latency_ms, base_ms = relative_latency(small, base_model, x, device=dev, batch_size=1)
+    small.cpu().eval()
+    base_model.cpu().eval()
+    flops, params = count_flops(small, x), count_params(small)
+    metrics = {
+        "pick": choice.label, "trial": choice.trial, "test_acc": test_acc, "val_acc": val_acc,
+        "flops": flops, "flops_ratio": flops / base["flops"], "params": params, "params_ratio": params / base["params"],
+        "latency_ms": latency_ms, "latency_ratio": latency_ms / base_ms, "latency_device": str(dev),
+        "latency_batch": 1, "latency_threads": torch.get_num_threads() if dev.type == "cpu" else None,
+        "input_size": list(x.shape[1:]), "epochs": cfg.epochs, "seconds": round(seconds, 2),
+        "search_val_acc": choice.search_val_acc, "round_to": round_to, "recipe": cfg.to_dict(),
+        "model": run.config.model, "dataset": run.config.dataset, "run": str(run.path),
+        "baseline": {**base, "latency_ms": base_ms},
+    }
+    with io.StringIO() as buf:
+        pd.DataFrame(rows).to_csv(buf, index=False)
+        log_csv = buf.getvalue()
+    out, onnx_error = _write(run.path, choice.label, small, choice.policy, metrics, log_csv, x, onnx)
+    if out.name != f"apply-{choice.label}":
+        log(f"apply-{choice.label}/ already exists and is kept; this apply is in {out.name}/")
+    b = metrics["baseline"]
+    log(f"apply-{choice.label} (trial {choice.trial}): test_acc {test_acc:.4f} (unpruned {b['test_acc']:.4f}, "
+        f"{(test_acc - b['test_acc']) * 100:+.2f} points)  val_acc {val_acc:.4f}")
+    log(f"  flops {flops:,} ({metrics['flops_ratio']:.3f}x)  params {params:,} ({metrics['params_ratio']:.3f}x)  "
+        f"latency {latency_ms:.3f}ms vs {base_ms:.3f}ms ({metrics['latency_ratio']:.3f}x, {_where(dev)})  "
+        f"trained in {seconds:.0f}s")
+    files = "model.pt, policy.json, metrics.json, log.csv" + (", model.onnx" if onnx and not onnx_error else "")
+    log(f"  written: {out}/ {files}")
+    if onnx_error:
+        log(f"  ONNX export failed, model.pt is saved: {onnx_error}")
+    return {**metrics, "path": str(out), **({"onnx_error": onnx_error} if onnx_error else {})}
+
+
+def _where(dev: torch.device) -> str:
+    # CPU timings depend on the thread count, and on a shared machine on what else is running.
+    return f"cpu batch 1, {torch.get_num_threads()} threads" if dev.type == "cpu" else f"{dev} batch 1"
+
+
+# ------------------------------------------------------------------------------------------- output
+
+
+def _write(run_path: Path, label: str, model: nn.Module, policy: Policy, metrics: dict, log_csv: str,
+           x: torch.Tensor, onnx: bool) -> tuple[Path, str | None]:
+    """Write the files into a hidden folder, then rename it to the first free ``apply-<label>[-N]``.
+
+    The rename is atomic, so a kill never leaves a half-written apply folder, and an existing
+    folder is never replaced (renaming onto a non-empty folder fails; an empty one holds nothing).
+    """
+    tmp = run_path / f".apply-{label}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        torch.save(model, tmp / "model.pt")
+        policy.save(tmp / "policy.json")
+        (tmp / "log.csv").write_text(log_csv)
+        onnx_error = _export_onnx(model, x, tmp / "model.onnx") if onnx else None
+        n = 1
+        while True:
+            out = run_path / (f"apply-{label}" if n == 1 else f"apply-{label}-{n}")
+            if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+                write_json(tmp / "metrics.json", {**metrics, "folder": out.name})
+                try:
+                    os.rename(tmp, out)
+                    return out, onnx_error
+                except OSError as e:
+                    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+                    # taken meanwhile by another apply: try the next number
+            n += 1
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> str | None:
+    """Export with a dynamic batch axis; returns the reason on failure (model.pt is kept either way)."""
+    # The torch.export-based exporter (default since torch 2.9) also needs onnxscript; without it
+    # the TorchScript exporter still works and needs only onnx.
+    dynamo = importlib.util.find_spec("onnxscript") is not None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.eval(), (x,), str(path), input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=dynamo)
+    except Exception as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return f"{type(e).__name__}: {text[:200]}"
+    return None
+
+
+def _compare(a: dict, b: dict, log: Callable[[str], None]) -> dict:
+    keys = ("test_acc", "flops_ratio", "params_ratio", "latency_ratio")
+    diff = (a["test_acc"] - b["test_acc"]) * 100
+    name_a, name_b = f"{a['pick']} (trial {a['trial']})", f"uniform (trial {b['trial']})"
+    width = max(len(name_a), len(name_b))
+    log("comparison, same recipe and seed (ratios against the unpruned model):")
+    log(f"  {'':<{width}}  " + "  ".join(f"{k:>13}" for k in keys))
+    for name, r in ((name_a, a), (name_b, b)):
+        log(f"  {name:<{width}}  " + "  ".join(f"{r[k]:>13.4f}" for k in keys))
+    log(f"  {a['pick']} - uniform: {diff:+.2f} points of test accuracy")
+    return {"pick": {k: a[k] for k in ("trial", *keys)}, "uniform": {k: b[k] for k in ("trial", *keys)},
+            "test_acc_diff_points": diff}
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def load_pruned(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """Load a pruned model saved by :func:`apply_run`: ``(module in eval mode, metrics dict)``.
+
+    ``path`` is an apply folder (``RUN/apply-best``) or its ``model.pt``. The file holds the whole
+    module, so it is read with ``torch.load(weights_only=False)``, which runs pickled code: load
+    only files you trust (your own runs). ``autoprune`` must be importable, since the model's
+    classes come from it (or from the user module that built the model). ``metrics`` is ``{}``
+    when the folder has no metrics.json.
+
+    Example:
+        >>> model, metrics = load_pruned("results/r1/apply-best")
+        >>> metrics["test_acc"], metrics["flops_ratio"]
+    """
+    p = Path(path)
+    file = p / "model.pt" if p.is_dir() else p
+    if not file.is_file():
+        raise RunError(f"No pruned model at {str(file)!r}; give an apply folder (RUN/apply-best) or its model.pt.")
+    try:
+        model = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise RunError(f"Cannot load {str(file)!r}: {type(e).__name__}: {text[:160]}") from None
+    if not isinstance(model, nn.Module):
+        raise RunError(f"{str(file)!r} holds a {type(model).__name__}, not a pruned model (nn.Module); "
+                       "is it a state dict? Load those with autoprune.load_checkpoint.")
+    metrics_file = file.parent / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return model.eval(), metrics
