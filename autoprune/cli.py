@@ -125,6 +125,7 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     a("--trials", type=int, default=None, help="number of trials, the uniform one included (default 16)")
     a("--finetune-epochs", type=float, default=None, help="finetune per trial, may be fractional; 0 = BN only")
     a("--finetune-lr", type=float, default=None)
+    a("--batch-size", type=int, default=None, help="finetune batch size per trial (default 64)")
     a("--importance", default=None, help="l1 (default), l2, bn_scale, taylor or random")
     a("--no-fill-budget", dest="fill_budget", action="store_false", default=None,
       help="keep proposals under budget as they are (default: scale each proposal to the budget)")

@@ -161,12 +161,14 @@ class TrialResult:
             raise ValueError(f"status must be ok, infeasible or failed, but got {self.status!r}.")
 
     def to_row(self) -> dict[str, Any]:
-        """A trials.csv row: the contract columns, ``error``, then one ``s:<group>`` column per group."""
+        """A trials.csv row: the contract columns, ``error``, then ``s:<group>`` per group, ``t:<part>`` per timing."""
         row = {c: getattr(self, c) for c in TRIAL_COLUMNS if c != "policy"}
         row["policy"] = f"policies/{self.trial}.json" if self.policy is not None else ""
         row["error"] = self.error
         if self.policy is not None:
             row.update({f"s:{g}": s for g, s in self.policy.sparsity.items()})
+        # Seconds per part (fit, prune, count, bn_recalibration, finetune, evaluate, ...), for overhead studies.
+        row.update({f"t:{part}": round(float(s), 4) for part, s in self.timings.items()})
         return row
 
 
