@@ -122,7 +122,7 @@ def apply_run(
                               batch_size=batch_size if batch_size is not None else recipe.batch_size)
 
     splits = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                          val_fraction=config.val_fraction, seed=config.seed)
+                          val_fraction=config.val_fraction, seed=config.split_seed)
     shape = list(run.baseline.get("input_shape", splits.input_shape))
     if list(splits.input_shape) != shape:
         raise RunError(f"Dataset {config.dataset!r} now gives inputs of shape {list(splits.input_shape)}, but the "

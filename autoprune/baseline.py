@@ -78,14 +78,17 @@ def ensure_baseline(model: nn.Module, splits, config, *, device, log: Callable[[
     from .models import load_checkpoint
 
     size = f"-{config.image_size}px" if config.image_size else ""
-    key = f"{config.model}-{config.dataset}{size}-e{config.baseline_epochs}-s{config.seed}".replace(":", "_").replace("/", "_")
+    # The key holds everything that decides which images the baseline trained on, so a cached
+    # baseline is never reused with a split whose validation images it has seen.
+    key = (f"{config.model}-{config.dataset}{size}-v{config.val_fraction:g}-e{config.baseline_epochs}"
+           f"-s{config.split_seed}").replace(":", "_").replace("/", "_")
     folder = Path(config.results_dir) / "baselines" / key
     if (folder / "model.pt").is_file() and (folder / "metrics.json").is_file():
         load_checkpoint(model, folder / "model.pt")
         metrics = json.loads((folder / "metrics.json").read_text())
         log(f"baseline: using the cached {folder} (val_acc {metrics['val_acc']:.4f})")
     else:
-        cfg = baseline_recipe(config.dataset, config.baseline_epochs, config.seed)
+        cfg = baseline_recipe(config.dataset, config.baseline_epochs, config.split_seed)
         log(f"baseline: no --checkpoint, training {config.model} on {config.dataset} for {cfg.epochs} epochs "
             f"once (cached in {folder}); give --checkpoint to skip this")
         start = time.perf_counter()

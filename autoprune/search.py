@@ -104,7 +104,7 @@ def _prepare_payload(config: SearchConfig, run: RunDir, space, *, resume: bool, 
 
     device = resolve_device(config.device)
     splits = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
-                          image_size=config.image_size, val_fraction=config.val_fraction, seed=config.seed)
+                          image_size=config.image_size, val_fraction=config.val_fraction, seed=config.split_seed)
     model = create_model(config.model, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
     if resume:
         load_checkpoint(model, run.path / "baseline.pt")
@@ -143,6 +143,7 @@ def _prepare_payload(config: SearchConfig, run: RunDir, space, *, resume: bool, 
             "val_acc": evaluate(model, splits.val, device=device),
             "test_acc": info.get("test_acc"), "source": info.get("source"), "groups": len(groups),
         }
+        model.cpu()  # evaluation left it on the device; workers get CPU weights and move them themselves
         run.path.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), run.path / "baseline.pt")
         run.write_baseline(baseline)

@@ -53,7 +53,7 @@ class SearchConfig:
     budget_flops: str | None = None
     budget_params: str | None = None
     budget_latency: str | None = None
-    trials: int = 16
+    trials: int = 24
     finetune_epochs: float = 2.0
     finetune_lr: float = 0.01
     batch_size: int = 64
@@ -66,7 +66,8 @@ class SearchConfig:
     device: str = "auto"
     sampler: str = "tpe"
     search_space: str = "default"
-    seed: int = 0
+    seed: int = 0  # the search's randomness: sampler, pruning, finetune order
+    split_seed: int = 0  # which training images form the validation split (and the cached baseline)
     val_fraction: float = 0.1
     image_size: int | None = None
     baseline_epochs: int = 15
