@@ -9,6 +9,16 @@ import torch
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # Two shared cores: a second intra-op thread stalls at every op whenever a neighbour holds a
+    # core (tests ran 7-20x slower and latency timings became noise); one thread is steady.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def rand20(tmp_path_factory) -> str:
     """A resnet20 state dict with its random initial weights (enough to exercise a search)."""

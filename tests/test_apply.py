@@ -26,14 +26,6 @@ METRIC_KEYS = {"test_acc", "val_acc", "flops", "flops_ratio", "params", "params_
                "latency_ratio", "input_size", "epochs", "seconds", "trial", "pick", "baseline"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a shared 2-core machine one torch thread runs these tiny convolutions faster than two.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make_run(root: Path) -> Path:
     """A run folder as `autoprune search` writes it: uniform (0), a skewed policy (1), failed (2), infeasible (3)."""

@@ -13,15 +13,6 @@ from autoprune.prune import InfeasibleError, apply_policy, count_flops, uniform_
 BATCH = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two shared cores: with two intra-op threads every op waits whenever a neighbour holds a core,
-    # which makes timings noisy; one thread is steady.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def resnet56():

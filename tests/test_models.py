@@ -28,15 +28,6 @@ TORCHVISION = [
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two shared cores: a second intra-op thread stalls at every op whenever a neighbour holds a core
-    # (7x slower tests); one thread is steady.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def helpers_on_path(monkeypatch):

@@ -40,15 +40,6 @@ HALF = Budget.parse("flops", "50%")
 REPO = Path(autoprune.__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two shared cores: a second intra-op thread stalls at every op whenever a neighbour holds a core
-    # (7x slower tests); one thread is steady.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def flops_by_torch(model: nn.Module, x: torch.Tensor) -> int:
     """FLOPs of one forward pass, counted by PyTorch itself (independent of autoprune's counter)."""

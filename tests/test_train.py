@@ -36,15 +36,6 @@ def tiny_cnn(classes: int = 10) -> nn.Module:
     )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a shared 2-core machine, two torch threads contending with another process run these tiny
-    # convolutions 10-20x slower than one thread does.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def digits() -> Splits:
