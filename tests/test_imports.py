@@ -1,0 +1,28 @@
+"""`import autoprune` and `autoprune --help` stay light: Ray loads only when a search runs."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
+                         capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_import_does_not_load_ray_or_torch():
+    mods = _modules_after("import autoprune")
+    assert "ray" not in mods and "torch" not in mods
+
+
+def test_help_does_not_load_ray():
+    code = ("import contextlib, io\nfrom autoprune.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n        main(['--help'])\n    except SystemExit:\n        pass")
+    assert "ray" not in _modules_after(code)
+
+
+def test_public_api_loads_without_ray():
+    mods = _modules_after("import autoprune as ap\nap.create_model; ap.apply_policy; ap.load_run; ap.Budget")
+    assert "ray" not in mods
