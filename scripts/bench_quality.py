@@ -334,7 +334,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-epochs", type=int, default=15, help="epochs of the cached baseline (default 15)")
     p.add_argument("--concurrency", type=int, default=2, help="search trials at once (default 2)")
     p.add_argument("--out-dir", default=str(_OUT_DIR), help="where quality.csv and quality_summary.csv go")
+    p.add_argument("--summarise-only", action="store_true",
+                   help="rebuild quality_summary.csv from an existing (possibly partial) quality.csv")
     args = p.parse_args(argv)
+    if args.summarise_only:
+        import pandas as pd
+
+        rows = pd.read_csv(Path(args.out_dir) / "quality.csv").to_dict("records")
+        summary = summarise(rows)
+        _write_csv(Path(args.out_dir) / "quality_summary.csv", SUMMARY_COLUMNS, summary)
+        _print_summary(summary, print)
+        return 0
     preset = QUICK if args.quick else FULL
     for key in ("models", "budgets", "seeds", "trials", "search_epochs", "final_epochs"):
         if getattr(args, key) is None:
