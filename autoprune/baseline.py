@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -63,7 +64,7 @@ def train_baseline(model: nn.Module, splits, cfg, *, out: str | Path, device, ev
         "input_shape": list(splits.input_shape), "num_classes": splits.num_classes, **(extra or {}),
     }
     model.cpu()
-    tmp = out / ".model.pt.tmp"
+    tmp = out / f".model.pt.{os.getpid()}.tmp"  # two searches may train the same cached baseline at once
     torch.save(model.state_dict(), tmp)
     tmp.replace(out / "model.pt")
     buf = io.StringIO()

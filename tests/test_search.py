@@ -204,3 +204,22 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(rand20, tmp_path):
     kept = pd.read_csv(csv)
     assert 1 <= len(kept) < 8 and (kept["status"] == "ok").all()
     assert json.loads((results / "i" / "state.json").read_text())["finished"] is False
+
+
+def test_two_searches_side_by_side_do_not_interfere(rand20, tmp_path):
+    results = tmp_path / "results"
+    procs = {
+        name: subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", "--budget-flops", budget,
+                                "--checkpoint", rand20, "--trials", "2", "--finetune-epochs", "0.1", "--image-size", "16",
+                                "--concurrency", "1", "--results-dir", str(results), "--name", name],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, budget in (("left", "50%"), ("right", "30%"))
+    }
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=400)
+        assert proc.returncode == 0, (name, err[-2000:])
+    left = pd.read_csv(results / "left" / "trials.csv")
+    right = pd.read_csv(results / "right" / "trials.csv")
+    assert len(left) == 2 and len(right) == 2
+    assert (left["flops_ratio"] <= 0.5).all() and (right["flops_ratio"] <= 0.3).all()
+    assert (left["flops_ratio"] > 0.45).all()  # each run kept its own budget
