@@ -236,10 +236,14 @@ def _trainable(cfg: dict, payload: dict) -> None:
     result = evaluate_proposal(payload, proposal, trial=trial, origin=origin)
     if payload.get("nan_on_trial") == trial:  # fault injection for tests: a NaN metric
         result = TrialResult(**{**result.__dict__, "val_acc": float("nan")})
+    if result.status == "ok" and _finite_or(result.val_acc, None) is None:
+        result = TrialResult(**{**result.__dict__, "status": "failed",
+                                "error": result.error or "validation accuracy is NaN or missing"})
     objective = f"{config.objective}_ratio"
+    # Both objectives are always finite: a NaN would leave the Optuna trial RUNNING. The guarded
+    # searcher turns status "failed" into an Optuna FAIL instead of these placeholder values.
     tune.report({"val_acc": _finite_or(result.val_acc, 0.0), objective: _finite_or(getattr(result, objective), 1.0),
-                 "status": result.status if _finite_or(result.val_acc, None) is not None or result.status != "ok"
-                 else "failed", "result": _result_json(result)})
+                 "status": result.status, "result": _result_json(result)})
 
 
 def _flatten(d: Mapping, prefix: str = "") -> dict:
@@ -258,8 +262,8 @@ def _finite_or(x: Any, default: Any) -> Any:
 
 def _result_json(r: TrialResult) -> str:
     d = {k: v for k, v in r.__dict__.items() if k != "policy"}
-    if isinstance(d.get("val_acc"), float) and not math.isfinite(d["val_acc"]):
-        d["val_acc"], d["status"], d["error"] = None, "failed", d["error"] or "validation accuracy is NaN"
+    if _finite_or(d.get("val_acc"), None) is None:
+        d["val_acc"] = None  # JSON has no NaN
     d["timings"] = dict(r.timings)
     d["policy"] = r.policy.to_dict() if r.policy is not None else None
     return json.dumps(d)
