@@ -223,3 +223,33 @@ def test_two_searches_side_by_side_do_not_interfere(rand20, tmp_path):
     assert len(left) == 2 and len(right) == 2
     assert (left["flops_ratio"] <= 0.5).all() and (right["flops_ratio"] <= 0.3).all()
     assert (left["flops_ratio"] > 0.45).all()  # each run kept its own budget
+
+
+POISON = '''
+from torch.utils.data import Dataset
+from autoprune.data import Splits, load_dataset
+
+
+class Poisoned(Dataset):
+    """A test split that fails loudly if anything reads it."""
+
+    def __len__(self):
+        raise RuntimeError("the search read the test split (len)")
+
+    def __getitem__(self, i):
+        raise RuntimeError("the search read the test split (item)")
+
+
+def digits_poisoned_test(image_size=None, **_):
+    s = load_dataset("digits", image_size=image_size)
+    return Splits(s.name, s.train, s.val, Poisoned(), s.num_classes, s.input_shape)
+'''
+
+
+def test_search_never_reads_the_test_split(small_config, tmp_path, monkeypatch):
+    (tmp_path / "poisoned_data.py").write_text(POISON)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    outcome = search(small_config(dataset="poisoned_data:digits_poisoned_test", trials=2, concurrency=1),
+                     log=lambda line: None)
+    assert (outcome.trials["status"] == "ok").all(), outcome.trials["error"].tolist()
+    assert outcome.baseline["test_acc"] is None  # a search reports no test accuracy of its own
