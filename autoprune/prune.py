@@ -90,14 +90,18 @@ def _model_label(model: nn.Module) -> str:
 
 
 def _ignored_modules(model: nn.Module, out_dim: int, exclude: Sequence[str]) -> list[nn.Module]:
-    """The classifier (any layer producing the model's output width) and layers matching ``exclude``."""
+    """The classifier (the last layer, and any linear layer producing the output width) and ``exclude``.
+
+    Only linear layers are matched by width: a conv whose width happens to equal the number of
+    classes (16 classes, 16-channel stage) is an ordinary prunable layer.
+    """
     ignored = []
     last_root = None
     for name, m in model.named_modules():
         if isinstance(m, _ROOT_TYPES):
             last_root = m
-            width = m.out_features if isinstance(m, nn.Linear) else m.out_channels
-            if width == out_dim or any(fnmatch.fnmatch(name, p) for p in exclude):
+            head = isinstance(m, nn.Linear) and m.out_features == out_dim
+            if head or any(fnmatch.fnmatch(name, p) for p in exclude):
                 ignored.append(m)
     if last_root is not None and last_root not in ignored:
         ignored.append(last_root)  # the output layer, whatever its width

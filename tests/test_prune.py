@@ -356,3 +356,10 @@ def test_round_to_is_fitted_and_applied_alike():
     widths = [m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(w % 8 == 0 for w in widths)
     assert p.model == "resnet20"
+
+
+def test_class_count_equal_to_a_conv_width_keeps_that_conv_prunable():
+    x = torch.randn(1, 3, 32, 32)
+    names10 = [g.name for g in prunable_groups(create_model("resnet20", num_classes=10), x)]
+    names16 = [g.name for g in prunable_groups(create_model("resnet20", num_classes=16), x)]
+    assert names16 == names10 and "layer1.0.conv1" in names16
