@@ -440,10 +440,7 @@ def search(config: SearchConfig, *, resume: bool = False, argv: list[str] | None
 def _saved_space(run: RunDir):
     from .space import SearchSpace
 
-    d = run.read_config().get("space", {})
-    return SearchSpace(d.get("name", "default"), *d.get("range", [0.0, 0.9]), d.get("step"),
-                       tuple(d.get("exclude", ())), tuple((p, lo, hi) for p, (lo, hi) in d.get("overrides", {}).items()),
-                       d.get("description", ""))
+    return SearchSpace.from_dict(run.read_config().get("space", {}))
 
 
 def _search_trials(config: SearchConfig, run: RunDir, payload: dict, space, done: pd.DataFrame, remaining: int,

@@ -67,6 +67,14 @@ class SearchSpace:
         """A define-by-run function: one ``suggest_float`` per group, nothing else."""
         return Sampler(dict(ranges), self.step)
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SearchSpace":
+        """The inverse of :meth:`to_dict` (a run's config.yaml keeps its resolved space)."""
+        low, high = d.get("range", (0.0, 0.9))
+        return cls(d.get("name", "default"), float(low), float(high), d.get("step"), tuple(d.get("exclude", ())),
+                   tuple((p, float(lo), float(hi)) for p, (lo, hi) in d.get("overrides", {}).items()),
+                   d.get("description", ""))
+
     def to_dict(self) -> dict:
         return {"name": self.name, "range": [self.low, self.high], "step": self.step, "exclude": list(self.exclude),
                 "overrides": {p: [lo, hi] for p, lo, hi in self.overrides}, "description": self.description}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from autoprune.errors import SearchSpaceError
-from autoprune.space import PARAM_PREFIX, list_spaces, load_space
+from autoprune.space import PARAM_PREFIX, SearchSpace, list_spaces, load_space
 
 
 def test_builtin_spaces_load():
@@ -56,3 +56,9 @@ def test_malformed_files_name_file_and_key(tmp_path, text, key):
 def test_unknown_space_lists_choices():
     with pytest.raises(SearchSpaceError, match="cifar_resnet"):
         load_space("nosuchspace")
+
+
+def test_space_round_trips_through_a_run_config():
+    for name in list_spaces():
+        space = load_space(name)
+        assert SearchSpace.from_dict(space.to_dict()) == space
