@@ -234,10 +234,12 @@ def _prune(run: Run, choice: _Choice, model: nn.Module, x: torch.Tensor, splits,
            log: Callable[[str], None]) -> tuple[nn.Module, int]:
     """Prune as the search did: the policy carries the channel rounding it was fitted with."""
     config = run.config
+    # The trial's own criterion (recorded in its policy since criteria are searched); older runs: the config's.
+    importance = choice.policy.importance or config.importances[0]
     grad_batch = None
-    if config.importance == "taylor":
+    if importance == "taylor":
         grad_batch = next(iter(make_loader(splits.train, 64, shuffle=True, seed=0)))
-    small = apply_policy(model, choice.policy, x, importance=config.importance, exclude=exclude,
+    small = apply_policy(model, choice.policy, x, importance=importance, exclude=exclude,
                          seed=config.seed + choice.trial, grad_batch=grad_batch)
     if choice.search_flops is not None and count_flops(small, x) != int(choice.search_flops):
         log(f"note: the pruned model has {count_flops(small, x):,} FLOPs, the search recorded "

@@ -126,7 +126,9 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     a("--finetune-epochs", type=float, default=None, help="finetune per trial, may be fractional; 0 = BN only")
     a("--finetune-lr", type=float, default=None)
     a("--batch-size", type=int, default=None, help="finetune batch size per trial (default 64)")
-    a("--importance", default=None, help="l1 (default), l2, bn_scale, taylor or random")
+    a("--importance", default=None,
+      help="channel criterion: auto (default: search l1, bn_scale and taylor per trial), one of l1, l2, "
+           "bn_scale, taylor, random, or a comma-separated list to search over")
     a("--no-fill-budget", dest="fill_budget", action="store_false", default=None,
       help="keep proposals under budget as they are (default: scale each proposal to the budget)")
     a("--concurrency", type=int, default=None, help="trials running at once (default 2)")

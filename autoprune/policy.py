@@ -14,7 +14,10 @@ from typing import Mapping
 
 from .errors import ConfigError
 
-__all__ = ["Policy", "atomic_write_text", "kept_channels"]
+__all__ = ["Policy", "atomic_write_text", "kept_channels", "IMPORTANCES"]
+
+# Channel-importance criteria (Torch-Pruning's): which channels of a group are removed first.
+IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -44,6 +47,7 @@ class Policy:
     sparsity: Mapping[str, float]
     channels: Mapping[str, int] = field(default_factory=dict)
     round_to: int = 1  # kept channels are multiples of this (8 suits GPU kernels); fit and apply agree
+    importance: str | None = None  # which channels go first (l1, bn_scale, ...); None: the caller's choice
 
     def __post_init__(self) -> None:
         clean = {}
@@ -57,12 +61,14 @@ class Policy:
         if int(self.round_to) != self.round_to or self.round_to < 1:
             raise ConfigError(f"round_to must be a whole number >= 1, but got {self.round_to!r}.")
         object.__setattr__(self, "round_to", int(self.round_to))
+        if self.importance is not None and self.importance not in IMPORTANCES:
+            raise ConfigError(f"Unknown importance {self.importance!r}; choose one of {', '.join(IMPORTANCES)}.")
         missing = set(self.channels) and set(self.sparsity) - set(self.channels)
         if missing:
             raise ConfigError(f"Policy names groups without channel counts: {sorted(missing)[:5]}.")
 
     def __hash__(self) -> int:
-        return hash((self.model, tuple(self.sparsity.items())))
+        return hash((self.model, tuple(self.sparsity.items()), self.importance))
 
     def kept(self) -> dict[str, int]:
         """Channels kept per group, rounded to a multiple of ``round_to`` (at least one multiple)."""
@@ -72,8 +78,11 @@ class Policy:
         return sum(self.sparsity.values()) / max(1, len(self.sparsity))
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "sparsity": dict(self.sparsity), "channels": dict(self.channels),
-                "round_to": self.round_to}
+        d = {"model": self.model, "sparsity": dict(self.sparsity), "channels": dict(self.channels),
+             "round_to": self.round_to}
+        if self.importance is not None:
+            d["importance"] = self.importance
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -81,7 +90,8 @@ class Policy:
     @classmethod
     def from_dict(cls, d: Mapping) -> "Policy":
         try:
-            return cls(str(d["model"]), dict(d["sparsity"]), dict(d.get("channels", {})), int(d.get("round_to", 1)))
+            return cls(str(d["model"]), dict(d["sparsity"]), dict(d.get("channels", {})), int(d.get("round_to", 1)),
+                       d.get("importance"))
         except (KeyError, TypeError) as e:
             raise ConfigError(f"Not a policy: missing or bad key {e}; expected model, sparsity, channels.") from None
 

@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .budget import Budget, fit_to_budgets
 from .errors import BudgetError, ConfigError, PruningError
-from .policy import Policy, kept_channels
+from .policy import IMPORTANCES, Policy, kept_channels
 
 __all__ = [
     "Group",
@@ -39,7 +39,6 @@ __all__ = [
     "count_params",
 ]
 
-IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
 _ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -441,7 +440,7 @@ def apply_policy(
     policy: Policy,
     x: torch.Tensor,
     *,
-    importance: str = "l1",
+    importance: str | None = None,
     round_to: int | None = None,
     exclude: Sequence[str] = (),
     grad_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -450,13 +449,15 @@ def apply_policy(
     """Return a structurally pruned deep copy of ``model``; ``model`` itself is left untouched.
 
     Args:
-        importance: which channels of a group go first: ``l1`` (default), ``l2``, ``bn_scale``,
-            ``taylor`` (needs ``grad_batch=(inputs, targets)`` for one backward pass), ``random``.
+        importance: which channels of a group go first: ``l1``, ``l2``, ``bn_scale``, ``taylor``
+            (needs ``grad_batch=(inputs, targets)`` for one backward pass), ``random``. Default: the
+            policy's own (a searched policy records the criterion its trial used), else ``l1``.
         round_to: kept channels per group rounded up to a multiple; default: the policy's own
             (set when it was fitted: 1 for a CPU example input, 8 for CUDA), so the pruned model
             has exactly the size the policy was fitted to.
         exclude: the same layer patterns the policy was fitted with.
     """
+    importance = importance or policy.importance or "l1"
     imp = _importance(importance)
     if round_to is None:
         round_to = policy.round_to

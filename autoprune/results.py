@@ -95,7 +95,7 @@ class RunDir:
         row = pd.DataFrame([result.to_row()])
         df = row if df.empty else pd.concat([df[df["trial"] != result.trial], row], ignore_index=True)
         df = df.sort_values("trial", kind="stable")
-        head = list(TRIAL_COLUMNS) + ["error"]
+        head = [c for c in list(TRIAL_COLUMNS) + ["error", "importance"] if c in df.columns]
         df = df[head + sorted(c for c in df.columns if c not in head)]
         buf = io.StringIO()
         df.to_csv(buf, index=False)
@@ -135,7 +135,8 @@ def best_trial(front: pd.DataFrame) -> pd.Series | None:
 
 
 def front_table(front: pd.DataFrame) -> str:
-    cols = [c for c in ("trial", "origin", "val_acc", "flops_ratio", "params_ratio", "latency_ratio", "trial_s")
+    cols = [c for c in ("trial", "origin", "importance", "val_acc", "flops_ratio", "params_ratio", "latency_ratio",
+                        "trial_s")
             if c in front and front[c].notna().any()]
     if front.empty:
         return "(no feasible trial)"

@@ -26,7 +26,7 @@ import torch
 from .errors import ConfigError, RunError
 from .policy import Policy
 from .results import RunDir, best_trial
-from .space import PARAM_PREFIX, load_space
+from .space import IMPORTANCE_PARAM, PARAM_PREFIX, load_space
 from .trial import SearchConfig, TrialContext, TrialResult, run_trial
 
 __all__ = ["search", "SearchOutcome", "prepare_run", "run_name"]
@@ -195,8 +195,12 @@ def _context(payload: Mapping) -> TrialContext:
     return _CONTEXTS[key]
 
 
-def evaluate_proposal(payload: Mapping, proposal: Mapping[str, float], *, trial: int, origin: str) -> TrialResult:
-    """Fit a proposal to the budgets and run it as a trial (no Ray: callable from tests and scripts)."""
+def evaluate_proposal(payload: Mapping, proposal: Mapping[str, float], *, trial: int, origin: str,
+                      importance: str | None = None) -> TrialResult:
+    """Fit a proposal to the budgets and run it as a trial (no Ray: callable from tests and scripts).
+
+    ``importance`` is the trial's channel criterion (default: the config's first).
+    """
     from .prune import InfeasibleError
 
     start = time.perf_counter()
@@ -204,7 +208,7 @@ def evaluate_proposal(payload: Mapping, proposal: Mapping[str, float], *, trial:
     config = ctx.config
     context_s = time.perf_counter() - start  # non-zero only on a worker's first trial
     try:
-        policy = ctx.fit(proposal)
+        policy = ctx.fit(proposal, importance)
     except InfeasibleError as e:
         return TrialResult(trial=trial, status="infeasible", origin=origin, error=str(e),
                            trial_s=time.perf_counter() - start,
@@ -225,15 +229,16 @@ def _trainable(cfg: dict, payload: dict) -> None:
         # thread pool again from a later trial's thread has crashed workers (munmap_chunk).
         torch.set_num_threads(threads)
     proposal = {g: float(v) for g, v in _flatten(cfg.get("s", {})).items()}
+    importance = str(cfg.get(IMPORTANCE_PARAM) or config.importances[0])
     trial = int(cfg["trial"])
     origin = "optuna"
-    for name, point in payload["warm"]:
-        if all(math.isclose(proposal.get(g, -1.0), v, abs_tol=1e-9) for g, v in point.items()):
+    for name, point, imp in payload["warm"]:
+        if imp == importance and all(math.isclose(proposal.get(g, -1.0), v, abs_tol=1e-9) for g, v in point.items()):
             origin = name
             break
     if payload.get("fail_on_trial") == trial:  # fault injection for tests
         raise RuntimeError(f"injected failure in trial {trial}")
-    result = evaluate_proposal(payload, proposal, trial=trial, origin=origin)
+    result = evaluate_proposal(payload, proposal, trial=trial, origin=origin, importance=importance)
     if payload.get("nan_on_trial") == trial:  # fault injection for tests: a NaN metric
         result = TrialResult(**{**result.__dict__, "val_acc": float("nan")})
     if result.status == "ok" and _finite_or(result.val_acc, None) is None:
@@ -326,8 +331,10 @@ def _searcher(config: SearchConfig, run: RunDir, ranges: dict, space, warm: list
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(run.study_dir / "journal.log")))
     objective = f"{config.objective}_ratio"
-    points = [{PARAM_PREFIX + g: v for g, v in point.items()} for _, point in warm]
-    return GuardedOptunaSearch(space.sampler(ranges), metric=["val_acc", objective], mode=["max", "min"],
+    choose = len(config.importances) > 1
+    points = [{**({IMPORTANCE_PARAM: imp} if choose else {}), **{PARAM_PREFIX + g: v for g, v in point.items()}}
+              for _, point, imp in warm]
+    return GuardedOptunaSearch(space.sampler(ranges, config.importances), metric=["val_acc", objective], mode=["max", "min"],
                                points_to_evaluate=points or None, sampler=_sampler(config),
                                study_name=STUDY_NAME, storage=storage, seed=config.seed)
 
@@ -449,14 +456,19 @@ def _search_trials(config: SearchConfig, run: RunDir, payload: dict, space, done
     t = time.perf_counter()
     ctx = _context(payload)  # the driver's own copy: groups, uniform policy
     ranges = space.ranges(ctx.group_names)
+    # Warm starts: the uniform policy once per criterion (origin "uniform" for the first, the plain
+    # uniform L1 baseline by default, "uniform:<criterion>" for the others), unless already run.
     warm = []
-    if not (done["origin"] == "uniform").any():
+    origins = {imp: "uniform" if i == 0 else f"uniform:{imp}" for i, imp in enumerate(config.importances)}
+    missing = [imp for imp, origin in origins.items() if not (done["origin"] == origin).any()]
+    if missing:
         from .prune import InfeasibleError
 
         try:
             uniform = ctx.uniform()
-            warm.append(("uniform", {g: space.snap(uniform.sparsity[g], g) if space.step else uniform.sparsity[g]
-                                     for g in ctx.group_names}))
+            point = {g: space.snap(uniform.sparsity[g], g) if space.step else uniform.sparsity[g]
+                     for g in ctx.group_names}
+            warm.extend((origins[imp], point, imp) for imp in missing)
         except InfeasibleError as e:
             log(f"note: the uniform policy cannot meet the budget ({e})")
     stale = _close_stale_optuna_trials(run)

@@ -26,10 +26,11 @@ import yaml
 
 from .errors import SearchSpaceError
 
-__all__ = ["SearchSpace", "load_space", "list_spaces", "SPACE_DIR", "PARAM_PREFIX"]
+__all__ = ["SearchSpace", "load_space", "list_spaces", "SPACE_DIR", "PARAM_PREFIX", "IMPORTANCE_PARAM"]
 
 SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 PARAM_PREFIX = "s/"  # Optuna parameter name = "s/<group>"; Ray nests it as config["s"][group]
+IMPORTANCE_PARAM = "importance"  # the searched channel-importance criterion, when there is a choice
 _KEYS = ("range", "step", "exclude", "overrides", "description")
 
 
@@ -63,9 +64,10 @@ class SearchSpace:
             value = min(hi, max(lo, round(value, 10)))
         return value
 
-    def sampler(self, ranges: Mapping[str, tuple[float, float]]) -> "Sampler":
-        """A define-by-run function: one ``suggest_float`` per group, nothing else."""
-        return Sampler(dict(ranges), self.step)
+    def sampler(self, ranges: Mapping[str, tuple[float, float]], importances: Sequence[str] = ()) -> "Sampler":
+        """A define-by-run function: one ``suggest_float`` per group, and a categorical ``importance``
+        when there is more than one criterion to choose from."""
+        return Sampler(dict(ranges), self.step, tuple(importances))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SearchSpace":
@@ -86,8 +88,11 @@ class Sampler:
 
     ranges: Mapping[str, tuple[float, float]]
     step: float | None = None
+    importances: tuple[str, ...] = ()
 
     def __call__(self, trial: Any) -> None:
+        if len(self.importances) > 1:
+            trial.suggest_categorical(IMPORTANCE_PARAM, list(self.importances))
         for group, (lo, hi) in self.ranges.items():
             trial.suggest_float(PARAM_PREFIX + group, lo, hi, step=self.step if self.step and hi > lo else None)
 

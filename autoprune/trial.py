@@ -24,13 +24,16 @@ import torch.nn as nn
 
 from .budget import Budget
 from .errors import ConfigError
-from .policy import Policy
+from .policy import IMPORTANCES, Policy
 
 __all__ = ["SearchConfig", "TrialResult", "TrialContext", "run_trial", "TRIAL_COLUMNS", "SAMPLERS", "DEVICES"]
 
 SAMPLERS = ("tpe", "nsga2", "random")
 DEVICES = ("auto", "cpu", "cuda")
-IMPORTANCE_CHOICES = ("l1", "l2", "bn_scale", "taylor", "random")
+IMPORTANCE_CHOICES = IMPORTANCES
+# --importance auto searches these: one criterion from each family (weight magnitude, BatchNorm
+# scale, first-order Taylor); the first is the one the uniform warm start uses.
+AUTO_IMPORTANCES = ("l1", "bn_scale", "taylor")
 # The column contract of trials.csv and pareto.csv (DESIGN.md section 4); s:<group> columns follow.
 TRIAL_COLUMNS = ("trial", "status", "origin", "val_acc", "flops", "flops_ratio", "params", "params_ratio",
                  "latency_ms", "latency_ratio", "finetune_s", "trial_s", "policy")
@@ -58,7 +61,7 @@ class SearchConfig:
     finetune_lr: float = 0.01
     batch_size: int = 64
     bn_batches: int = 10
-    importance: str = "l1"
+    importance: str = "auto"  # a criterion, a comma-separated list to search over, or auto (AUTO_IMPORTANCES)
     fill_budget: bool = True
     concurrency: int = 2
     cpus_per_trial: float = 1.0
@@ -95,10 +98,10 @@ class SearchConfig:
         for name, ok, rule in rules:
             if not ok:
                 raise ConfigError(f"--{name.replace('_', '-')} must be {rule}, but got {getattr(self, name)!r}.")
-        for name, value, choices in (("sampler", self.sampler, SAMPLERS), ("device", self.device, DEVICES),
-                                     ("importance", self.importance, IMPORTANCE_CHOICES)):
+        for name, value, choices in (("sampler", self.sampler, SAMPLERS), ("device", self.device, DEVICES)):
             if value not in choices:
                 raise ConfigError(f"Unknown --{name} {value!r}; choose one of {', '.join(choices)}.")
+        self.importances  # noqa: B018 -- parse now, so a bad criterion fails before any work
         if self.gpus_per_trial > 0 and self.device == "cpu":
             raise ConfigError(f"--gpus-per-trial {self.gpus_per_trial} needs --device auto or cuda, not cpu.")
         if self.image_size is not None and self.image_size < 8:
@@ -111,6 +114,19 @@ class SearchConfig:
         """The parsed budgets, in the order flops, params, latency."""
         texts = {"flops": self.budget_flops, "params": self.budget_params, "latency": self.budget_latency}
         return [Budget.parse(kind, text) for kind, text in texts.items() if text is not None]
+
+    @property
+    def importances(self) -> tuple[str, ...]:
+        """The criteria the search chooses among (one: no choice); ``auto`` is :data:`AUTO_IMPORTANCES`."""
+        text = str(self.importance).strip()
+        if text == "auto":
+            return AUTO_IMPORTANCES
+        names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+        bad = [n for n in names if n not in IMPORTANCE_CHOICES] or ([] if names else [text])
+        if bad:
+            raise ConfigError(f"Unknown --importance {bad[0]!r}; choose auto, one of {', '.join(IMPORTANCE_CHOICES)}, "
+                              "or a comma-separated list of them.")
+        return names
 
     @property
     def objective(self) -> str:
@@ -166,6 +182,7 @@ class TrialResult:
         row = {c: getattr(self, c) for c in TRIAL_COLUMNS if c != "policy"}
         row["policy"] = f"policies/{self.trial}.json" if self.policy is not None else ""
         row["error"] = self.error
+        row["importance"] = self.policy.importance if self.policy is not None else ""
         if self.policy is not None:
             row.update({f"s:{g}": s for g, s in self.policy.sparsity.items()})
         # Seconds per part (fit, prune, count, bn_recalibration, finetune, evaluate, ...), for overhead studies.
@@ -201,16 +218,21 @@ class TrialContext:
     def group_names(self) -> list[str]:
         return [g.name for g in self.costs.groups]
 
-    def fit(self, proposal: Mapping[str, float]) -> Policy:
-        """Fit a proposal to the config's budgets (raises ``InfeasibleError`` when impossible)."""
+    def fit(self, proposal: Mapping[str, float], importance: str | None = None) -> Policy:
+        """Fit a proposal to the config's budgets (raises ``InfeasibleError`` when impossible).
+
+        The policy records ``importance`` (default: the config's first criterion), so whoever
+        applies it later removes the same channels the trial did.
+        """
         from .prune import fit_policy
 
-        return fit_policy(self.model, self.example, proposal, self.config.budgets(), exclude=self.exclude,
-                          round_to=self.round_to, device=self.device, latency_batch=self.config.latency_batch,
-                          model_name=self.config.model, fill=self.config.fill_budget)
+        policy = fit_policy(self.model, self.example, proposal, self.config.budgets(), exclude=self.exclude,
+                            round_to=self.round_to, device=self.device, latency_batch=self.config.latency_batch,
+                            model_name=self.config.model, fill=self.config.fill_budget)
+        return dataclasses.replace(policy, importance=importance or self.config.importances[0])
 
-    def uniform(self) -> Policy:
-        return self.fit({g: 0.0 for g in self.group_names})
+    def uniform(self, importance: str | None = None) -> Policy:
+        return self.fit({g: 0.0 for g in self.group_names}, importance)
 
 
 def run_trial(config: SearchConfig, policy: Policy, context: TrialContext, *, trial: int = 0,
@@ -235,9 +257,10 @@ def run_trial(config: SearchConfig, policy: Policy, context: TrialContext, *, tr
     try:
         t = time.perf_counter()
         dev = context.device
-        small = apply_policy(context.model, policy, context.example, importance=config.importance,
+        importance = policy.importance or config.importances[0]
+        small = apply_policy(context.model, policy, context.example, importance=importance,
                              round_to=context.round_to, exclude=context.exclude, seed=config.seed + trial,
-                             grad_batch=_grad_batch(context) if config.importance == "taylor" else None)
+                             grad_batch=_grad_batch(context) if importance == "taylor" else None)
         small.to(dev)
         t = lap("prune", t)
         flops = count_flops(small, context.example.to(dev))

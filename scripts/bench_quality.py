@@ -5,14 +5,18 @@ budget, then get the identical final recipe (BatchNorm recalibration, then a fin
 ``--final-epochs`` epochs at ``--final-lr``), and are measured on validation and test:
 
 - ``autoprune``: the best policy of a search (the highest validation accuracy on its front; search
-  decisions never look at test data), re-applied to the baseline, so the search's own short
-  finetune is not carried over and every method starts from the same weights;
-- ``uniform``: one sparsity for every group, fitted to the budget (``ap.uniform_policy``);
+  decisions never look at test data), re-applied to the baseline with the channel criterion its
+  trial used, so the search's own short finetune is not carried over and every method starts from
+  the same weights. The search chooses per trial among the criteria of ``--importance auto``
+  (L1 magnitude, BatchNorm scale, first-order Taylor), with the uniform policy as a warm start
+  for each;
+- ``uniform``: one sparsity for every group, fitted to the budget (``ap.uniform_policy``), L1;
 - ``tp_global``: Torch-Pruning's global magnitude pruning (L1, ``global_pruning=True``), its
   pruning ratio bisected until the pruned FLOPs are within 1% under the budget.
 
-All three rank channels by the same L1 magnitude, so they differ only in how many channels each
-layer keeps. A ``baseline`` row per model gives the unpruned accuracy.
+``uniform`` and ``tp_global`` rank channels by L1 magnitude, the usual baselines; ``autoprune``
+may pick another criterion when its validation accuracy says so, and the ``pick`` column names it.
+A ``baseline`` row per model gives the unpruned accuracy.
 
 The baseline of each model is trained once (``--baseline-epochs``) and cached under
 ``results/baselines/`` (the cache ``autoprune search`` uses). Every seed uses that baseline and the
@@ -22,8 +26,8 @@ baseline was trained on. The seed varies the search (Optuna, trial seeds) and th
 
 Run from the repository root::
 
-    python scripts/bench_quality.py            # full: about an hour on 2 CPU cores
-    python scripts/bench_quality.py --quick    # resnet20, 25% FLOPs, 1 seed, 4 trials: minutes
+    python scripts/bench_quality.py            # full: under an hour on 2 CPU cores
+    python scripts/bench_quality.py --quick    # resnet20, 25% FLOPs, 1 seed, 4 trials: a few minutes
     python scripts/bench_quality.py --models resnet20 --budgets 50,25 --seeds 0,1 --trials 8
 
 Writes ``results/benchmarks/quality.csv`` (one row per model, budget, method, seed, rewritten as
@@ -46,6 +50,7 @@ import torch.nn as nn
 
 import autoprune as ap
 from autoprune.baseline import ensure_baseline
+from autoprune.data import make_loader
 from autoprune.search import search
 from autoprune.train import TrainConfig, evaluate, recalibrate_bn, train
 from autoprune.trial import SearchConfig
@@ -64,8 +69,8 @@ BATCH_SIZE = 64  # the digits recipe's (baseline_recipe), for searches and the f
 TP_TOLERANCE = 0.01  # tp_global: pruned FLOPs within 1% under the budget
 TP_STEPS = 14  # bisection steps on Torch-Pruning's global ratio
 
-FULL = dict(models="resnet20,resnet56", budgets="50,25,12.5", seeds="0,1,2", trials=12, search_epochs=1.0,
-            final_epochs=5)
+FULL = dict(models="resnet20,resnet56", budgets="50,25,12.5", seeds="0,1,2", trials=10, search_epochs=1.0,
+            final_epochs=3)
 QUICK = dict(models="resnet20", budgets="25", seeds="0", trials=4, search_epochs=1.0, final_epochs=2)
 
 COLUMNS = ["model", "dataset", "budget", "method", "seed", "flops_ratio", "params_ratio", "val_acc", "test_acc",
@@ -204,20 +209,25 @@ def _search_best(model_name: str, checkpoint: str, budget: float, seed: int, arg
     trial = int(best["trial"])
     run = ap.load_run(outcome.path)
     info = {"trial": trial, "origin": str(best["origin"]), "search_val_acc": float(best["val_acc"]),
-            "search_flops": int(best["flops"]), "importance": run.config.importance,
+            "search_flops": int(best["flops"]), "importance": run.policy(trial).importance or run.config.importances[0],
             "prune_seed": run.config.seed + trial,
             "settings": " ".join(f"{k}={getattr(run.config, k)}" for k in SETTINGS)}
     return run.policy(trial), info
 
 
 def _prune(method: str, model_name: str, base: nn.Module, x: torch.Tensor, budget: float, seed: int,
-           checkpoint: str, args, folder: Path, tp_cache: tuple | None,
+           checkpoint: str, args, folder: Path, tp_cache: tuple | None, splits,
            log: Callable[[str], None]) -> tuple[nn.Module, dict]:
     """The pruned copy of ``base`` a method gives, and what to record about how it was chosen."""
     if method == "autoprune":
         policy, info = _search_best(model_name, checkpoint, budget, seed, args, folder, log)
-        small = ap.apply_policy(base, policy, x, importance=info["importance"], seed=info["prune_seed"])
-        extra = {"search_val_acc": info["search_val_acc"], "pick": f"trial {info['trial']} ({info['origin']})",
+        # taylor scores channels by one gradient batch: the same first shuffled batch the trial used
+        grad_batch = next(iter(make_loader(splits.train, 64, shuffle=True, seed=0))) \
+            if info["importance"] == "taylor" else None
+        small = ap.apply_policy(base, policy, x, importance=info["importance"], seed=info["prune_seed"],
+                                grad_batch=grad_batch)
+        extra = {"search_val_acc": info["search_val_acc"],
+                 "pick": f"trial {info['trial']} ({info['origin']}, {info['importance']})",
                  "search_settings": info["settings"]}
         if ap.count_flops(small, x) != info["search_flops"]:
             extra["note"] = "the re-applied policy's FLOPs differ from the search's"
@@ -264,7 +274,7 @@ def run_benchmark(args, log: Callable[[str], None] = print) -> list[dict]:
                     start = time.perf_counter()
                     try:
                         small, extra = _prune(method, model_name, base, x, budget, seed, checkpoint, args, folder,
-                                             tp_cache, log)
+                                             tp_cache, splits, log)
                         if method == "tp_global":
                             tp_cache = extra.pop("cache")
                         prune_s = time.perf_counter() - start + extra.pop("shared_s", 0.0)

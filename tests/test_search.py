@@ -48,7 +48,11 @@ def test_search_end_to_end(small_config):
     assert list(trials.columns[: len(TRIAL_COLUMNS)]) == list(TRIAL_COLUMNS)
     assert any(c.startswith("s:") for c in trials.columns)
     assert len(trials) == 4 and sorted(trials["trial"]) == [0, 1, 2, 3]
-    assert trials.set_index("trial").loc[0, "origin"] == "uniform"
+    # --importance auto (the default): the uniform policy once per criterion, then the sampler's proposals
+    first = trials.set_index("trial").loc[[0, 1, 2]]
+    assert list(first["origin"]) == ["uniform", "uniform:bn_scale", "uniform:taylor"]
+    assert list(first["importance"]) == ["l1", "bn_scale", "taylor"]
+    assert set(trials["importance"]) <= {"l1", "bn_scale", "taylor"}
     assert (trials["status"] == "ok").all(), trials["error"].tolist()
     assert len(list((run / "policies").glob("*.json"))) == 4
 
@@ -64,8 +68,10 @@ def test_search_end_to_end(small_config):
     model, x = loaded.model(), loaded.example_input()
     base = _flops(model, x)
     assert base == loaded.baseline["flops"]
-    for t in trials["trial"]:
-        small = ap.apply_policy(model, loaded.policy(t), x, importance=loaded.config.importance)
+    for t, importance in zip(trials["trial"], trials["importance"]):
+        policy = loaded.policy(t)
+        assert policy.importance == importance  # the policy file carries the trial's criterion
+        small = ap.apply_policy(model, policy, x, importance="l1")  # which channels go does not change the FLOPs
         assert _flops(small, x) <= 0.5 * base, t
     assert "RUNNING" not in _study_states(run)
     assert json.loads((run / "state.json").read_text())["finished"] is True
@@ -85,12 +91,13 @@ def test_failed_and_nan_trials_do_not_stop_the_search(small_config):
 
 
 def test_same_seed_same_policies(small_config):
-    a = search(small_config(trials=3, concurrency=1, name="a"), log=lambda line: None).trials
-    b = search(small_config(trials=3, concurrency=1, name="b"), log=lambda line: None).trials
-    cols = [c for c in a.columns if c.startswith("s:")]
+    # 3 warm starts (uniform x 3 criteria), then 2 proposals: sparsities and criterion both seeded
+    a = search(small_config(trials=5, concurrency=1, name="a"), log=lambda line: None).trials
+    b = search(small_config(trials=5, concurrency=1, name="b"), log=lambda line: None).trials
+    cols = [c for c in a.columns if c.startswith("s:")] + ["importance"]
     pd.testing.assert_frame_equal(a[cols], b[cols])
-    c = search(small_config(trials=3, concurrency=1, name="c", seed=1), log=lambda line: None).trials
-    assert not a[cols].iloc[1:].equals(c[cols].iloc[1:])  # another seed proposes other policies
+    c = search(small_config(trials=5, concurrency=1, name="c", seed=1), log=lambda line: None).trials
+    assert not a[cols].iloc[3:].equals(c[cols].iloc[3:])  # another seed proposes other policies
 
 
 def _ray_pids() -> set[int]:
@@ -125,8 +132,9 @@ def test_kill_9_then_resume_finishes_without_repeats(rand20, tmp_path):
     trials = pd.read_csv(csv)
     assert len(trials) == 6
     assert trials["trial"].is_unique and (trials["status"] == "ok").all()
-    assert (trials["origin"] == "uniform").sum() == 1
-    policies = trials[[c for c in trials.columns if c.startswith("s:")]]
+    for origin in ("uniform", "uniform:bn_scale", "uniform:taylor"):  # each warm start once, resumed or not
+        assert (trials["origin"] == origin).sum() == 1, origin
+    policies = trials[[c for c in trials.columns if c.startswith("s:")] + ["importance"]]
     assert not policies.duplicated().any()
     assert "RUNNING" not in _study_states(results / "k")
     # a finished run is never run again
