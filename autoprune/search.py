@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,9 +66,12 @@ def run_name(config: SearchConfig) -> str:
 
 
 def prepare_run(config: SearchConfig, *, resume: bool, argv: list[str] | None = None,
-                log: Callable[[str], None] = print) -> tuple[SearchConfig, RunDir, dict]:
+                log: Callable[[str], None] = print,
+                on_checked: Callable[[SearchConfig, int], None] | None = None) -> tuple[SearchConfig, RunDir, dict]:
     """Check the run folder and the inputs, then load data and baseline; no Ray yet.
 
+    ``on_checked(config, payload_bytes)`` is called once every input has been checked, before the
+    baseline is loaded or trained (``search`` starts Ray there, in the background).
     Returns the effective config (a resumed run's own), the run folder and the prepared payload.
     Raises :class:`RunError` for a finished run, an existing unfinished run without ``--resume``,
     or ``--resume`` of a folder that is not a run.
@@ -92,11 +97,11 @@ def prepare_run(config: SearchConfig, *, resume: bool, argv: list[str] | None = 
     if not config.budgets():
         raise ConfigError("Give at least one budget: --budget-flops, --budget-params or --budget-latency (e.g. 50%).")
     space = load_space(config.search_space)  # a malformed file fails here, before any work
-    payload = _prepare_payload(config, run, space, resume=resume, argv=argv, log=log)
+    payload = _prepare_payload(config, run, space, resume=resume, argv=argv, log=log, on_checked=on_checked)
     return config, run, payload
 
 
-def _prepare_payload(config: SearchConfig, run: RunDir, space, *, resume: bool, argv, log) -> dict:
+def _prepare_payload(config: SearchConfig, run: RunDir, space, *, resume: bool, argv, log, on_checked=None) -> dict:
     from .baseline import ensure_baseline
     from .data import load_dataset
     from .models import create_model, load_checkpoint
@@ -106,7 +111,13 @@ def _prepare_payload(config: SearchConfig, run: RunDir, space, *, resume: bool, 
     splits = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
                           image_size=config.image_size, val_fraction=config.val_fraction, seed=config.split_seed)
     model = create_model(config.model, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
+
+    def checked() -> None:
+        if on_checked is not None:
+            on_checked(config, _tensor_bytes(model.state_dict().values(), splits.train, splits.val))
+
     if resume:
+        checked()
         load_checkpoint(model, run.path / "baseline.pt")
         baseline = json.loads((run.path / "baseline.json").read_text())
     else:
@@ -133,6 +144,7 @@ def _prepare_payload(config: SearchConfig, run: RunDir, space, *, resume: bool, 
         if not groups:
             raise ConfigError(f"Model {config.model!r} has no prunable group outside the excluded layers "
                               f"{list(space.exclude)}.")
+        checked()
         if config.checkpoint:
             info = {"source": str(Path(config.checkpoint).resolve()), "test_acc": None}
         else:
@@ -385,10 +397,20 @@ def _init_ray(config: SearchConfig, payload_bytes: int) -> bool:
     gpus = torch.cuda.device_count() if config.gpus_per_trial > 0 else 0
     # Enough object store for the baseline and the data, a few times over, not 30% of RAM.
     store = max(100 * 2**20, 4 * payload_bytes)
+    if os.environ.get("AUTOPRUNE_WARM_WORKERS") == "1":  # experiment: import torch in workers at start
+        kwargs["runtime_env"] = {"worker_process_setup_hook": "autoprune.search._warm_worker"}
     # address="local": always a fresh private instance, never a cluster another `ray start` left running.
     ray.init(address="local", num_cpus=cpus, num_gpus=gpus, object_store_memory=store, logging_level=logging.ERROR,
              log_to_driver=False, configure_logging=True, **kwargs)
     return True
+
+
+def _warm_worker() -> None:
+    """Ray worker set-up: the imports every trial needs, done when the worker process starts."""
+    import torch_pruning  # noqa: F401
+    from ray import tune  # noqa: F401
+
+    from . import prune, train, trial  # noqa: F401
 
 
 def _quiet_tune_logs() -> None:
@@ -403,15 +425,82 @@ def _quiet_tune_logs() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _payload_bytes(payload: Mapping) -> int:
-    total = sum(t.numel() * t.element_size() for t in payload["state_dict"].values())
-    for key in ("train", "val"):
-        ds = payload[key]
+def _tensor_bytes(weights, *datasets) -> int:
+    """Bytes of the weights and of in-memory datasets: what the payload puts in Ray's object store."""
+    total = sum(t.numel() * t.element_size() for t in weights)
+    for ds in datasets:
         for attr in ("x", "y"):
             t = getattr(ds, attr, None)
             if isinstance(t, torch.Tensor):
                 total += t.numel() * t.element_size()
     return total
+
+
+class _RayStarter:
+    """Starts Ray (and imports Tune) on a background thread while the driver prepares.
+
+    Ray's start-up (a few seconds of process launches, mostly waiting) then overlaps the baseline,
+    the validation pass and the driver's cost model instead of adding to them. ``wait()`` returns
+    whether this search started Ray (and so must shut it down); ``close()`` always leaves no Ray
+    behind that this search started, also when preparation failed or was interrupted.
+
+    The thread lives until ``close()``: Ray's local processes are launched with a parent-death
+    signal, which Linux sends when the launching *thread* ends, not only the process.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._started = False
+        self._error: BaseException | None = None
+
+    def start(self, config: SearchConfig, payload_bytes: int) -> None:
+        if self._thread is not None:
+            return
+        if threading.current_thread() is threading.main_thread():
+            # What ray.init installs itself on the main thread (not from another): SIGTERM exits
+            # through Python, so Ray's atexit shutdown runs.
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+
+        def run() -> None:
+            try:
+                self._started = _init_ray(config, payload_bytes)
+                _quiet_tune_logs()
+                from ray import tune  # noqa: F401  (Tune's import, off the critical path too)
+                from ray.tune.search.optuna import OptunaSearch  # noqa: F401
+            except BaseException as e:  # handed to wait(), on the driver's thread
+                self._error = e
+            finally:
+                self._ready.set()
+            self._stop.wait()  # keep the launching thread alive while Ray runs (see the class doc)
+
+        self._thread = threading.Thread(target=run, name="autoprune-ray", daemon=True)
+        self._thread.start()
+
+    def wait(self, config: SearchConfig, payload_bytes: int) -> bool:
+        self.start(config, payload_bytes)  # not started yet (nothing called on_checked): start now
+        self._ready.wait()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return self._started
+
+    def close(self) -> None:
+        if self._thread is None:
+            return
+        self._ready.wait()
+        try:
+            if self._started:
+                import ray
+
+                ray.shutdown()
+                self._started = False
+        finally:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
 
 
 def search(config: SearchConfig, *, resume: bool = False, argv: list[str] | None = None,
@@ -426,14 +515,22 @@ def search(config: SearchConfig, *, resume: bool = False, argv: list[str] | None
         faults: test hooks, ``{"fail_on_trial": n}`` or ``{"nan_on_trial": n}``.
     """
     start = time.perf_counter()
-    config, run, payload = prepare_run(config, resume=resume, argv=argv, log=log)
-    timings = {"prepare": time.perf_counter() - start}
-    done = run.read_trials()
-    remaining = config.trials - len(done)
-    space = load_space(config.search_space) if not resume else _saved_space(run)
-    baseline = payload["baseline"]
-    if remaining > 0:
-        _search_trials(config, run, payload, space, done, remaining, log=log, faults=faults or {}, timings=timings)
+    timings: dict[str, float] = {}
+    ray_starter = _RayStarter()
+    try:
+        config, run, payload = prepare_run(config, resume=resume, argv=argv, log=log, on_checked=ray_starter.start)
+        timings["prepare"] = time.perf_counter() - start
+        done = run.read_trials()
+        remaining = config.trials - len(done)
+        space = load_space(config.search_space) if not resume else _saved_space(run)
+        baseline = payload["baseline"]
+        if remaining > 0:
+            _search_trials(config, run, payload, space, done, remaining, log=log, faults=faults or {},
+                           timings=timings, ray_starter=ray_starter)
+    finally:
+        t = time.perf_counter()
+        ray_starter.close()  # shuts down the Ray this search started, whatever happened
+        _lap(timings, "ray_shutdown", t)
     t = time.perf_counter()
     trials = run.read_trials()
     front = run.write_front(config.budgets(), config.objective, baseline)
@@ -451,8 +548,9 @@ def _saved_space(run: RunDir):
 
 
 def _search_trials(config: SearchConfig, run: RunDir, payload: dict, space, done: pd.DataFrame, remaining: int,
-                   *, log: Callable[[str], None], faults: Mapping[str, int], timings: dict | None = None) -> None:
-    timings = {} if timings is None else timings
+                   *, log: Callable[[str], None], faults: Mapping[str, int], timings: dict,
+                   ray_starter: _RayStarter) -> None:
+    """Run ``remaining`` trials through Ray Tune; Ray is left running (``ray_starter.close()`` stops it)."""
     t = time.perf_counter()
     ctx = _context(payload)  # the driver's own copy: groups, uniform policy
     ranges = space.ranges(ctx.group_names)
@@ -477,18 +575,13 @@ def _search_trials(config: SearchConfig, run: RunDir, payload: dict, space, done
     offset = int(done["trial"].max()) + 1 if len(done) else 0
     payload = {**payload, "warm": warm, "trial_offset": offset, **faults}
     t = _lap(timings, "driver_context", t)
-    started = _init_ray(config, _payload_bytes(payload))
-    _quiet_tune_logs()
+    # Started in the background once the inputs were checked; what is left of its start-up is waited for here.
+    ray_starter.wait(config, _tensor_bytes(payload["state_dict"].values(), payload["train"], payload["val"]))
     t = _lap(timings, "ray_start", t)
     try:
         _run_tuner(config, run, payload, ranges, space, warm, remaining, log=log)
     finally:
-        t = _lap(timings, "tuner", t)
-        if started:
-            import ray
-
-            ray.shutdown()
-        _lap(timings, "ray_shutdown", t)
+        _lap(timings, "tuner", t)
 
 
 def _lap(timings: dict, part: str, t0: float) -> float:

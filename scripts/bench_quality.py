@@ -69,7 +69,10 @@ BATCH_SIZE = 64  # the digits recipe's (baseline_recipe), for searches and the f
 TP_TOLERANCE = 0.01  # tp_global: pruned FLOPs within 1% under the budget
 TP_STEPS = 14  # bisection steps on Torch-Pruning's global ratio
 
-FULL = dict(models="resnet20,resnet56", budgets="50,25,12.5", seeds="0,1,2", trials=10, search_epochs=1.0,
+# Searches: 8 trials (the uniform warm start once per criterion, then 5 proposals) x 2 finetune epochs,
+# the default search's per-trial finetune. With 1-epoch trials the searches mis-ranked at 25% FLOPs
+# (quality_search1epoch.csv, levers.md); 2 epochs with fewer trials keeps the whole run under an hour.
+FULL = dict(models="resnet20,resnet56", budgets="50,25,12.5", seeds="0,1,2", trials=8, search_epochs=2.0,
             final_epochs=3)
 QUICK = dict(models="resnet20", budgets="25", seeds="0", trials=4, search_epochs=1.0, final_epochs=2)
 

@@ -138,6 +138,7 @@ CASES = [
     C("concurrency-0", lambda i: S + F50 + ["--concurrency", "0"], "--concurrency", "got 0"),
     C("sampler-cmaes", lambda i: S + F50 + ["--sampler", "cmaes"], "'cmaes'", "tpe, nsga2, random"),
     C("device-tpu", lambda i: S + F50 + ["--device", "tpu"], "'tpu'", "auto, cpu, cuda"),
+    C("importance-magic", lambda i: S + F50 + ["--importance", "l1,magic"], "'magic'", "auto", "bn_scale"),
     C("unknown-command", lambda i: ["serch", *F50], "'serch'", "search"),
     # models and data
     C("model-resnet5", lambda i: S + F50 + ["--model", "resnet5"], "'resnet5'", "resnet56", "list-models",

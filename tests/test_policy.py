@@ -94,3 +94,16 @@ def test_kept_round_to(policy):
 ])
 def test_kept_channels(channels, sparsity, round_to, kept):
     assert kept_channels(channels, sparsity, round_to) == kept
+
+
+def test_importance_is_recorded_and_round_trips(policy):
+    import dataclasses
+
+    tagged = dataclasses.replace(policy, importance="bn_scale")
+    back = Policy.from_json(tagged.to_json())
+    assert back.importance == "bn_scale" and back == tagged
+    assert back != policy and hash(back) != hash(policy)  # same sizes, other channels: another policy
+    assert "importance" not in policy.to_dict()  # untagged policies (and older files) stay as they were
+    assert Policy.from_dict(policy.to_dict()).importance is None
+    with pytest.raises(ConfigError, match="'magic'.*bn_scale"):
+        dataclasses.replace(policy, importance="magic")

@@ -237,6 +237,19 @@ def test_importances(r20, importance):
         assert small.eval()(x).shape == (1, 10)
 
 
+def test_policy_criterion_is_the_default(r20):
+    import dataclasses
+
+    model, x = r20
+    policy = uniform_policy(model, x, [HALF])
+    tagged = dataclasses.replace(policy, importance="bn_scale")
+    by_tag = apply_policy(model, tagged, x).state_dict()
+    by_arg = apply_policy(model, policy, x, importance="bn_scale").state_dict()
+    by_l1 = apply_policy(model, policy, x).state_dict()  # untagged: l1
+    assert all(torch.equal(by_tag[k], by_arg[k]) for k in by_tag)
+    assert not all(torch.equal(by_tag[k], by_l1[k]) for k in by_tag)  # another criterion keeps other channels
+
+
 def test_random_importance_seeded(r20):
     model, x = r20
     policy = uniform_policy(model, x, [HALF])

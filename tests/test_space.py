@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from autoprune.errors import SearchSpaceError
-from autoprune.space import PARAM_PREFIX, SearchSpace, list_spaces, load_space
+from autoprune.space import IMPORTANCE_PARAM, PARAM_PREFIX, SearchSpace, list_spaces, load_space
 
 
 def test_builtin_spaces_load():
@@ -33,6 +33,23 @@ def test_sampler_only_suggests_one_float_per_group():
     sample(trial)
     assert set(trial.params) == {PARAM_PREFIX + "conv1", PARAM_PREFIX + "layer1.0.conv1"}
     assert 0.0 <= trial.params[PARAM_PREFIX + "conv1"] <= 0.6
+
+
+def test_sampler_chooses_the_criterion_only_when_there_is_a_choice():
+    import optuna
+
+    space = load_space("default")
+    ranges = space.ranges(["conv1"])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        space.sampler(ranges, ("l1", "bn_scale", "taylor"))(trial)
+        seen.add(trial.params[IMPORTANCE_PARAM])
+    assert seen == {"l1", "bn_scale", "taylor"}
+    single = study.ask()
+    space.sampler(ranges, ("l1",))(single)
+    assert set(single.params) == {PARAM_PREFIX + "conv1"}
 
 
 @pytest.mark.parametrize("text,key", [

@@ -83,3 +83,23 @@ def test_config_round_trip():
 def test_result_rejects_unknown_status():
     with pytest.raises(ValueError):
         TrialResult(trial=0, status="maybe", origin="optuna")
+
+
+def test_importance_choices_parse():
+    from autoprune.trial import AUTO_IMPORTANCES
+
+    assert SearchConfig().importances == AUTO_IMPORTANCES == ("l1", "bn_scale", "taylor")
+    assert SearchConfig(importance="bn_scale").importances == ("bn_scale",)
+    assert SearchConfig(importance=" l2, taylor ,l2").importances == ("l2", "taylor")
+    for bad in ("magic", "l1,magic", "", ","):
+        with pytest.raises(ConfigError, match="--importance"):
+            SearchConfig(importance=bad)
+
+
+def test_trial_prunes_with_the_policys_criterion(context):
+    # the context's config searches several criteria; each trial's policy says which one it used
+    policy = context.fit({g: 0.0 for g in context.group_names}, "bn_scale")
+    assert policy.importance == "bn_scale"
+    assert context.uniform().importance == context.config.importances[0]
+    result = run_trial(context.config, policy, context, trial=0)
+    assert result.status == "ok" and result.to_row()["importance"] == "bn_scale"
