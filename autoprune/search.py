@@ -397,20 +397,10 @@ def _init_ray(config: SearchConfig, payload_bytes: int) -> bool:
     gpus = torch.cuda.device_count() if config.gpus_per_trial > 0 else 0
     # Enough object store for the baseline and the data, a few times over, not 30% of RAM.
     store = max(100 * 2**20, 4 * payload_bytes)
-    if os.environ.get("AUTOPRUNE_WARM_WORKERS") == "1":  # experiment: import torch in workers at start
-        kwargs["runtime_env"] = {"worker_process_setup_hook": "autoprune.search._warm_worker"}
     # address="local": always a fresh private instance, never a cluster another `ray start` left running.
     ray.init(address="local", num_cpus=cpus, num_gpus=gpus, object_store_memory=store, logging_level=logging.ERROR,
              log_to_driver=False, configure_logging=True, **kwargs)
     return True
-
-
-def _warm_worker() -> None:
-    """Ray worker set-up: the imports every trial needs, done when the worker process starts."""
-    import torch_pruning  # noqa: F401
-    from ray import tune  # noqa: F401
-
-    from . import prune, train, trial  # noqa: F401
 
 
 def _quiet_tune_logs() -> None:

@@ -21,7 +21,7 @@ time (the goal: >= 0.90), ``compute_share_tuner`` over the tuner phase's slot ti
 
 Run from the repository root::
 
-    python scripts/bench_overhead.py              # the default 16 trials
+    python scripts/bench_overhead.py              # the default search: 24 trials
     python scripts/bench_overhead.py --trials 6   # quicker
 
 Writes ``results/benchmarks/overhead.csv``; the search folder goes to ``results/bench/overhead/``.
@@ -127,7 +127,7 @@ def breakdown(outcome, concurrency: int, arrivals: dict[int, float] | None = Non
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--trials", type=int, default=SearchConfig.trials, help="trials (default: the search's, 16)")
+    p.add_argument("--trials", type=int, default=SearchConfig.trials, help="trials (default: the search's, 24)")
     p.add_argument("--finetune-epochs", type=float, default=SearchConfig.finetune_epochs,
                    help="finetune epochs per trial (default: the search's, 2)")
     p.add_argument("--concurrency", type=int, default=SearchConfig.concurrency, help="trials at once (default 2)")

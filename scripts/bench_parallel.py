@@ -1,7 +1,7 @@
 """Benchmark search throughput: trials per hour at concurrency 1 and 2, and the parallel efficiency.
 
-The same search (resnet20 on digits, 50% FLOPs, 8 trials of 1 finetune epoch, 1 CPU per trial,
-the cached baseline) runs once per concurrency. Optuna's random sampler proposes the same
+The same search (the default search: resnet20 on digits, 50% FLOPs, 24 trials of 2 finetune
+epochs, 1 CPU per trial, the cached baseline) runs once per concurrency. Optuna's random sampler proposes the same
 sequence of policies whatever the concurrency (TPE would see different finished trials), so every
 run does the same work. ``efficiency`` is the speed-up over concurrency 1 divided by the
 concurrency, from the search's whole wall time; ``efficiency_tuner`` counts only the tuner phase
@@ -13,7 +13,7 @@ efficiency uses the median of each concurrency's runs.
 
 Run from the repository root::
 
-    python scripts/bench_parallel.py                  # 8 trials at concurrency 1, then 2
+    python scripts/bench_parallel.py                  # 24 trials at concurrency 1, then 2
     python scripts/bench_parallel.py --trials 4 --finetune-epochs 0.5
 
 Writes ``results/benchmarks/parallel.csv``; search folders go to ``results/bench/parallel/``.
@@ -61,8 +61,9 @@ def cached_checkpoint(config: SearchConfig) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--trials", type=int, default=8)
-    p.add_argument("--finetune-epochs", type=float, default=1.0)
+    p.add_argument("--trials", type=int, default=SearchConfig.trials, help="default: the search's, 24")
+    p.add_argument("--finetune-epochs", type=float, default=SearchConfig.finetune_epochs,
+                   help="default: the search's, 2")
     p.add_argument("--concurrency", default="1,2", help="comma-separated (default 1,2)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--sampler", default="random", help="random (default: same proposals at any concurrency), tpe")
