@@ -261,3 +261,22 @@ def test_search_never_reads_the_test_split(small_config, tmp_path, monkeypatch):
                      log=lambda line: None)
     assert (outcome.trials["status"] == "ok").all(), outcome.trials["error"].tolist()
     assert outcome.baseline["test_acc"] is None  # a search reports no test accuracy of its own
+
+
+def test_failure_after_ray_started_in_background_leaves_no_ray(small_config, monkeypatch):
+    """Ray starts on a thread once the inputs are checked; a later failure must still shut it down."""
+    import threading
+
+    import ray
+
+    import autoprune.train
+
+    def broken_evaluate(*args, **kwargs):
+        time.sleep(1.0)  # let the background start get going
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr(autoprune.train, "evaluate", broken_evaluate)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        search(small_config(name="broken"), log=lambda line: None)
+    assert not ray.is_initialized()
+    assert not [t for t in threading.enumerate() if t.name == "autoprune-ray"]
