@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from .baseline import baseline_recipe
-from .data import load_dataset, make_loader
+from .data import gradient_batch, load_dataset
 from .errors import ConfigError, RunError
 from .latency import relative_latency
 from .policy import Policy
@@ -236,9 +236,7 @@ def _prune(run: Run, choice: _Choice, model: nn.Module, x: torch.Tensor, splits,
     config = run.config
     # The trial's own criterion (recorded in its policy since criteria are searched); older runs: the config's.
     importance = choice.policy.importance or config.importances[0]
-    grad_batch = None
-    if importance == "taylor":
-        grad_batch = next(iter(make_loader(splits.train, 64, shuffle=True, seed=0)))
+    grad_batch = gradient_batch(splits.train) if importance == "taylor" else None
     small = apply_policy(model, choice.policy, x, importance=importance, exclude=exclude,
                          seed=config.seed + choice.trial, grad_batch=grad_batch)
     if choice.search_flops is not None and count_flops(small, x) != int(choice.search_flops):

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .errors import ConfigError, DataError, close_matches
 
-__all__ = ["DATASETS", "Loader", "Splits", "TensorData", "list_datasets", "load_dataset", "make_loader",
+__all__ = ["DATASETS", "Loader", "Splits", "TensorData", "gradient_batch", "list_datasets", "load_dataset", "make_loader",
            "register_dataset"]
 
 # Per-channel statistics of the training images; CIFAR-10's std is the true per-pixel one, not the
@@ -419,3 +419,13 @@ def make_loader(
         raise ConfigError(f"batch_size must be a whole number >= 1, but got {batch_size!r}.")
     return Loader(dataset, int(batch_size), shuffle=shuffle, seed=seed,
                   device=torch.device(device), drop_last=drop_last, num_workers=num_workers)
+
+
+def gradient_batch(dataset, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch the ``taylor`` criterion scores channels with: the first of a seed-0 shuffle.
+
+    Fixed, so that a search trial, ``apply`` and the benchmarks remove the same channels for the
+    same policy.
+    """
+    x, y = next(iter(make_loader(dataset, batch_size, shuffle=True, seed=0)))
+    return x, y

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -231,6 +232,13 @@ class TrialContext:
                             model_name=self.config.model, fill=self.config.fill_budget)
         return dataclasses.replace(policy, importance=importance or self.config.importances[0])
 
+    @functools.cached_property
+    def gradient_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``taylor`` criterion's batch, drawn once per worker rather than once per trial."""
+        from .data import gradient_batch
+
+        return gradient_batch(self.train_ds)
+
     def uniform(self, importance: str | None = None) -> Policy:
         return self.fit({g: 0.0 for g in self.group_names}, importance)
 
@@ -260,7 +268,7 @@ def run_trial(config: SearchConfig, policy: Policy, context: TrialContext, *, tr
         importance = policy.importance or config.importances[0]
         small = apply_policy(context.model, policy, context.example, importance=importance,
                              round_to=context.round_to, exclude=context.exclude, seed=config.seed + trial,
-                             grad_batch=_grad_batch(context) if importance == "taylor" else None)
+                             grad_batch=context.gradient_batch if importance == "taylor" else None)
         small.to(dev)
         t = lap("prune", t)
         flops = count_flops(small, context.example.to(dev))
@@ -299,13 +307,6 @@ def run_trial(config: SearchConfig, policy: Policy, context: TrialContext, *, tr
     except Exception as e:  # a bad candidate must not end the search; its reason is recorded
         return TrialResult(status="failed", error=_one_line(e), trial_s=time.perf_counter() - start,
                            timings=timings, **base)
-
-
-def _grad_batch(context: TrialContext) -> tuple[torch.Tensor, torch.Tensor]:
-    from .data import make_loader
-
-    x, y = next(iter(make_loader(context.train_ds, 64, shuffle=True, seed=0)))
-    return x, y
 
 
 def _one_line(e: BaseException) -> str:

@@ -45,7 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import autoprune as ap  # noqa: E402
 import bench_quality as bq  # noqa: E402
-from autoprune.data import make_loader  # noqa: E402
+from autoprune.data import gradient_batch  # noqa: E402
 from autoprune.policy import IMPORTANCES  # noqa: E402
 
 _OUT = Path(__file__).resolve().parent.parent / "results" / "benchmarks" / "levers.csv"
@@ -74,9 +74,10 @@ def proposal(shape: str, groups: list[str]) -> dict[str, float]:
     by_stage = {"late_more": (0.0, 0.3, 0.6), "early_more": (0.6, 0.3, 0.0), "mid_keep": (0.3, 0.0, 0.3)}
     if shape == "uniform":
         return {g: 0.0 for g in groups}
-    if shape in ("keep_res", "keep_res2", "keep_int"):
-        internal = {"keep_res": 0.5, "keep_res2": 0.75, "keep_int": 0.0}[shape]
-        return {g: (0.5 if shape == "keep_int" else 0.0) if _residual(g) else internal for g in groups}
+    split = {"keep_res": (0.0, 0.5), "keep_res2": (0.0, 0.75), "keep_int": (0.5, 0.0)}  # (residual, internal)
+    if shape in split:
+        residual, internal = split[shape]
+        return {g: residual if _residual(g) else internal for g in groups}
     if shape in by_stage:
         return {g: by_stage[shape][_stage(g) - 1] for g in groups}
     if shape == "late_more_keep_res":
@@ -88,7 +89,7 @@ def run(models: list[str], budgets: list[float], seeds: list[int], candidates: d
         final_epochs: float, out: Path) -> list[dict]:
     splits = ap.load_dataset(bq.DATASET, seed=bq.SPLIT_SEED)
     x = splits.example_input()
-    grad_batch = next(iter(make_loader(splits.train, 64, shuffle=True, seed=0)))
+    grad_batch = gradient_batch(splits.train)
     rows: list[dict] = []
     new = not out.is_file()
     out.parent.mkdir(parents=True, exist_ok=True)

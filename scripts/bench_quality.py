@@ -50,7 +50,7 @@ import torch.nn as nn
 
 import autoprune as ap
 from autoprune.baseline import ensure_baseline
-from autoprune.data import make_loader
+from autoprune.data import gradient_batch
 from autoprune.search import search
 from autoprune.train import TrainConfig, evaluate, recalibrate_bn, train
 from autoprune.trial import SearchConfig
@@ -225,8 +225,7 @@ def _prune(method: str, model_name: str, base: nn.Module, x: torch.Tensor, budge
     if method == "autoprune":
         policy, info = _search_best(model_name, checkpoint, budget, seed, args, folder, log)
         # taylor scores channels by one gradient batch: the same first shuffled batch the trial used
-        grad_batch = next(iter(make_loader(splits.train, 64, shuffle=True, seed=0))) \
-            if info["importance"] == "taylor" else None
+        grad_batch = gradient_batch(splits.train) if info["importance"] == "taylor" else None
         small = ap.apply_policy(base, policy, x, importance=info["importance"], seed=info["prune_seed"],
                                 grad_batch=grad_batch)
         extra = {"search_val_acc": info["search_val_acc"],
