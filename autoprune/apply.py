@@ -29,7 +29,6 @@ import json
 import math
 import os
 import shutil
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +37,17 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from .atomic import write_json
 from .baseline import baseline_recipe
-from .data import gradient_batch, load_dataset
+from .costs import count_flops, count_params
+from .criteria import gradient_batch, needs_gradients
+from .data import load_dataset
 from .errors import ConfigError, RunError
 from .latency import relative_latency
 from .policy import Policy
-from .prune import apply_policy, count_flops, count_params
-from .results import Run, RunDir, load_run, write_json
-from .train import TrainConfig, evaluate, recalibrate_bn, resolve_device, train
+from .prune import apply_policy
+from .results import Run, load_run
+from .train import TrainConfig, evaluate, finetune_pruned, resolve_device
 
 __all__ = ["apply_run", "load_pruned"]
 
@@ -114,7 +116,7 @@ def apply_run(
     dev = resolve_device(device)
     choice = _resolve_pick(run, pick)
     uniform = _resolve_pick(run, "uniform") if compare_uniform else None
-    exclude = tuple(RunDir(run.path).read_config().get("space", {}).get("exclude", ()) or ())
+    exclude = tuple(run.config.space.exclude)
     config = run.config
 
     recipe = baseline_recipe(config.dataset, epochs, seed)
@@ -232,11 +234,12 @@ def _measure_baseline(model: nn.Module, splits, x: torch.Tensor, dev: torch.devi
 
 def _prune(run: Run, choice: _Choice, model: nn.Module, x: torch.Tensor, splits, exclude: tuple[str, ...],
            log: Callable[[str], None]) -> tuple[nn.Module, int]:
-    """Prune as the search did: the policy carries the channel rounding it was fitted with."""
+    """Prune as the search did: the policy carries the channels its trial kept (older runs: the
+    criterion and rounding the trial used, which select the same channels)."""
     config = run.config
-    # The trial's own criterion (recorded in its policy since criteria are searched); older runs: the config's.
     importance = choice.policy.importance or config.importances[0]
-    grad_batch = gradient_batch(splits.train) if importance == "taylor" else None
+    ranked = needs_gradients(importance) and not choice.policy.indices
+    grad_batch = gradient_batch(splits.train) if ranked else None
     small = apply_policy(model, choice.policy, x, importance=importance, exclude=exclude,
                          seed=config.seed + choice.trial, grad_batch=grad_batch)
     if choice.search_flops is not None and count_flops(small, x) != int(choice.search_flops):
@@ -254,21 +257,14 @@ def _apply_one(choice: _Choice, *, run: Run, splits, base_model: nn.Module, x: t
         + (f" (val_acc {choice.search_val_acc:.4f} in the search)" if choice.search_val_acc is not None else "")
         + f", {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, lr {cfg.lr:g}, batch {cfg.batch_size}, seed {cfg.seed}")
     small, round_to = _prune(run, choice, base_model, x, splits, exclude, log)
-    if run.config.bn_batches:  # as in the search: fresh BatchNorm statistics before the first step
-        recalibrate_bn(small, splits.train, device=dev, batches=run.config.bn_batches, batch_size=cfg.batch_size,
-                       seed=cfg.seed)
-    rows: list[dict] = []
 
     def on_epoch(row: dict) -> None:
-        rows.append(row)
         log(f"  epoch {row['epoch']:>5.1f}/{cfg.epochs}  loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}"
             f"  val_acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s")
 
-    start = time.perf_counter()
-    train(small, splits.train, cfg, device=dev, val_ds=splits.val, on_epoch=on_epoch)
-    seconds = time.perf_counter() - start
-    test_acc = evaluate(small, splits.test, device=dev)
-    val_acc = evaluate(small, splits.val, device=dev)
+    # as in the search: fresh BatchNorm statistics before the first step
+    done = finetune_pruned(small, splits, cfg, device=dev, bn_batches=run.config.bn_batches, on_epoch=on_epoch)
+    rows, seconds, test_acc, val_acc = done["log"], done["seconds"], done["test_acc"], done["val_acc"]
     # Pruned and unpruned are timed side by side (interleaved) so machine drift cancels in the ratio.
     latency_ms, base_ms = relative_latency(small, base_model, x, device=dev, batch_size=1)
     small.cpu().eval()

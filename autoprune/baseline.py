@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import torch
 import torch.nn as nn
 
-from .policy import atomic_write_text
+from .atomic import write_json, write_text
 
-__all__ = ["train_baseline", "ensure_baseline", "baseline_recipe"]
+__all__ = ["train_baseline", "ensure_baseline", "baseline_recipe", "split_of", "SPLIT_KEYS"]
+
+# What decides which training images a model saw: a checkpoint records these, and a search refuses
+# a checkpoint whose split differs from its own (it would have trained on the validation images).
+SPLIT_KEYS = ("dataset", "val_fraction", "split_seed")
+
+
+def split_of(dataset: str, val_fraction: float, split_seed: int) -> dict:
+    """The record of a data split, as checkpoints store it."""
+    return {"dataset": dataset, "val_fraction": float(val_fraction), "split_seed": int(split_seed)}
 
 
 def baseline_recipe(dataset: str, epochs: int, seed: int = 0):
@@ -34,12 +41,16 @@ def baseline_recipe(dataset: str, epochs: int, seed: int = 0):
                        seed=seed, weight_decay=5e-4)
 
 
-def train_baseline(model: nn.Module, splits, cfg, *, out: str | Path, device, evaluate_test: bool,
+def train_baseline(model: nn.Module, splits, cfg, *, out: str | Path, device, evaluate_test: bool, split: Mapping,
                    log: Callable[[str], None] = print, extra: Mapping[str, Any] | None = None) -> dict:
-    """Train ``model`` in place, then write model.pt, metrics.json and log.csv under ``out``."""
+    """Train ``model`` in place, then write model.pt, metrics.json and log.csv under ``out``.
+
+    ``split`` (see :func:`split_of`) is recorded in model.pt's metadata and in metrics.json.
+    """
     import pandas as pd
 
-    from .prune import count_flops, count_params
+    from .costs import count_flops, count_params
+    from .models import save_checkpoint
     from .train import evaluate, train
 
     out = Path(out)
@@ -61,16 +72,16 @@ def train_baseline(model: nn.Module, splits, cfg, *, out: str | Path, device, ev
         "test_acc": evaluate(model, splits.test, device=device) if evaluate_test else None,
         "flops": count_flops(model, example), "params": count_params(model),
         "epochs": cfg.epochs, "seconds": round(seconds, 2), "recipe": cfg.to_dict(),
-        "input_shape": list(splits.input_shape), "num_classes": splits.num_classes, **(extra or {}),
+        "input_shape": list(splits.input_shape), "num_classes": splits.num_classes, "split": dict(split),
+        **(extra or {}),
     }
     model.cpu()
-    tmp = out / f".model.pt.{os.getpid()}.tmp"  # two searches may train the same cached baseline at once
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(out / "model.pt")
+    # Written atomically: two searches may train the same cached baseline at once.
+    save_checkpoint(model, out / "model.pt", {"split": dict(split), "recipe": cfg.to_dict(), **(extra or {})})
     buf = io.StringIO()
     pd.DataFrame(rows).to_csv(buf, index=False)
-    atomic_write_text(out / "log.csv", buf.getvalue())
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text(out / "log.csv", buf.getvalue())
+    write_json(out / "metrics.json", metrics)
     return metrics
 
 
@@ -93,6 +104,8 @@ def ensure_baseline(model: nn.Module, splits, config, *, device, log: Callable[[
         log(f"baseline: no --checkpoint, training {config.model} on {config.dataset} for {cfg.epochs} epochs "
             f"once (cached in {folder}); give --checkpoint to skip this")
         start = time.perf_counter()
-        metrics = train_baseline(model, splits, cfg, out=folder, device=device, evaluate_test=False, log=log)
+        metrics = train_baseline(model, splits, cfg, out=folder, device=device, evaluate_test=False, log=log,
+                                 split=split_of(config.dataset, config.val_fraction, config.split_seed),
+                                 extra={"model": config.model})
         log(f"baseline: trained in {time.perf_counter() - start:.0f}s, val_acc {metrics['val_acc']:.4f}")
     return {"source": str((folder / "model.pt").resolve()), "test_acc": metrics.get("test_acc")}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
@@ -84,8 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, default=None, help="default 0.05 on digits, else 0.1")
     tr.add_argument("--batch-size", type=int, default=None)
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--out", default=None, help="output folder (default results/baselines/<model>-<dataset>-eN)")
+    tr.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of training")
+    tr.add_argument("--split-seed", type=int, default=0,
+                    help="seed of the validation split carved from training data (default 0, as in search)")
+    tr.add_argument("--val-fraction", type=float, default=0.1, help="share of the training data held out (default 0.1)")
+    tr.add_argument("--out", default=None, help="output folder (default results/baselines/<model>-<dataset>-eN-sS)")
 
     se = sub.add_parser("search", help="search a per-layer pruning policy under a budget")
     _search_flags(se)
@@ -148,9 +150,10 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _search_config(args: argparse.Namespace):
+    """The config the flags (over a --config file) ask for, and the settings given explicitly."""
     import yaml
 
-    from .trial import SearchConfig
+    from .config import SearchConfig
 
     values: dict[str, Any] = {}
     if args.config:
@@ -169,24 +172,30 @@ def _search_config(args: argparse.Namespace):
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
-    return SearchConfig.from_dict(values)
+    return SearchConfig.from_dict(values), values
 
 
 def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .results import front_table
-    from .trial import SearchConfig
+    from .front import front_table
+    from .results import RunDir, run_name
 
-    config = _search_config(args)
-    if not args.resume and not config.budgets():
+    config, given = _search_config(args)
+    if not args.resume and not config.budgets:
         raise ConfigError("Give at least one budget: --budget-flops, --budget-params or --budget-latency (e.g. 50%).")
+    if not args.resume and config.name is None:
+        config = config.replace(name=run_name(config))  # named now, so an interrupt can say which run
     from .search import search
 
     try:
-        outcome = search(config, resume=args.resume, argv=["autoprune", *argv], log=_log)
+        outcome = search(config, resume=args.resume, given=given, argv=["autoprune", *argv], log=_log)
     except KeyboardInterrupt:
-        name = config.name or "<run>"
-        _err(f"interrupted; finished trials are kept. Continue with: autoprune search --resume --name {name}"
-             + (f" --results-dir {config.results_dir}" if config.results_dir != "results" else ""))
+        where = f" --results-dir {config.results_dir}" if config.results_dir != "results" else ""
+        if RunDir(Path(config.results_dir) / str(config.name)).exists():
+            _err(f"interrupted; finished trials are kept. Continue with: autoprune search --resume "
+                 f"--name {config.name}{where}")
+        else:
+            _err(f"interrupted while preparing run {config.name!r}, before anything was saved; nothing to resume, "
+                 "start the search again")
         return 130
     counts = outcome.counts
     _log(f"\n{len(outcome.trials)} trials ({counts['ok']} ok, {counts['infeasible']} infeasible, "
@@ -212,7 +221,8 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .results import RunDir, front_table, load_run
+    from .front import front_table
+    from .results import RunDir, load_run
 
     run = load_run(args.run)
     if run.trials.empty:
@@ -222,6 +232,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     _log(f"run {run.path}  ({len(run.trials)} trials, budgets: {', '.join(b.describe() for b in run.budgets)})")
     _log(f"unpruned: val_acc {run.baseline.get('val_acc', float('nan')):.4f}  flops {run.baseline.get('flops', 0):,}"
          f"  params {run.baseline.get('params', 0):,}")
+    if run.left_out:
+        _log(f"left out as unsafe to prune ({len(run.left_out)} groups): "
+             + "; ".join(f"{g} ({why})" for g, why in run.left_out.items()))
     _log(front_table(front))
     best = run.best()
     uni = run.trials[(run.trials["origin"] == "uniform") & (run.trials["status"] == "ok")]
@@ -235,7 +248,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .baseline import baseline_recipe, train_baseline
+    from .baseline import baseline_recipe, split_of, train_baseline
     from .data import load_dataset
     from .models import create_model
     from .train import resolve_device
@@ -243,19 +256,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     dataset = args.dataset or "digits"
     if args.epochs < 1:
         raise ConfigError(f"--epochs must be a whole number >= 1, but got {args.epochs}.")
+    if not 0 < args.val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be in (0, 1), but got {args.val_fraction!r}.")
     device = resolve_device(args.device)
-    out = Path(args.out or f"results/baselines/{args.model}-{dataset}-e{args.epochs}-s{args.seed}".replace(":", "_"))
+    out = Path(args.out or f"results/baselines/{args.model}-{dataset}-e{args.epochs}-s{args.seed}"
+               f"-split{args.split_seed}".replace(":", "_"))
     if (out / "model.pt").exists():
         raise ConfigError(f"{out / 'model.pt'} already exists; pick another --out (nothing was overwritten).")
+    # The split seed, not the training seed, decides the validation images: a search with the same
+    # --split-seed can then use this checkpoint without having its validation images trained on.
     splits = load_dataset(dataset, data_dir=args.data_dir, download=bool(args.download), image_size=args.image_size,
-                          seed=args.seed)
-    model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
+                          val_fraction=args.val_fraction, seed=args.split_seed)
+    model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.input_shape[0],
+                         seed=args.seed)
     cfg = baseline_recipe(dataset, args.epochs, args.seed)
     changes = {k: v for k, v in (("lr", args.lr), ("batch_size", args.batch_size)) if v is not None}
     cfg = dataclasses.replace(cfg, **changes) if changes else cfg
     _log(f"training {args.model} on {dataset} ({len(splits.train)} train / {len(splits.val)} val images) "
          f"for {args.epochs} epochs on {device}")
     m = train_baseline(model, splits, cfg, out=out, device=device, evaluate_test=True, log=_log,
+                       split=split_of(dataset, args.val_fraction, args.split_seed),
                        extra={"model": args.model, "dataset": dataset})
     _log(f"done in {m['seconds']:.1f}s: val_acc {m['val_acc']:.4f}  test_acc {m['test_acc']:.4f}  "
          f"flops {m['flops']:,}  params {m['params']:,}")

@@ -3,7 +3,7 @@
 :func:`load_dataset` returns :class:`Splits`: train, validation and test sets plus the shapes a model
 needs. The validation split is always carved from the training data with a seeded permutation, so
 search decisions never see the test split. Small datasets are held in memory as normalised
-:class:`TensorData`, which :func:`make_loader` serves by slicing tensors already on the device, so
+:class:`TensorData`, which :func:`~autoprune.loader.make_loader` serves by slicing tensors already on the device, so
 data loading never dominates a short finetune.
 """
 from __future__ import annotations
@@ -12,21 +12,19 @@ import fnmatch
 import functools
 import importlib
 import inspect
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from .errors import ConfigError, DataError, close_matches
 
-__all__ = ["DATASETS", "Loader", "Splits", "TensorData", "gradient_batch", "list_datasets", "load_dataset", "make_loader",
-           "register_dataset"]
+__all__ = ["DATASETS", "Splits", "TensorData", "list_datasets", "load_dataset", "memory_bytes", "register_dataset"]
 
 # Per-channel statistics of the training images; CIFAR-10's std is the true per-pixel one, not the
 # widely copied (0.2023, 0.1994, 0.2010), which was computed over per-image means.
@@ -353,79 +351,12 @@ def _from_spec(spec: str, *, data_dir: Path | None, download: bool, image_size: 
     return Splits(spec, train, val, test, int(num_classes), shape)
 
 
-class Loader:
-    """Batches ``(x, y)`` on a device; ``len()`` is the number of batches per pass.
-
-    Each pass over a shuffled loader draws a new order from one seeded generator, so a sequence of
-    epochs is reproducible.
-    """
-
-    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int,
-                 device: torch.device, drop_last: bool, num_workers: int) -> None:
-        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
-        self.device, self.drop_last = device, drop_last
-        self._gen = torch.Generator().manual_seed(seed)
-        self._loader = None
-        if isinstance(dataset, TensorData):
-            self.dataset = dataset.to(device)  # moved once; every batch is then a slice on the device
-        else:
-            self._loader = DataLoader(dataset, batch_size, shuffle=shuffle, generator=self._gen,
-                                      drop_last=drop_last, num_workers=num_workers,
-                                      pin_memory=device.type == "cuda")
-
-    def __len__(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self._loader is not None:
-            for x, y in self._loader:
-                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            return
-        ds: TensorData = self.dataset
-        n = len(ds)
-        order = torch.randperm(n, generator=self._gen).to(self.device) if self.shuffle else None
-        for b in range(len(self)):
-            lo, hi = b * self.batch_size, min(n, (b + 1) * self.batch_size)
-            if order is None:
-                yield ds.x[lo:hi], ds.y[lo:hi]
-            else:
-                idx = order[lo:hi]
-                yield ds.x[idx], ds.y[idx]
-
-
-def make_loader(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    drop_last: bool = False,
-    num_workers: int = 0,
-) -> Loader:
-    """An iterable of ``(x, y)`` batches on ``device``, with ``len()`` = batches per pass.
-
-    :class:`TensorData` is sliced directly on the device (no workers, no copies per batch); it is
-    copied to the device once per loader, so callers that build many loaders (one per trial) should
-    pass ``ds.to(device)`` to copy it only once. Any other dataset goes through a
-    ``torch.utils.data.DataLoader``.
-
-    Example:
-        >>> loader = make_loader(load_dataset("digits").train, 128, shuffle=True, seed=0)
-        >>> x, y = next(iter(loader))
-    """
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ConfigError(f"batch_size must be a whole number >= 1, but got {batch_size!r}.")
-    return Loader(dataset, int(batch_size), shuffle=shuffle, seed=seed,
-                  device=torch.device(device), drop_last=drop_last, num_workers=num_workers)
-
-
-def gradient_batch(dataset, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch the ``taylor`` criterion scores channels with: the first of a seed-0 shuffle.
-
-    Fixed, so that a search trial, ``apply`` and the benchmarks remove the same channels for the
-    same policy.
-    """
-    x, y = next(iter(make_loader(dataset, batch_size, shuffle=True, seed=0)))
-    return x, y
+def memory_bytes(weights, *datasets) -> int:
+    """Bytes of ``weights`` (tensors) and of in-memory datasets: what a search ships to its workers."""
+    total = sum(t.numel() * t.element_size() for t in weights)
+    for ds in datasets:
+        for attr in ("x", "y"):
+            t = getattr(ds, attr, None)
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total

@@ -1,74 +1,100 @@
-"""Timing a model on a device, robustly: warm-up, repeated runs, median, CUDA synchronisation.
+"""Timing a model on a device, robustly: warm-up, repeated samples, median, accelerator sync.
 
-Relative figures are measured side by side in one process (interleaved rounds), so drift of a
-shared machine affects both models alike and cancels in the ratio.
+Timing goes through ``torch.utils.benchmark.Timer``, which synchronises the accelerator around each
+sample and runs at the caller's thread count (``num_threads`` is passed explicitly: the Timer's own
+default of one thread would time a different program from the one the user runs). Relative figures
+are measured side by side in one process (interleaved samples), so drift of a shared machine
+affects both models alike and cancels in the ratio.
+
+Measuring never moves or switches the mode of the caller's model: a model on another device is
+timed as a copy on ``device``.
 
 Example:
     >>> pruned_ms, base_ms = relative_latency(small, model, torch.randn(1, 3, 32, 32), device="cpu")
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import logging
 import statistics
-import time
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
 
 __all__ = ["measure_latency", "relative_latency"]
 
+_SAMPLE_MS = 20.0  # one timed sample lasts about this long, so timer resolution is < 1% of it
 
-def _prepare(model: nn.Module, x: torch.Tensor, device: str | torch.device, batch_size: int):
+
+def _timer(stmt: str, **names: Any):
+    """A ``torch.utils.benchmark.Timer`` at the caller's thread count."""
+    # Importing the benchmark utilities imports torch.utils.cpp_extension, which warns on a CPU
+    # machine that has a CUDA toolkit but no GPU; that warning means nothing for timing.
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import benchmark
+    finally:
+        log.setLevel(level)
+    return benchmark.Timer(stmt=stmt, globals=names, num_threads=torch.get_num_threads())
+
+
+def _device_of(model: nn.Module) -> torch.device | None:
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return None
+
+
+@contextlib.contextmanager
+def _timed_copy(model: nn.Module, x: torch.Tensor, device: str | torch.device,
+                batch_size: int) -> Iterator[tuple[Any, int]]:
+    """A Timer of one forward pass in eval mode on ``device``, and how many passes make one sample.
+
+    The caller's model is used as it is when it already lives on ``device`` (its train/eval mode is
+    restored after), and copied there otherwise.
+    """
     device = torch.device(device)
-    model = model.to(device).eval()
+    here = _device_of(model)
+    same = here is None or (here.type == device.type and (device.index is None or here.index == device.index))
+    net = model if same else copy.deepcopy(model).to(device)
+    was_training = model.training
+    net.eval()
     inp = x[:1].to(device).expand(batch_size, *x.shape[1:]).contiguous()
-    return model, inp, device
+    timer = _timer("net(inp)", net=net, inp=inp)
+    try:
+        with torch.no_grad():
+            one = timer.timeit(1).median * 1000.0  # also warms up (the Timer runs 2 passes first)
+            yield timer, max(1, min(100, int(_SAMPLE_MS / max(one, 1e-3))))
+    finally:
+        model.train(was_training)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.no_grad()
-def _time_once(model: nn.Module, inp: torch.Tensor, device: torch.device, runs: int) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(runs):
-        model(inp)
-    _sync(device)
-    return (time.perf_counter() - start) * 1000.0 / runs
-
-
-def _runs_per_sample(model: nn.Module, inp: torch.Tensor, device: torch.device, target_ms: float = 20.0) -> int:
-    """How many forward passes make one timed sample last about ``target_ms`` (timer noise < 1%)."""
-    one = _time_once(model, inp, device, 1)
-    return max(1, min(100, int(target_ms / max(one, 1e-3))))
+def _sample_ms(timer: Any, runs: int) -> float:
+    return timer.timeit(runs).median * 1000.0
 
 
 @torch.no_grad()
 def measure_latency(model: nn.Module, x: torch.Tensor, device: str | torch.device = "cpu", batch_size: int = 1,
                     *, warmup: int = 5, repeats: int = 15) -> float:
     """Median milliseconds of one forward pass of a batch of ``batch_size`` copies of ``x[:1]``."""
-    model, inp, device = _prepare(model, x, device, batch_size)
-    for _ in range(warmup):
-        model(inp)
-    runs = _runs_per_sample(model, inp, device)
-    return statistics.median(_time_once(model, inp, device, runs) for _ in range(repeats))
+    with _timed_copy(model, x, device, batch_size) as (timer, runs):
+        timer.timeit(warmup)
+        return statistics.median(_sample_ms(timer, runs) for _ in range(repeats))
 
 
 @torch.no_grad()
 def relative_latency(pruned: nn.Module, original: nn.Module, x: torch.Tensor, device: str | torch.device = "cpu",
                      batch_size: int = 1, *, warmup: int = 5, repeats: int = 15) -> tuple[float, float]:
-    """(pruned ms, original ms): medians of interleaved timing rounds in this process."""
-    a, inp, dev = _prepare(pruned, x, device, batch_size)
-    b, _, _ = _prepare(original, x, device, batch_size)
-    for _ in range(warmup):
-        a(inp)
-        b(inp)
-    runs_a = _runs_per_sample(a, inp, dev)
-    runs_b = _runs_per_sample(b, inp, dev)
-    ta, tb = [], []
-    for _ in range(repeats):
-        ta.append(_time_once(a, inp, dev, runs_a))
-        tb.append(_time_once(b, inp, dev, runs_b))
-    return statistics.median(ta), statistics.median(tb)
+    """(pruned ms, original ms): medians of interleaved timing samples in this process."""
+    with _timed_copy(pruned, x, device, batch_size) as (ta, runs_a), \
+            _timed_copy(original, x, device, batch_size) as (tb, runs_b):
+        ta.timeit(warmup)
+        tb.timeit(warmup)
+        a, b = [], []
+        for _ in range(repeats):
+            a.append(_sample_ms(ta, runs_a))
+            b.append(_sample_ms(tb, runs_b))
+    return statistics.median(a), statistics.median(b)

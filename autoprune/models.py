@@ -20,7 +20,10 @@ import torch.nn.functional as F
 
 from .errors import CheckpointError, ModelError, close_matches
 
-__all__ = ["register_model", "list_models", "create_model", "load_checkpoint", "MODELS"]
+__all__ = ["register_model", "list_models", "create_model", "load_checkpoint", "save_checkpoint", "checkpoint_meta",
+           "MODELS"]
+
+_META_KEY = "autoprune"  # checkpoints autoprune writes: {"state_dict": ..., "autoprune": {split, recipe}}
 
 # name -> constructor(num_classes, in_channels) -> nn.Module
 MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -161,12 +164,19 @@ def _from_spec(spec: str, num_classes: int, in_channels: int) -> nn.Module:
     return model
 
 
-def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3, *, seed: int | None = None) -> nn.Module:
     """Build a model by registered name, torchvision name, or ``package.module:function``.
+
+    With ``seed`` the initial weights are drawn from a generator seeded with it (the caller's random
+    state is left as it was), so a baseline trained from them is reproducible.
 
     Example:
         >>> create_model("mobilenet_v2", num_classes=10, in_channels=1)
     """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return create_model(name, num_classes, in_channels)
     if ":" in name:
         model = _from_spec(name, num_classes, in_channels)
     elif name in MODELS:
@@ -199,6 +209,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"Checkpoint {str(path)!r} is not a readable PyTorch state dict ({first[:160]}).") from None
     if isinstance(obj, dict):
+        obj = {k: v for k, v in obj.items() if k != _META_KEY}
         for key in ("state_dict", "model", "model_state_dict"):
             if key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
@@ -222,3 +233,26 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise CheckpointError(f"Checkpoint {str(path)!r} does not match the model; " + "; ".join(parts) + ".")
     model.load_state_dict(state)
     return model
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict) -> None:
+    """Save ``model``'s weights with autoprune's metadata (the data split it trained on, its recipe).
+
+    The file is an ordinary ``{"state_dict": ...}`` checkpoint that :func:`load_checkpoint` and plain
+    PyTorch read; :func:`checkpoint_meta` reads the metadata back.
+    """
+    from .atomic import atomic_path
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, _META_KEY: dict(meta)}, tmp)
+
+
+def checkpoint_meta(path: str | os.PathLike) -> dict | None:
+    """The metadata :func:`save_checkpoint` stored, or None for a checkpoint from elsewhere."""
+    try:
+        obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception:
+        return None  # load_checkpoint reports unreadable files
+    meta = obj.get(_META_KEY) if isinstance(obj, dict) else None
+    return dict(meta) if isinstance(meta, dict) else None

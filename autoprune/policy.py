@@ -12,21 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from .atomic import write_text
+from .criteria import IMPORTANCES
 from .errors import ConfigError
 
-__all__ = ["Policy", "atomic_write_text", "kept_channels", "IMPORTANCES"]
-
-# Channel-importance criteria (Torch-Pruning's): which channels of a group are removed first.
-IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+__all__ = ["Policy", "kept_channels"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +26,10 @@ class Policy:
     ``channels`` records the unpruned channel count of each group so the kept counts can be read
     without the model. Sparsities are stored unrounded: JSON keeps floats exactly, and rounding could
     flip a channel count at a rounding edge and break a budget the policy was fitted to.
+
+    ``indices`` records, per group, which channels (positions in the unpruned model) a pruning kept.
+    A policy that carries them is applied by keeping exactly those channels, whatever the criterion,
+    so a searched policy rebuilds the trial's own model without the data its criterion read.
 
     Example:
         >>> p = Policy("resnet20", {"layer1.0.conv1": 0.5}, {"layer1.0.conv1": 16})
@@ -48,6 +42,7 @@ class Policy:
     channels: Mapping[str, int] = field(default_factory=dict)
     round_to: int = 1  # kept channels are multiples of this (8 suits GPU kernels); fit and apply agree
     importance: str | None = None  # which channels go first (l1, bn_scale, ...); None: the caller's choice
+    indices: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # kept channels, once pruned
 
     def __post_init__(self) -> None:
         clean = {}
@@ -66,6 +61,16 @@ class Policy:
         missing = set(self.channels) and set(self.sparsity) - set(self.channels)
         if missing:
             raise ConfigError(f"Policy names groups without channel counts: {sorted(missing)[:5]}.")
+        indices = {}
+        for name, idx in sorted(self.indices.items()):
+            idx = tuple(sorted(int(i) for i in idx))
+            n = self.channels.get(name)
+            if name not in self.sparsity or not idx or len(set(idx)) != len(idx) or idx[0] < 0 \
+                    or (n is not None and idx[-1] >= n):
+                raise ConfigError(f"Kept channel indices of group {name!r} must be distinct positions in "
+                                  f"[0, {n}) of a group of the policy, but got {list(idx)[:8]}.")
+            indices[str(name)] = idx
+        object.__setattr__(self, "indices", indices)
 
     def __hash__(self) -> int:
         return hash((self.model, tuple(self.sparsity.items()), self.importance))
@@ -82,6 +87,8 @@ class Policy:
              "round_to": self.round_to}
         if self.importance is not None:
             d["importance"] = self.importance
+        if self.indices:
+            d["indices"] = {g: list(idx) for g, idx in self.indices.items()}
         return d
 
     def to_json(self) -> str:
@@ -91,7 +98,7 @@ class Policy:
     def from_dict(cls, d: Mapping) -> "Policy":
         try:
             return cls(str(d["model"]), dict(d["sparsity"]), dict(d.get("channels", {})), int(d.get("round_to", 1)),
-                       d.get("importance"))
+                       d.get("importance"), dict(d.get("indices", {})))
         except (KeyError, TypeError) as e:
             raise ConfigError(f"Not a policy: missing or bad key {e}; expected model, sparsity, channels.") from None
 
@@ -103,7 +110,7 @@ class Policy:
             raise ConfigError(f"Policy is not valid JSON: {e}.") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, self.to_json())
+        write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Policy":

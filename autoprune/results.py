@@ -1,11 +1,13 @@
-"""The results directory of a run: trials.csv, pareto.csv, pareto.png, policies/, reading a run back.
+"""The results directory of a run: preparing it, writing it, and reading it back.
 
 Layout (DESIGN.md section 4)::
 
     results/<run>/config.yaml  baseline.json  baseline.pt  trials.csv  pareto.csv  pareto.png
                   policies/<trial>.json  study/journal.log  apply-<pick>/
 
-Every file is written through a temporary file and a rename, so a kill never leaves half a file.
+Every file is written atomically (``atomic.py``), so a kill never leaves half a file.
+:func:`prepare_run` checks a run's folder and inputs, loads the data, and loads or trains the
+baseline, before any trial (and before Ray is needed).
 
 Example:
     >>> run = load_run("results/resnet20-digits-20261127-120000")
@@ -16,30 +18,24 @@ from __future__ import annotations
 
 import io
 import json
-import math
-from dataclasses import dataclass
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 import yaml
 
+from .atomic import atomic_path, write_json, write_text
 from .budget import Budget
-from .errors import RunError
-from .policy import Policy, atomic_write_text
-from .trial import TRIAL_COLUMNS, SearchConfig, TrialResult
+from .config import SearchConfig, resume_config
+from .errors import CheckpointError, ConfigError, RunError
+from .front import best_trial, pareto_front, plot_front
+from .policy import Policy
+from .trial import TRIAL_COLUMNS, TrialResult
 
-__all__ = ["RunDir", "Run", "load_run", "pareto_front", "plot_front", "front_table", "best_trial"]
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-def write_json(path: Path, data: Mapping) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+__all__ = ["RunDir", "Run", "Prepared", "load_run", "prepare_run", "run_name"]
 
 
 class RunDir:
@@ -71,13 +67,21 @@ class RunDir:
 
     def write_config(self, config: SearchConfig, extra: Mapping[str, Any]) -> None:
         data = {"search": config.to_dict(), **extra}
-        atomic_write_text(self.path / "config.yaml", yaml.safe_dump(data, sort_keys=False))
+        write_text(self.path / "config.yaml", yaml.safe_dump(data, sort_keys=False))
 
     def read_config(self) -> dict:
         p = self.path / "config.yaml"
         if not p.is_file():
             raise RunError(f"Run folder {str(self.path)!r} has no config.yaml; is it a results folder of autoprune search?")
         return yaml.safe_load(p.read_text()) or {}
+
+    def saved_config(self) -> SearchConfig:
+        """The run's resolved config, with the search space it stored (never re-read from YAML)."""
+        raw = self.read_config()
+        saved = dict(raw.get("search", {}))
+        if "space" not in saved and "space" in raw:  # runs written before the config held its space
+            saved["space"] = raw["space"]
+        return SearchConfig.from_dict(saved)
 
     def write_baseline(self, data: Mapping[str, Any]) -> None:
         write_json(self.path / "baseline.json", data)
@@ -99,84 +103,16 @@ class RunDir:
         df = df[head + sorted(c for c in df.columns if c not in head)]
         buf = io.StringIO()
         df.to_csv(buf, index=False)
-        atomic_write_text(self.trials_csv, buf.getvalue())
+        write_text(self.trials_csv, buf.getvalue())
 
     def write_front(self, budgets: Sequence[Budget], objective: str, baseline: Mapping[str, Any]) -> pd.DataFrame:
         trials = self.read_trials()
         front = pareto_front(trials, objective)
         buf = io.StringIO()
         front.to_csv(buf, index=False)
-        atomic_write_text(self.path / "pareto.csv", buf.getvalue())
+        write_text(self.path / "pareto.csv", buf.getvalue())
         plot_front(trials, front, self.path / "pareto.png", budgets=budgets, objective=objective, baseline=baseline)
         return front
-
-
-def pareto_front(trials: pd.DataFrame, objective: str = "flops") -> pd.DataFrame:
-    """The ok trials that no other ok trial beats on both val_acc (up) and ``objective`` (down).
-
-    Sorted by the objective ascending. Ties on both keep the earliest trial.
-    """
-    col = f"{objective}_ratio" if f"{objective}_ratio" in trials else objective
-    ok = trials[(trials["status"] == "ok") & trials["val_acc"].notna() & trials[col].notna()]
-    ok = ok.sort_values([col, "val_acc", "trial"], ascending=[True, False, True], kind="stable")
-    keep, best = [], -math.inf
-    for idx, row in ok.iterrows():
-        if row["val_acc"] > best:
-            keep.append(idx)
-            best = row["val_acc"]
-    return ok.loc[keep].reset_index(drop=True)
-
-
-def best_trial(front: pd.DataFrame) -> pd.Series | None:
-    """The front's highest validation accuracy (every front row is already within every budget)."""
-    if front.empty:
-        return None
-    return front.sort_values(["val_acc", "flops_ratio"], ascending=[False, True], kind="stable").iloc[0]
-
-
-def front_table(front: pd.DataFrame) -> str:
-    cols = [c for c in ("trial", "origin", "importance", "val_acc", "flops_ratio", "params_ratio", "latency_ratio",
-                        "trial_s")
-            if c in front and front[c].notna().any()]
-    if front.empty:
-        return "(no feasible trial)"
-    return front[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}")
-
-
-def plot_front(trials: pd.DataFrame, front: pd.DataFrame, path: Path, *, budgets: Sequence[Budget],
-               objective: str, baseline: Mapping[str, Any]) -> None:
-    """Accuracy against the size ratio: all trials, the front, uniform, the baseline, the budget."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    col = f"{objective}_ratio"
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ok = trials[trials["status"] == "ok"]
-    ax.scatter(ok[col], ok["val_acc"], s=18, c="0.6", label=f"trials ({len(ok)} ok of {len(trials)})")
-    if not front.empty:
-        ax.plot(front[col], front["val_acc"], "o-", c="C0", label="Pareto front")
-    uni = ok[ok["origin"] == "uniform"]
-    if not uni.empty:
-        ax.scatter(uni[col], uni["val_acc"], marker="s", s=60, c="C3", label="uniform policy", zorder=5)
-    if baseline.get("val_acc") is not None:
-        ax.scatter([1.0], [baseline["val_acc"]], marker="*", s=140, c="k", label="unpruned baseline", zorder=5)
-    for b in budgets:
-        if b.kind == objective and b.relative:
-            ax.axvline(b.value, ls="--", c="C2", label=f"budget {b.text or b.value}")
-        elif b.kind == objective and baseline.get(objective):
-            ax.axvline(b.value / baseline[objective], ls="--", c="C2", label=f"budget {b.text}")
-    ax.set_xlabel(f"{objective} of pruned model / unpruned model")
-    ax.set_ylabel("validation accuracy after finetune")
-    ax.set_title(f"{baseline.get('model', '')} on {baseline.get('dataset', '')}: accuracy vs {objective}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
 
 
 @dataclass
@@ -188,6 +124,7 @@ class Run:
     baseline: dict
     trials: pd.DataFrame
     pareto: pd.DataFrame
+    left_out: dict = field(default_factory=dict)  # groups the probe left out, with the reason
 
     def policy(self, trial: int) -> Policy:
         p = self.path / "policies" / f"{int(trial)}.json"
@@ -214,8 +151,8 @@ class Run:
         return best_trial(self.pareto)
 
     @property
-    def budgets(self) -> list[Budget]:
-        return self.config.budgets()
+    def budgets(self) -> tuple[Budget, ...]:
+        return self.config.budgets
 
 
 def load_run(path: str | Path) -> Run:
@@ -223,11 +160,199 @@ def load_run(path: str | Path) -> Run:
     d = RunDir(path)
     if not d.path.is_dir():
         raise RunError(f"Run folder {str(path)!r} does not exist; give a folder under results/.")
-    raw = d.read_config()
-    config = SearchConfig.from_dict(raw.get("search", {}))
+    config = d.saved_config()
     baseline_path = d.path / "baseline.json"
     baseline = json.loads(baseline_path.read_text()) if baseline_path.is_file() else {}
     trials = d.read_trials()
     pareto = pd.read_csv(d.path / "pareto.csv") if (d.path / "pareto.csv").is_file() \
         else pareto_front(trials, config.objective)
-    return Run(d.path, config, baseline, trials, pareto)
+    return Run(d.path, config, baseline, trials, pareto, dict(d.read_config().get("left_out") or {}))
+
+
+# ------------------------------------------------------------------------------------------ preparing
+
+
+@dataclass
+class Prepared:
+    """What a search needs from preparation: everything its trials share, shipped once to workers."""
+
+    config: SearchConfig
+    run: RunDir
+    state_dict: dict
+    train: Any
+    val: Any
+    input_shape: tuple[int, ...]
+    num_classes: int
+    groups: list[str]  # the groups trials may prune (probed)
+    baseline: dict
+    left_out: dict = field(default_factory=dict)
+
+
+def run_name(config: SearchConfig) -> str:
+    budgets = "-".join(f"{b.kind}{b.text.replace('%', 'pct').replace('.', 'p')}" for b in config.budgets)
+    model = config.model.replace(":", "_").replace(".", "_").replace("/", "_")
+    return f"{model}-{config.dataset.replace(':', '_').replace('/', '_')}-{budgets}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run(config: SearchConfig, *, resume: bool, given: Mapping[str, Any] | None = None,
+                argv: list[str] | None = None, log: Callable[[str], None] = print,
+                on_checked: Callable[[SearchConfig, int], None] | None = None) -> Prepared:
+    """Check the run folder and the inputs, then load data and baseline; no Ray yet.
+
+    ``given`` holds the settings given again on ``--resume`` (see
+    :func:`~autoprune.config.resume_config`); by default every field of ``config`` that differs
+    from the defaults. ``on_checked(config, payload_bytes)`` is called once every input has been
+    checked, before the baseline is loaded or trained (``search`` starts Ray there).
+
+    Raises :class:`RunError` for a finished run, an existing unfinished run without ``--resume``,
+    or ``--resume`` of a folder that is not a run.
+    """
+    if resume:
+        if config.name is None:
+            raise RunError("--resume needs --name of the run to continue (a folder under --results-dir).")
+        run = RunDir(Path(config.results_dir) / config.name)
+        if not run.exists():
+            raise RunError(f"Cannot resume {str(run.path)!r}: no such run (no config.yaml there).")
+        if given is None:
+            default = SearchConfig()
+            given = {k: v for k, v in config.to_dict().items() if k != "space" and v != getattr(default, k)}
+        config = resume_config(run.saved_config(), {**given, "results_dir": config.results_dir,
+                                                    "name": config.name})
+        if run.is_finished() and ("trials" not in given or len(run.read_trials()) >= config.trials):
+            raise RunError(f"Run {str(run.path)!r} is already finished; nothing to resume "
+                           f"(give a larger --trials to run more).")
+    else:
+        name = config.name or run_name(config)
+        run = RunDir(Path(config.results_dir) / name)
+        if run.exists():
+            state = "finished" if run.is_finished() else "unfinished"
+            hint = "pick a new --name" if state == "finished" else "add --resume to continue it, or pick a new --name"
+            raise RunError(f"Run {str(run.path)!r} already exists ({state}); {hint}.")
+        config = config.replace(name=name)
+    if not config.budgets:
+        raise ConfigError("Give at least one budget: --budget-flops, --budget-params or --budget-latency (e.g. 50%).")
+    return _prepare(config, run, resume=resume, argv=argv, log=log, on_checked=on_checked)
+
+
+def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_checked) -> Prepared:
+    from .baseline import ensure_baseline
+    from .costs import count_flops, count_params
+    from .data import load_dataset, memory_bytes
+    from .models import create_model, load_checkpoint
+    from .prune import left_out_groups, prunable_groups
+    from .train import evaluate, resolve_device
+
+    device = resolve_device(config.device)
+    splits = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
+                          image_size=config.image_size, val_fraction=config.val_fraction, seed=config.split_seed)
+    model = create_model(config.model, num_classes=splits.num_classes, in_channels=splits.input_shape[0],
+                         seed=config.split_seed)
+
+    def checked() -> None:
+        if on_checked is not None:
+            on_checked(config, memory_bytes(model.state_dict().values(), splits.train, splits.val))
+
+    if resume:
+        checked()
+        load_checkpoint(model, run.path / "baseline.pt")
+        baseline = json.loads((run.path / "baseline.json").read_text())
+        saved = run.read_config()
+        groups, left = list(saved.get("groups") or []), dict(saved.get("left_out") or {})
+        if not groups:  # runs written before the probe: every group of the graph
+            groups = [g.name for g in prunable_groups(model, splits.example_input(), config.space.exclude,
+                                                      probe=False)]
+    else:
+        warnings = []
+        if config.checkpoint:
+            load_checkpoint(model, config.checkpoint)
+            warning = _check_split(config)
+            if warning:
+                log(f"warning: {warning}")
+                warnings.append(warning)
+        example = splits.example_input()
+        # Sizes, latency and groups do not depend on the weights: check them before a baseline is
+        # trained, so an absolute budget above the model or an unsupported model fails in seconds.
+        sizes = {"flops": count_flops(model, example), "params": count_params(model)}
+        if config.budget("latency") is not None:
+            from .latency import measure_latency
+
+            sizes["latency_ms"] = measure_latency(model, example, device=device, batch_size=config.latency_batch)
+            sizes["latency_device"] = str(device)
+        for b in config.budgets:  # an absolute budget above the unpruned model fails before any training
+            if b.kind in ("flops", "params"):
+                b.limit(sizes[b.kind])
+            elif not b.relative and "latency_ms" in sizes:
+                b.limit(sizes["latency_ms"])
+        space = config.space
+        left = left_out_groups(model, example, space.exclude, space.max_sparsity)  # unsupported models fail here
+        groups = [g.name for g in prunable_groups(model, example, space.exclude, max_sparsity=space.max_sparsity)]
+        if not groups:
+            raise ConfigError(
+                f"Model {config.model!r} has no prunable group outside the excluded layers {list(space.exclude)}"
+                + (f"; left out as unsafe: {_left_out_text(left)}" if left else "") + ".")
+        if left:
+            log(f"left out {len(left)} of {len(left) + len(groups)} groups that cannot be pruned safely: "
+                f"{_left_out_text(left)}")
+        checked()
+        if config.checkpoint:
+            info = {"source": str(Path(config.checkpoint).resolve()), "test_acc": None}
+        else:
+            info = ensure_baseline(model, splits, config, device=device, log=log)
+        baseline = {
+            "model": config.model, "dataset": config.dataset, "num_classes": splits.num_classes,
+            "input_shape": list(splits.input_shape), **sizes,
+            "val_acc": evaluate(model, splits.val, device=device),
+            "test_acc": info.get("test_acc"), "source": info.get("source"), "groups": len(groups),
+        }
+        model.cpu()  # evaluation left it on the device; workers get CPU weights and move them themselves
+        run.path.mkdir(parents=True, exist_ok=True)
+        import torch
+
+        with atomic_path(run.path / "baseline.pt") as tmp:
+            torch.save(model.state_dict(), tmp)
+        run.write_baseline(baseline)
+        run.write_config(config, {"groups": groups, "left_out": left, "warnings": warnings,
+                                  "versions": _versions(), "command": " ".join(argv) if argv else None})
+        run.write_state(finished=False)
+    return Prepared(config, run, model.state_dict(), splits.train, splits.val, tuple(splits.input_shape),
+                    splits.num_classes, groups, baseline, left)
+
+
+def _left_out_text(left: Mapping[str, str]) -> str:
+    return "; ".join(f"{name} ({why})" for name, why in left.items())
+
+
+def _check_split(config: SearchConfig) -> str | None:
+    """Refuse a checkpoint trained on another split; a warning (returned) for one that records none."""
+    from .baseline import SPLIT_KEYS, split_of
+    from .models import checkpoint_meta
+
+    meta = checkpoint_meta(config.checkpoint)
+    split = (meta or {}).get("split")
+    if not isinstance(split, Mapping):
+        return (f"checkpoint {config.checkpoint!r} does not record the data split it trained on; if it saw "
+                f"the validation images (split seed {config.split_seed}, {config.val_fraction:g} of the "
+                f"training set) the search's accuracies are optimistic")
+    ours = split_of(config.dataset, config.val_fraction, config.split_seed)
+    differ = [k for k in SPLIT_KEYS if split.get(k) != ours[k]]
+    if differ:
+        theirs = ", ".join(f"{k}={split.get(k)!r}" for k in differ)
+        mine = ", ".join(f"{k}={ours[k]!r}" for k in differ)
+        raise CheckpointError(
+            f"Checkpoint {config.checkpoint!r} was trained on another data split ({theirs}) than this search "
+            f"validates on ({mine}), so it has seen validation images; train it with --split-seed "
+            f"{config.split_seed} or give the search the checkpoint's split.")
+    return None
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("autoprune", "torch", "torchvision", "torch-pruning", "optuna", "ray", "pandas"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+

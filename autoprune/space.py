@@ -17,8 +17,9 @@ Example:
 from __future__ import annotations
 
 import fnmatch
+import importlib.resources
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -26,9 +27,11 @@ import yaml
 
 from .errors import SearchSpaceError
 
-__all__ = ["SearchSpace", "load_space", "list_spaces", "SPACE_DIR", "PARAM_PREFIX", "IMPORTANCE_PARAM"]
+__all__ = ["SearchSpace", "load_space", "list_spaces", "builtin_space_text", "PARAM_PREFIX", "IMPORTANCE_PARAM"]
 
-SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# The built-in spaces ship inside the package (a wheel install must search); the top-level
+# search_spaces/ folder of the repository holds identical copies as user-facing examples.
+_BUILTIN = "search_spaces"
 PARAM_PREFIX = "s/"  # Optuna parameter name = "s/<group>"; Ray nests it as config["s"][group]
 IMPORTANCE_PARAM = "importance"  # the searched channel-importance criterion, when there is a choice
 _KEYS = ("range", "step", "exclude", "overrides", "description")
@@ -54,6 +57,11 @@ class SearchSpace:
 
     def ranges(self, groups: Sequence[str]) -> dict[str, tuple[float, float]]:
         return {g: self.range_of(g) for g in groups}
+
+    @property
+    def max_sparsity(self) -> float:
+        """The highest sparsity any group can be given (the probe prunes every group this far)."""
+        return max([self.high, *(hi for _, _, hi in self.overrides)])
 
     def snap(self, value: float, group: str) -> float:
         """``value`` clipped to the group's range and, with a step, rounded to the grid."""
@@ -97,30 +105,47 @@ class Sampler:
             trial.suggest_float(PARAM_PREFIX + group, lo, hi, step=self.step if self.step and hi > lo else None)
 
 
+def _builtin_files() -> dict[str, Any]:
+    folder = importlib.resources.files("autoprune") / _BUILTIN
+    return {f.name[: -len(".yaml")]: f for f in folder.iterdir() if f.name.endswith(".yaml")}
+
+
 def list_spaces() -> list[str]:
-    return sorted(p.stem for p in SPACE_DIR.glob("*.yaml"))
+    """Names of the built-in search spaces."""
+    return sorted(_builtin_files())
+
+
+def builtin_space_text(name: str) -> str:
+    """The YAML text of a built-in space, as shipped in the package."""
+    files = _builtin_files()
+    if name not in files:
+        raise SearchSpaceError(f"Unknown built-in search space {name!r}; choose one of {', '.join(sorted(files))}.")
+    return files[name].read_text()
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
     """A built-in space by name (``default``, ``cifar_resnet``, ``mobilenet``) or a YAML file."""
     path = Path(name_or_path)
-    if not path.is_file():
-        builtin = SPACE_DIR / f"{name_or_path}.yaml"
-        if not builtin.is_file():
-            raise SearchSpaceError(
-                f"Search space {str(name_or_path)!r} is neither a file nor a built-in space; "
-                f"choose one of {', '.join(list_spaces())} or give a YAML file."
-            )
-        path = builtin
-    where = str(path)
+    if path.is_file():
+        where, stem = str(path), path.stem
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SearchSpaceError(f"Cannot read search space {where!r}: {e}.") from None
+    elif str(name_or_path) in _builtin_files():
+        where, stem = f"built-in {name_or_path}", str(name_or_path)
+        text = builtin_space_text(str(name_or_path))
+    else:
+        raise SearchSpaceError(
+            f"Search space {str(name_or_path)!r} is neither a file nor a built-in space; "
+            f"choose one of {', '.join(list_spaces())} or give a YAML file."
+        )
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise SearchSpaceError(f"Search space {where!r} is not valid YAML{at}.") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SearchSpaceError(f"Cannot read search space {where!r}: {e}.") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -140,7 +165,7 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     if not isinstance(overrides, dict):
         raise SearchSpaceError(f"Search space {where!r} key 'overrides' must map group patterns to [low, high].")
     parsed = tuple((str(p), *_range(r, where, f"overrides.{p}")) for p, r in overrides.items())
-    return SearchSpace(path.stem, low, high, float(step) if step is not None else None, tuple(exclude), parsed,
+    return SearchSpace(stem, low, high, float(step) if step is not None else None, tuple(exclude), parsed,
                        str(data.get("description", "")))
 
 

@@ -19,21 +19,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .data import TensorData, make_loader
+from .config import DEVICES
+from .data import TensorData
+from .loader import make_loader
 from .errors import ConfigError, DataError
 
 __all__ = [
-    "FINETUNE",
     "TrainConfig",
     "evaluate",
-    "finetune",
+    "finetune_pruned",
     "recalibrate_bn",
     "resolve_device",
     "set_threads",
     "train",
 ]
 
-_DEVICES = ("auto", "cpu", "cuda")
 _PAD = 4  # pixels of padding for random-crop augmentation, the usual CIFAR recipe
 
 
@@ -62,7 +62,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             raise ConfigError(f"Device {device!r} does not exist; this machine has "
                               f"{torch.cuda.device_count()} CUDA device(s).")
         return torch.device(name)
-    raise ConfigError(f"Unknown device {device!r}; choose one of {', '.join(_DEVICES)} (or cuda:N).")
+    raise ConfigError(f"Unknown device {device!r}; choose one of {', '.join(DEVICES)} (or cuda:N).")
 
 
 def set_threads(n: int) -> None:
@@ -130,11 +130,6 @@ class TrainConfig:
         return cls(**d)
 
 
-# A short finetune for pruned candidates: one epoch at a tenth of the training rate, since the
-# weights start from a trained model and only need to recover from the cut.
-FINETUNE = TrainConfig(epochs=1, lr=0.01)
-
-
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -194,7 +189,9 @@ def train(
 
     Each row holds ``epoch`` (epochs done, fractional for a partial last epoch), ``step``,
     ``train_loss``, ``train_acc``, ``val_acc`` (when ``val_ds`` is given), ``lr`` and ``seconds``
-    (training time of that epoch). The model is left on ``device`` in eval mode.
+    (training time of that epoch). The model is left on ``device`` in eval mode. Training draws
+    from the random generators seeded with ``cfg.seed``; the caller's generator states are restored
+    after, so training leaves no trace on the global RNG.
 
     Raises:
         FloatingPointError: the loss became NaN or infinite; the model's weights are then unusable.
@@ -204,9 +201,15 @@ def train(
         >>> rows[-1]["val_acc"]
     """
     dev = resolve_device(device)
-    torch.manual_seed(cfg.seed)
     if len(train_ds) == 0:
         raise DataError("Cannot train on an empty dataset.")
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        return _train(model, train_ds, cfg, dev, val_ds, on_epoch)
+
+
+def _train(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, dev: torch.device, val_ds: Dataset | None,
+           on_epoch: Callable[[dict], None] | None) -> list[dict]:
     model.to(dev)
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -265,21 +268,27 @@ def train(
     return rows
 
 
-def finetune(
-    model: nn.Module,
-    train_ds: Dataset,
-    cfg: TrainConfig = FINETUNE,
-    *,
-    device: str | torch.device,
-    val_ds: Dataset | None = None,
-    on_epoch: Callable[[dict], None] | None = None,
-) -> list[dict]:
-    """:func:`train` with a short default config (:data:`FINETUNE`), for pruned candidates.
+def finetune_pruned(model: nn.Module, splits, cfg: TrainConfig, *, device: str | torch.device, bn_batches: int,
+                    on_epoch: Callable[[dict], None] | None = None, test: bool = True) -> dict:
+    """The final recipe for a pruned model: BatchNorm recalibration, a finetune of ``cfg``, evaluation.
+
+    ``apply`` and the benchmarks train every pruned model this way, so methods differ only in their
+    policy. Returns ``val_acc_bn`` (validation accuracy right after recalibration), ``val_acc``,
+    ``test_acc`` (None with ``test=False``), ``seconds`` and the epoch ``log``.
 
     Example:
-        >>> finetune(small, splits.train, device="cpu")
+        >>> finetune_pruned(small, splits, TrainConfig(epochs=30, lr=0.01), device="cpu", bn_batches=10)
     """
-    return train(model, train_ds, cfg, device=device, val_ds=val_ds, on_epoch=on_epoch)
+    start = time.perf_counter()
+    if bn_batches:
+        recalibrate_bn(model, splits.train, device=device, batches=bn_batches, batch_size=cfg.batch_size,
+                       seed=cfg.seed)
+    val_bn = evaluate(model, splits.val, device=device)
+    log = train(model, splits.train, cfg, device=device, val_ds=splits.val if on_epoch else None,
+                on_epoch=on_epoch) if cfg.epochs > 0 else []
+    return {"val_acc_bn": val_bn, "val_acc": evaluate(model, splits.val, device=device),
+            "test_acc": evaluate(model, splits.test, device=device) if test else None,
+            "seconds": time.perf_counter() - start, "log": log}
 
 
 def evaluate(model: nn.Module, ds: Dataset, *, device: str | torch.device, batch_size: int = 512) -> float:

@@ -36,19 +36,19 @@ import copy
 import csv
 import re
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import autoprune as ap  # noqa: E402
-import bench_quality as bq  # noqa: E402
-from autoprune.data import gradient_batch  # noqa: E402
-from autoprune.policy import IMPORTANCES  # noqa: E402
+import autoprune as ap
+from autoprune import IMPORTANCES, SearchConfig, TrainConfig
 
-_OUT = Path(__file__).resolve().parent.parent / "results" / "benchmarks" / "levers.csv"
+_ROOT = Path(__file__).resolve().parent.parent
+DATASET, SPLIT_SEED = "digits", 0  # the baseline and split bench_quality.py uses
+BATCH_SIZE = 64
+
+_OUT = _ROOT / "results" / "benchmarks" / "levers.csv"
 COLUMNS = ["model", "budget", "shape", "importance", "seed", "flops_ratio", "val_acc_bn", "val_acc", "test_acc",
            "final_epochs", "seconds"]
 SHAPES = ("uniform", "keep_res", "keep_res2", "keep_int", "late_more", "early_more", "late_more_keep_res",
@@ -85,11 +85,19 @@ def proposal(shape: str, groups: list[str]) -> dict[str, float]:
     raise ValueError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
 
 
+def _baseline(model_name: str, splits) -> torch.nn.Module:
+    model = ap.create_model(model_name, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
+    cfg = SearchConfig(model=model_name, dataset=DATASET, baseline_epochs=15, split_seed=SPLIT_SEED,
+                       results_dir=str(_ROOT / "results"))
+    ap.ensure_baseline(model, splits, cfg, device="cpu")
+    return model.cpu().eval()
+
+
 def run(models: list[str], budgets: list[float], seeds: list[int], candidates: dict[str, list[str]] | None,
         final_epochs: float, out: Path) -> list[dict]:
-    splits = ap.load_dataset(bq.DATASET, seed=bq.SPLIT_SEED)
+    splits = ap.load_dataset(DATASET, seed=SPLIT_SEED)
     x = splits.example_input()
-    grad_batch = gradient_batch(splits.train)
+    grad_batch = ap.gradient_batch(splits.train)
     rows: list[dict] = []
     new = not out.is_file()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -98,8 +106,9 @@ def run(models: list[str], budgets: list[float], seeds: list[int], candidates: d
         if new:
             w.writeheader()
         for model_name in models:
-            base, _ = bq._baseline(model_name, splits, 15, print)
-            cm = ap.CostModel(base, x)
+            base = _baseline(model_name, splits)
+            groups = [g.name for g in ap.prunable_groups(base, x)]
+            base_flops = ap.count_flops(base, x)
             for budget in budgets:
                 limit = [ap.Budget.parse("flops", f"{budget * 100:g}%")]
                 tp_model = None
@@ -109,14 +118,16 @@ def run(models: list[str], budgets: list[float], seeds: list[int], candidates: d
                         start = time.perf_counter()
                         if shape == "tp_global":
                             if tp_model is None:
-                                tp_model = bq.tp_global_prune(base, x, budget)[0]
+                                tp_model = ap.global_magnitude_prune(base, x, budget)[0]
                             small = copy.deepcopy(tp_model)
                         else:
-                            policy = ap.fit_policy(base, x, proposal(shape, list(cm.channels)), limit, fill=True)
+                            policy = ap.fit_policy(base, x, proposal(shape, groups), limit, fill=True)
                             small = ap.apply_policy(base, policy, x, importance=importance, seed=seed,
                                                     grad_batch=grad_batch if importance == "taylor" else None)
-                        flops = ap.count_flops(small, x) / cm.flops
-                        res = bq.final_finetune(small, splits, epochs=final_epochs, lr=0.01, bn_batches=10, seed=seed)
+                        flops = ap.count_flops(small, x) / base_flops
+                        res = ap.finetune_pruned(small, splits, TrainConfig(epochs=final_epochs, lr=0.01,
+                                                                            batch_size=BATCH_SIZE, seed=seed),
+                                                 device="cpu", bn_batches=10)
                         row = {"model": model_name, "budget": f"{budget * 100:g}%", "shape": shape,
                                "importance": importance, "seed": seed, "flops_ratio": round(flops, 4),
                                "val_acc_bn": round(res["val_acc_bn"], 4), "val_acc": round(res["val_acc"], 4),

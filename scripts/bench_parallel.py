@@ -28,9 +28,7 @@ import time
 from pathlib import Path
 
 import autoprune as ap
-from autoprune.baseline import ensure_baseline
-from autoprune.search import search
-from autoprune.trial import SearchConfig
+from autoprune import SearchConfig, ensure_baseline, search
 
 __all__ = ["main"]
 

@@ -49,13 +49,9 @@ import torch
 import torch.nn as nn
 
 import autoprune as ap
-from autoprune.baseline import ensure_baseline
-from autoprune.data import gradient_batch
-from autoprune.search import search
-from autoprune.train import TrainConfig, evaluate, recalibrate_bn, train
-from autoprune.trial import SearchConfig
+from autoprune import SearchConfig, TrainConfig, ensure_baseline, evaluate, search
 
-__all__ = ["main", "tp_global_prune", "final_finetune"]
+__all__ = ["main"]
 
 _ROOT = Path(__file__).resolve().parent.parent
 _OUT_DIR = _ROOT / "results" / "benchmarks"
@@ -111,54 +107,13 @@ def _pct(budget: float) -> str:
 # ------------------------------------------------------------------------------------------ methods
 
 
-def tp_global_prune(model: nn.Module, x: torch.Tensor, budget: float, *, tolerance: float = TP_TOLERANCE,
-                    steps: int = TP_STEPS) -> tuple[nn.Module, float, float]:
-    """Torch-Pruning's global L1 pruning of a copy of ``model``, its ratio bisected to the FLOPs budget.
-
-    Returns ``(pruned copy, pruning ratio, flops ratio)``: the feasible pruning (FLOPs ratio at most
-    ``budget``) closest to the budget, stopping once it is within ``tolerance`` (relative) under it.
-    """
-    import torch_pruning as tp
-
-    base = ap.count_flops(model, x)
-    lo, hi = 0.0, 1.0  # FLOPs fall as the global ratio rises (near 1, layers stop at one channel)
-    best: tuple[nn.Module, float, float] | None = None
-    for _ in range(steps):
-        r = (lo + hi) / 2
-        small = copy.deepcopy(model).eval()
-        try:
-            # the classifier stays whole: ``fc`` in the CIFAR and torchvision ResNets, else the last Linear
-            head = getattr(small, "fc", None) or [m for m in small.modules() if isinstance(m, nn.Linear)][-1]
-            tp.pruner.MetaPruner(small, x, tp.importance.GroupMagnitudeImportance(p=1), pruning_ratio=r,
-                                 global_pruning=True, ignored_layers=[head]).step()
-            ratio = ap.count_flops(small, x) / base
-        except Exception:  # a layer pruned away entirely: too much
-            hi = r
-            continue
-        if ratio > budget:
-            lo = r
-            continue
-        hi = r
-        if best is None or ratio > best[2]:
-            best = (small, r, ratio)
-        if ratio >= budget * (1 - tolerance):
-            break
-    if best is None:
-        raise RuntimeError(f"Torch-Pruning global pruning found no ratio within {budget:.3f} of the FLOPs.")
-    return best
-
-
 def final_finetune(small: nn.Module, splits, *, epochs: float, lr: float, bn_batches: int, seed: int) -> dict:
-    """The recipe every method gets: BN recalibration, finetune, then validation and test accuracy."""
-    start = time.perf_counter()
-    if bn_batches:
-        recalibrate_bn(small, splits.train, device="cpu", batches=bn_batches, batch_size=BATCH_SIZE, seed=seed)
-    val_bn = evaluate(small, splits.val, device="cpu")
-    if epochs > 0:
-        train(small, splits.train, TrainConfig(epochs=epochs, lr=lr, batch_size=BATCH_SIZE, weight_decay=5e-4,
-                                               seed=seed), device="cpu")
-    return {"val_acc_bn": val_bn, "val_acc": evaluate(small, splits.val, device="cpu"),
-            "test_acc": evaluate(small, splits.test, device="cpu"), "finetune_s": time.perf_counter() - start}
+    """The recipe every method gets (``ap.finetune_pruned``): BN recalibration, finetune, val and test accuracy."""
+    done = ap.finetune_pruned(small, splits, TrainConfig(epochs=epochs, lr=lr, batch_size=BATCH_SIZE,
+                                                         weight_decay=5e-4, seed=seed),
+                              device="cpu", bn_batches=bn_batches)
+    return {"val_acc_bn": done["val_acc_bn"], "val_acc": done["val_acc"], "test_acc": done["test_acc"],
+            "finetune_s": done["seconds"]}
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -224,8 +179,8 @@ def _prune(method: str, model_name: str, base: nn.Module, x: torch.Tensor, budge
     """The pruned copy of ``base`` a method gives, and what to record about how it was chosen."""
     if method == "autoprune":
         policy, info = _search_best(model_name, checkpoint, budget, seed, args, folder, log)
-        # taylor scores channels by one gradient batch: the same first shuffled batch the trial used
-        grad_batch = gradient_batch(splits.train) if info["importance"] == "taylor" else None
+        # the policy records the channels its trial kept (taylor's too); older runs rank them again
+        grad_batch = ap.gradient_batch(splits.train) if info["importance"] == "taylor" else None
         small = ap.apply_policy(base, policy, x, importance=info["importance"], seed=info["prune_seed"],
                                 grad_batch=grad_batch)
         extra = {"search_val_acc": info["search_val_acc"],
@@ -243,7 +198,8 @@ def _prune(method: str, model_name: str, base: nn.Module, x: torch.Tensor, budge
     shared_s = 0.0
     if tp_cache is None:
         t0 = time.perf_counter()
-        tp_cache = (*tp_global_prune(base, x, budget), time.perf_counter() - t0)
+        tp_cache = (*ap.global_magnitude_prune(base, x, budget, tolerance=TP_TOLERANCE, steps=TP_STEPS),
+                    time.perf_counter() - t0)
     else:
         shared_s = tp_cache[3]
     return copy.deepcopy(tp_cache[0]), {"pick": f"global ratio {tp_cache[1]:.4f}", "cache": tp_cache,

@@ -37,10 +37,7 @@ from pathlib import Path
 import torch
 
 import autoprune as ap
-from autoprune.data import Splits, TensorData
-from autoprune.search import search
-from autoprune.train import TrainConfig, evaluate, train
-from autoprune.trial import SearchConfig
+from autoprune import SearchConfig, Splits, TensorData, TrainConfig, evaluate, search, train
 
 __all__ = ["main", "synthetic_splits"]
 

@@ -33,7 +33,7 @@ def rand20(tmp_path_factory) -> str:
 @pytest.fixture
 def small_config(rand20, tmp_path):
     """A search that runs in seconds: 16x16 digits, a tenth of an epoch of finetune."""
-    from autoprune.trial import SearchConfig
+    from autoprune.config import SearchConfig
 
     def make(**changes):
         base = dict(model="resnet20", dataset="digits", checkpoint=rand20, budget_flops="50%", trials=4,

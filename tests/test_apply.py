@@ -15,9 +15,13 @@ from autoprune.apply import apply_run, load_pruned
 from autoprune.cli import main
 from autoprune.errors import ConfigError, RunError
 from autoprune.models import create_model
-from autoprune.prune import apply_policy, count_flops, count_params, fit_policy, prunable_groups, uniform_policy
+from autoprune.config import SearchConfig
+from autoprune.costs import count_flops, count_params
+from autoprune.fit import fit_policy, uniform_policy
+from autoprune.prune import apply_policy, prunable_groups
 from autoprune.results import RunDir, load_run
-from autoprune.trial import SearchConfig, TrialResult
+from autoprune.space import SearchSpace
+from autoprune.trial import TrialResult
 
 SIZE = 8  # the digits' own resolution: resnet20 trains an epoch in a few CPU seconds
 EXCLUDE = ["conv1"]
@@ -33,17 +37,16 @@ def make_run(root: Path) -> Path:
     model = create_model("resnet20", num_classes=10, in_channels=3).eval()
     x = torch.zeros(1, 3, SIZE, SIZE)
     config = SearchConfig(budget_flops="50%", name="tiny", image_size=SIZE, results_dir=str(root), device="cpu",
-                          bn_batches=2)
+                          bn_batches=2, space=SearchSpace("test", 0.0, 0.9, None, tuple(EXCLUDE)))
     run = RunDir(root / "tiny")
     run.path.mkdir(parents=True)
     torch.save(model.state_dict(), run.path / "baseline.pt")
-    run.write_config(config, {"space": {"name": "test", "range": [0.0, 0.9], "step": None, "exclude": EXCLUDE,
-                                        "overrides": {}}})
+    run.write_config(config, {})
     flops, params = count_flops(model, x), count_params(model)
     baseline = {"model": "resnet20", "dataset": "digits", "input_shape": [3, SIZE, SIZE], "num_classes": 10,
                 "flops": flops, "params": params, "val_acc": 0.1, "test_acc": None}
     run.write_baseline(baseline)
-    budgets = config.budgets()
+    budgets = config.budgets
     uniform = uniform_policy(model, x, budgets, exclude=EXCLUDE)
     groups = prunable_groups(model, x, EXCLUDE)
     skewed = fit_policy(model, x, {g.name: 0.6 if i % 2 else 0.1 for i, g in enumerate(groups)}, budgets,
@@ -52,7 +55,8 @@ def make_run(root: Path) -> Path:
         small = apply_policy(model, policy, x, exclude=EXCLUDE)
         f, p = count_flops(small, x), count_params(small)
         run.append(TrialResult(trial=trial, status="ok", origin=origin, val_acc=val_acc, flops=f,
-                               flops_ratio=f / flops, params=p, params_ratio=p / params, policy=policy))
+                               flops_ratio=f / flops, params=p, params_ratio=p / params,
+                               policy=small.autoprune_policy))
     run.append(TrialResult(trial=2, status="failed", origin="optuna", error="RuntimeError: boom", policy=skewed))
     run.append(TrialResult(trial=3, status="infeasible", origin="optuna", error="No policy within reach"))
     run.write_front(budgets, "flops", baseline)
@@ -79,8 +83,11 @@ def applied(run_path):
         loaded.append(real_load(*a, **kw))
         return loaded[-1]
 
+    import autoprune.train
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(apply_mod, "evaluate", spy_evaluate)
+        mp.setattr(autoprune.train, "evaluate", spy_evaluate)  # the final recipe's evaluations
         mp.setattr(apply_mod, "load_dataset", spy_load)
         result = apply_run(run_path, pick="best", epochs=1, device="cpu", log=lines.append)
     return result, lines, evaluated, loaded
@@ -211,7 +218,7 @@ def no_training(monkeypatch):
         raise AssertionError("apply loaded data before validating its arguments")
 
     monkeypatch.setattr(apply_mod, "load_dataset", boom)
-    monkeypatch.setattr(apply_mod, "train", boom)
+    monkeypatch.setattr(apply_mod, "finetune_pruned", boom)
 
 
 @pytest.mark.parametrize("pick, words", [

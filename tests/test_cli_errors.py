@@ -54,6 +54,7 @@ class Inputs:
     root: Path
     r20: Path  # a real resnet20 state dict (digits: 10 classes, 3 channels)
     r32: Path  # a resnet32 state dict: the wrong model for resnet20
+    r20_split5: Path  # a resnet20 checkpoint that records training on another validation split
     text: Path  # a text file that is not a checkpoint
     space_syntax: Path
     space_unknown_key: Path
@@ -77,13 +78,15 @@ def _fake_run(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
-    from autoprune.models import create_model
+    from autoprune.models import create_model, save_checkpoint
 
     root = tmp_path_factory.mktemp("inputs")
     with torch.random.fork_rng():  # leave the global RNG as other tests expect it
         torch.manual_seed(0)
         for name in ("resnet20", "resnet32"):
             torch.save(create_model(name, num_classes=10, in_channels=3).state_dict(), root / f"{name}.pt")
+        save_checkpoint(create_model("resnet20"), root / "r20_split5.pt",
+                        {"split": {"dataset": "digits", "val_fraction": 0.1, "split_seed": 5}})
     (root / "notes.pt").write_text("these are my notes, not weights\n")
     (root / "syntax.yaml").write_text("range: [0.0, 0.9\nstep: null\n")
     (root / "unknown_key.yaml").write_text("range: [0.0, 0.9]\nsparsity: 0.5\n")
@@ -91,7 +94,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     (root / "run.yaml").write_text("budget: 50%\n")
     (root / "empty").mkdir()
     (root / "not_a_run").mkdir()
-    return Inputs(root, root / "resnet20.pt", root / "resnet32.pt", root / "notes.pt", root / "syntax.yaml",
+    return Inputs(root, root / "resnet20.pt", root / "resnet32.pt", root / "r20_split5.pt", root / "notes.pt", root / "syntax.yaml",
                   root / "unknown_key.yaml", root / "reversed.yaml", root / "run.yaml", root / "empty",
                   root / "not_a_run", _fake_run(root / "runs" / "done"))
 
@@ -157,6 +160,8 @@ CASES = [
     C("checkpoint-text", lambda i: S + F50 + ["--checkpoint", str(i.text)], "notes.pt'", "state dict"),
     C("checkpoint-wrong-model", lambda i: S + F50 + ["--checkpoint", str(i.r32)], "resnet32.pt'",
       "does not match"),
+    C("checkpoint-other-split", lambda i: S + F50 + ["--checkpoint", str(i.r20_split5)], "r20_split5.pt'",
+      "split_seed=5", "split_seed=0", "--split-seed", e2e=True),
     # search spaces and config files
     C("space-syntax", lambda i: S + F50 + ["--search-space", str(i.space_syntax)], "syntax.yaml'",
       "not valid YAML"),
@@ -218,7 +223,7 @@ def _check(case: Case, argv: list[str], tmp_path: Path, code: object, out: str, 
 def guarded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make baseline training, any training loop and Ray start-up raise: they must not be reached."""
     import autoprune.baseline
-    import autoprune.search
+    import autoprune.cluster
     import autoprune.train
 
     def forbid(what: str) -> Callable:
@@ -230,7 +235,7 @@ def guarded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(autoprune.baseline, "ensure_baseline", forbid("baseline preparation"))
     monkeypatch.setattr(autoprune.baseline, "train_baseline", forbid("baseline training"))
     monkeypatch.setattr(autoprune.train, "train", forbid("the training loop"))
-    monkeypatch.setattr(autoprune.search, "_init_ray", forbid("Ray"))
+    monkeypatch.setattr(autoprune.cluster, "init_ray", forbid("Ray"))
 
 
 def run_in_process(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[object, str, str, float]:
@@ -270,12 +275,6 @@ def test_bad_input_subprocess(case: Case, inputs: Inputs, tmp_path: Path) -> Non
     _check(case, argv, tmp_path, *run_subprocess(argv, tmp_path), limit=MAX_SECONDS_SUBPROCESS)
 
 
-def test_enough_cases(inputs: Inputs) -> None:
-    commands = {c.argv(inputs)[0] for c in CASES if c.id != "unknown-command"}
-    assert len(CASES) >= 24 and commands == {"search", "apply", "report", "train"}
-    assert len(E2E) >= 6
-
-
 # --------------------------------------------------------------------------- nothing written is lost
 
 
@@ -288,7 +287,9 @@ def _snapshot(folder: Path) -> dict[str, str]:
     (["--budget-flops", "150%"], "'150%'"),  # bad budget: fails before the folder is even looked at
     (["--budget-flops", "50%"], "already exists (finished)"),  # good budget, but the name is taken
     (["--budget-flops", "50%", "--resume"], "already finished"),
-], ids=["bad-budget", "name-taken", "resume-finished"])
+    (["--budget-flops", "30%", "--resume"], "--budget-flops cannot change on --resume"),
+    (["--finetune-epochs", "5", "--resume"], "--finetune-epochs cannot change on --resume"),
+], ids=["bad-budget", "name-taken", "resume-finished", "resume-other-budget", "resume-other-finetune"])
 def test_failed_search_leaves_existing_run_untouched(extra: list[str], expect: str, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture, guarded: None) -> None:
@@ -344,32 +345,17 @@ def test_load_checkpoint_refuses_code_in_pickle(tmp_path: Path) -> None:
     assert marker.exists()
 
 
-@pytest.fixture
-def ray_init_kwargs(monkeypatch: pytest.MonkeyPatch) -> dict:
-    import ray
+def test_ctrl_c_while_preparing_names_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture, guarded: None) -> None:
+    """Interrupted before anything is saved: the message names the run and says there is nothing to
+    resume (a resume command would fail: the folder does not exist yet)."""
+    import autoprune.data
 
-    seen: dict = {}
-    for var in ("RAY_ADDRESS", "RAY_CHDIR_TO_TRIAL_DIR", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "RAY_AIR_NEW_OUTPUT",
-                "TUNE_MAX_PENDING_TRIALS_PG"):
-        monkeypatch.delenv(var, raising=False)  # _init_ray sets some; undone after the test
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda *args, **kwargs: seen.update(kwargs))
-    return seen
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
 
-
-def test_ray_dashboard_off_by_default(ray_init_kwargs: dict) -> None:
-    from autoprune.search import _init_ray
-    from autoprune.trial import SearchConfig
-
-    assert _init_ray(SearchConfig(budget_flops="50%"), 10) is True
-    assert ray_init_kwargs["include_dashboard"] is False
-    assert "dashboard_host" not in ray_init_kwargs
-
-
-def test_ray_dashboard_on_request_binds_localhost(ray_init_kwargs: dict) -> None:
-    from autoprune.search import _init_ray
-    from autoprune.trial import SearchConfig
-
-    assert _init_ray(SearchConfig(budget_flops="50%", dashboard=True), 10) is True
-    assert ray_init_kwargs["include_dashboard"] is True
-    assert ray_init_kwargs["dashboard_host"] == "127.0.0.1"
+    monkeypatch.setattr(autoprune.data, "load_dataset", interrupted)
+    code, out, err, _ = run_in_process(["search", "--budget-flops", "50%", "--results-dir", str(tmp_path)], capsys)
+    assert code == 130 and "Traceback" not in err and "<run>" not in err
+    assert "interrupted while preparing run 'resnet20-digits-flops50pct-" in err and "nothing to resume" in err
+    assert not any(tmp_path.iterdir())

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from autoprune import data
-from autoprune.data import Splits, TensorData, list_datasets, load_dataset, make_loader, register_dataset
+from autoprune.data import Splits, TensorData, list_datasets, load_dataset, register_dataset
+from autoprune.loader import make_loader
 from autoprune.errors import ConfigError, DataError
 
 

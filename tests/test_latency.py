@@ -8,7 +8,9 @@ import torch
 from autoprune.budget import Budget
 from autoprune.latency import measure_latency, relative_latency
 from autoprune.models import create_model
-from autoprune.prune import InfeasibleError, apply_policy, count_flops, uniform_policy
+from autoprune.costs import count_flops
+from autoprune.fit import InfeasibleError, uniform_policy
+from autoprune.prune import apply_policy
 
 BATCH = 16
 
@@ -24,7 +26,19 @@ def test_measure_latency_positive():
     model, x = create_model("resnet20"), torch.randn(1, 3, 32, 32)
     ms = measure_latency(model, x, batch_size=2, warmup=1, repeats=3)
     assert isinstance(ms, float) and math.isfinite(ms) and ms > 0
-    assert not model.training  # measured in eval mode
+
+
+def test_measuring_leaves_the_callers_model_where_it_was():
+    """Timing on another device times a copy there: the caller's model (in a trial, the baseline every
+    later trial prunes) stays on its device and in its mode. The meta device stands in for CUDA."""
+    model, x = create_model("resnet20").train(), torch.randn(1, 3, 32, 32)
+    small = create_model("resnet20").eval()
+    measure_latency(model, x, device="meta", warmup=1, repeats=2)
+    relative_latency(small, model, x, device="meta", warmup=1, repeats=2)
+    assert {p.device.type for p in (*model.parameters(), *small.parameters())} == {"cpu"}
+    assert model.training and not small.training
+    measure_latency(model, x, warmup=1, repeats=2)  # on its own device: timed in eval mode, mode restored
+    assert model.training
 
 
 def test_pruned_is_faster(resnet56):

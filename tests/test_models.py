@@ -9,22 +9,12 @@ import torch
 import torch.nn as nn
 
 from autoprune import models
-from autoprune.errors import AutopruneError, CheckpointError, ModelError
+from autoprune.errors import CheckpointError, ModelError
 from autoprune.models import create_model, list_models, load_checkpoint, register_model
+from helpers_registry import small_models
 
 CIFAR = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
-TORCHVISION = [
-    "resnet18",
-    "mobilenet_v2",
-    "mobilenet_v3_small",
-    "efficientnet_b0",
-    "regnet_x_400mf",
-    "densenet121",
-    "vgg11_bn",
-    "convnext_tiny",
-    "squeezenet1_0",
-    "shufflenet_v2_x0_5",
-]
+NAMES = small_models()
 HERE = Path(__file__).resolve().parent
 
 
@@ -35,7 +25,7 @@ def helpers_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(HERE))
 
 
-@pytest.mark.parametrize("name", CIFAR + TORCHVISION)
+@pytest.mark.parametrize("name", NAMES)
 def test_contract(name):
     """Every model builds for 1 and 3 input channels and maps 32x32 images to 10 logits."""
     torch.manual_seed(0)
@@ -54,7 +44,7 @@ def test_list_models():
     assert "resnet56" in names and "mobilenet_v2" in names
     assert len(names) == len(set(names))
     assert names[: len(CIFAR)] == CIFAR  # the CIFAR ResNets come first
-    assert set(TORCHVISION) <= set(names)
+    assert set(NAMES) <= set(names)
 
 
 def test_list_models_pattern():
@@ -195,5 +185,25 @@ def test_load_checkpoint_unexpected_and_shape(tmp_path, weights):
         load_checkpoint(create_model("resnet20", num_classes=100), tmp_path / "ten.pt")
 
 
-def test_errors_share_base():
-    assert issubclass(ModelError, AutopruneError) and issubclass(CheckpointError, AutopruneError)
+
+def test_seeded_model_is_reproducible_and_leaves_the_global_rng():
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a, b = create_model("resnet20", seed=4), create_model("resnet20", seed=4)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    c = create_model("resnet20", seed=5)
+    assert not torch.equal(a.conv1.weight, c.conv1.weight)
+
+
+def test_checkpoint_metadata_round_trip(tmp_path, weights):
+    from autoprune.models import checkpoint_meta, save_checkpoint
+
+    model = create_model("resnet20")
+    model.load_state_dict(weights)
+    meta = {"split": {"dataset": "digits", "val_fraction": 0.1, "split_seed": 3}}
+    save_checkpoint(model, tmp_path / "m.pt", meta)
+    assert checkpoint_meta(tmp_path / "m.pt") == meta
+    _assert_same(load_checkpoint(create_model("resnet20"), tmp_path / "m.pt"), weights)
+    torch.save(weights, tmp_path / "plain.pt")
+    assert checkpoint_meta(tmp_path / "plain.pt") is None  # a user's own checkpoint records nothing

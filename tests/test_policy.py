@@ -66,11 +66,6 @@ def test_missing_channel_counts():
         Policy("m", {"a": 0.5, "b": 0.5}, {"a": 16})
 
 
-def test_frozen(policy):
-    with pytest.raises(AttributeError):
-        policy.model = "other"  # type: ignore[misc]
-
-
 def test_kept(policy):
     assert policy.kept() == {"conv1": 11, "layer1.0.conv1": 8, "layer2.0.conv1": 21, "layer3.0.conv1": 64}
     assert policy.mean_sparsity() == pytest.approx((0.5 + 1 / 3 + 0.3 + 0.0) / 4)
@@ -107,3 +102,18 @@ def test_importance_is_recorded_and_round_trips(policy):
     assert Policy.from_dict(policy.to_dict()).importance is None
     with pytest.raises(ConfigError, match="'magic'.*bn_scale"):
         dataclasses.replace(policy, importance="magic")
+
+
+def test_kept_indices_round_trip_and_are_checked(policy):
+    import dataclasses
+
+    recorded = dataclasses.replace(policy, indices={"layer1.0.conv1": [7, 0, 3, 1, 2, 4, 5, 6]})
+    back = Policy.from_json(recorded.to_json())
+    assert back == recorded and back.indices == {"layer1.0.conv1": (0, 1, 2, 3, 4, 5, 6, 7)}
+    assert "indices" not in policy.to_dict()
+    for bad in ({"layer1.0.conv1": [0, 16]},  # beyond the group's 16 channels
+                {"layer1.0.conv1": [1, 1]},  # twice
+                {"layer1.0.conv1": []},
+                {"no.such.group": [0]}):
+        with pytest.raises(ConfigError, match="indices"):
+            dataclasses.replace(policy, indices=bad)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from autoprune.results import best_trial, pareto_front
+from autoprune.front import best_trial, pareto_front
 
 
 def _trials(rows):
@@ -29,3 +29,28 @@ def test_pareto_front_keeps_only_non_dominated_ok_trials():
 def test_empty_front():
     front = pareto_front(_trials([(0, "failed", "optuna", None, None)]), "flops")
     assert front.empty and best_trial(front) is None
+
+
+def test_prepare_keeps_a_warning_for_a_checkpoint_without_its_split(rand20, tmp_path):
+    """A user's own checkpoint (no recorded split) is accepted with one warning line, kept in config.yaml;
+    one that records the search's split gives none."""
+    import yaml
+
+    from autoprune.baseline import split_of
+    from autoprune.config import SearchConfig
+    from autoprune.models import create_model, load_checkpoint, save_checkpoint
+    from autoprune.results import prepare_run
+
+    lines = []
+    cfg = SearchConfig(budget_flops="50%", checkpoint=rand20, image_size=16, results_dir=str(tmp_path), name="a")
+    prepared = prepare_run(cfg, resume=False, log=lines.append)
+    warned = [line for line in lines if line.startswith("warning:")]
+    assert len(warned) == 1 and "split" in warned[0] and rand20 in warned[0]
+    saved = yaml.safe_load((prepared.run.path / "config.yaml").read_text())
+    assert saved["warnings"] == [warned[0].removeprefix("warning: ")]
+    recorded = tmp_path / "recorded.pt"
+    save_checkpoint(load_checkpoint(create_model("resnet20"), rand20), recorded,
+                    {"split": split_of("digits", 0.1, 0)})
+    lines.clear()
+    prepare_run(cfg.replace(checkpoint=str(recorded), name="b"), resume=False, log=lines.append)
+    assert not [line for line in lines if line.startswith("warning:")]

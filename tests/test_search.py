@@ -20,6 +20,8 @@ import autoprune as ap
 from autoprune.search import STUDY_NAME, search
 from autoprune.trial import TRIAL_COLUMNS
 
+HERE = Path(__file__).resolve().parent
+
 pytestmark = pytest.mark.ray
 
 
@@ -68,11 +70,13 @@ def test_search_end_to_end(small_config):
     model, x = loaded.model(), loaded.example_input()
     base = _flops(model, x)
     assert base == loaded.baseline["flops"]
-    for t, importance in zip(trials["trial"], trials["importance"]):
+    for t, importance, flops in zip(trials["trial"], trials["importance"], trials["flops"]):
         policy = loaded.policy(t)
         assert policy.importance == importance  # the policy file carries the trial's criterion
-        small = ap.apply_policy(model, policy, x, importance="l1")  # which channels go does not change the FLOPs
-        assert _flops(small, x) <= 0.5 * base, t
+        # As the README shows it: any saved policy, Taylor ones included, with these three arguments
+        small = ap.apply_policy(loaded.model(), loaded.policy(t), loaded.example_input())
+        assert _flops(small, x) == flops <= 0.5 * base, t
+        assert small.autoprune_policy.indices == policy.indices  # exactly the channels the trial kept
     assert "RUNNING" not in _study_states(run)
     assert json.loads((run / "state.json").read_text())["finished"] is True
 
@@ -88,16 +92,6 @@ def test_failed_and_nan_trials_do_not_stop_the_search(small_config):
     states = _study_states(outcome.path)
     assert "RUNNING" not in states and states.count("FAIL") == 2
     assert outcome.counts == {"ok": 2, "infeasible": 0, "failed": 2}
-
-
-def test_same_seed_same_policies(small_config):
-    # 3 warm starts (uniform x 3 criteria), then 2 proposals: sparsities and criterion both seeded
-    a = search(small_config(trials=5, concurrency=1, name="a"), log=lambda line: None).trials
-    b = search(small_config(trials=5, concurrency=1, name="b"), log=lambda line: None).trials
-    cols = [c for c in a.columns if c.startswith("s:")] + ["importance"]
-    pd.testing.assert_frame_equal(a[cols], b[cols])
-    c = search(small_config(trials=5, concurrency=1, name="c", seed=1), log=lambda line: None).trials
-    assert not a[cols].iloc[3:].equals(c[cols].iloc[3:])  # another seed proposes other policies
 
 
 def _ray_pids() -> set[int]:
@@ -126,11 +120,26 @@ def test_kill_9_then_resume_finishes_without_repeats(rand20, tmp_path):
     time.sleep(3)
     assert _ray_pids() <= before, "a Ray process outlived the killed search"
 
-    done = subprocess.run(cmd[:4] + ["--resume", "--name", "k", "--results-dir", str(results)],
-                          capture_output=True, text=True, timeout=400)
+    before_kill = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    # A resume may run more trials, more at once: --trials and --concurrency change; the rest is the run's.
+    done = subprocess.run(cmd[:4] + ["--resume", "--name", "k", "--results-dir", str(results), "--trials", "7",
+                                     "--concurrency", "2"], capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-2000:]
+    after = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    # the rows written before the kill are byte-identical afterwards, cell by cell
+    pd.testing.assert_frame_equal(after.iloc[: len(before_kill)][list(before_kill.columns)], before_kill)
     trials = pd.read_csv(csv)
-    assert len(trials) == 6
+    assert len(trials) == 7
+    # the resumed sampler saw the history: the one study holds every row's result, those before the
+    # kill included, and nothing else finished
+    import optuna
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(results / "k" / "study" / "journal.log")))
+    complete = [t for t in optuna.load_study(study_name=STUDY_NAME, storage=storage).get_trials()
+                if t.state.name == "COMPLETE"]
+    told = sorted((round(t.values[0], 9), round(t.values[1], 9)) for t in complete)
+    assert told == sorted((round(a, 9), round(f, 9)) for a, f in zip(trials["val_acc"], trials["flops_ratio"]))
     assert trials["trial"].is_unique and (trials["status"] == "ok").all()
     for origin in ("uniform", "uniform:bn_scale", "uniform:taylor"):  # each warm start once, resumed or not
         assert (trials["origin"] == origin).sum() == 1, origin
@@ -152,7 +161,8 @@ def test_search_on_a_real_ray_cluster(rand20, tmp_path):
     temp = tempfile.mkdtemp(prefix="/tmp/aprt")  # short: Ray's socket paths must stay < 108 chars
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    start = subprocess.run(["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+    ray = Path(sys.executable).parent / "ray"  # the environment's own, whether or not it is on PATH
+    start = subprocess.run([str(ray) if ray.is_file() else "ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
                             "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
                            capture_output=True, text=True, timeout=120, env=env)
     assert start.returncode == 0, start.stderr[-2000:]
@@ -280,3 +290,49 @@ def test_failure_after_ray_started_in_background_leaves_no_ray(small_config, mon
         search(small_config(name="broken"), log=lambda line: None)
     assert not ray.is_initialized()
     assert not [t for t in threading.enumerate() if t.name == "autoprune-ray"]
+
+
+def test_taylor_pick_with_an_excluded_layer_applies_as_searched(small_config, tmp_path):
+    """search -> apply: the pick's Taylor channels and the excluded stem survive into apply's model."""
+    space = tmp_path / "no_stem.yaml"
+    space.write_text("range: [0.0, 0.9]\nexclude: [conv1]\n")
+    outcome = search(small_config(trials=2, concurrency=1, importance="taylor", search_space=str(space)),
+                     log=lambda line: None)
+    assert (outcome.trials["status"] == "ok").all(), outcome.trials["error"].tolist()
+    best = outcome.best
+    assert best["importance"] == "taylor" and not any(c == "s:conv1" for c in outcome.trials.columns)
+    result = ap.apply_run(outcome.path, pick="best", epochs=1, device="cpu", log=lambda line: None)
+    model, metrics = ap.load_pruned(result["path"])
+    run = ap.load_run(outcome.path)
+    policy = run.policy(int(best["trial"]))
+    assert model.autoprune_policy.indices == policy.indices  # the trial's own channels
+    assert model.conv1.out_channels == 16  # excluded: never pruned
+    assert metrics["flops"] == int(best["flops"])
+
+
+def test_search_without_checkpoint_never_reads_the_test_split(small_config, tmp_path, monkeypatch):
+    """The path that trains (and caches) the baseline reads no test image either."""
+    (tmp_path / "poisoned_data.py").write_text(POISON)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    outcome = search(small_config(dataset="poisoned_data:digits_poisoned_test", checkpoint=None, baseline_epochs=1,
+                                  trials=2, concurrency=1), log=lambda line: None)
+    assert (outcome.trials["status"] == "ok").all(), outcome.trials["error"].tolist()
+    assert outcome.baseline["test_acc"] is None and "baselines" in outcome.baseline["source"]
+
+
+def test_concat_into_grouped_conv_model_searches_with_its_unsafe_groups_left_out(small_config, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))
+
+    lines = []
+    outcome = search(small_config(model="helpers_models:concat_grouped", checkpoint=None, baseline_epochs=1,
+                                  trials=6, concurrency=2), log=lines.append)
+    assert (outcome.trials["status"] == "ok").all(), outcome.trials["error"].tolist()
+    assert set(outcome.left_out) == {"branch_a.0", "branch_b.0"}
+    said = [line for line in lines if line.startswith("left out")]
+    assert len(said) == 1 and "branch_a.0" in said[0] and "branch_b.0" in said[0]
+    import yaml
+
+    assert set(yaml.safe_load((outcome.path / "config.yaml").read_text())["left_out"]) == {"branch_a.0",
+                                                                                          "branch_b.0"}
+    assert not [c for c in outcome.trials.columns if c.startswith("s:branch")]

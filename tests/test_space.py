@@ -79,3 +79,20 @@ def test_space_round_trips_through_a_run_config():
     for name in list_spaces():
         space = load_space(name)
         assert SearchSpace.from_dict(space.to_dict()) == space
+
+
+def test_builtin_spaces_ship_in_the_package_and_match_the_examples(tmp_path, monkeypatch):
+    """A wheel install has no repository around it: the spaces are read from the package, and the
+    top-level search_spaces/ examples are the same files."""
+    from pathlib import Path
+
+    import autoprune
+    from autoprune.space import builtin_space_text
+
+    monkeypatch.chdir(tmp_path)
+    repo = Path(autoprune.__file__).resolve().parent.parent / "search_spaces"
+    shipped = list_spaces()
+    assert shipped == sorted(p.stem for p in repo.glob("*.yaml"))
+    for name in shipped:
+        assert builtin_space_text(name) == (repo / f"{name}.yaml").read_text()
+        assert load_space(name).name == name

@@ -1,0 +1,6 @@
+"""``python -m autoprune``: the same as the ``autoprune`` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

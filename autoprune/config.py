@@ -1,0 +1,204 @@
+"""The one configuration of a search: a frozen, validated :class:`SearchConfig`.
+
+Its fields map one-to-one to ``autoprune search`` flags (``budget_flops`` is ``--budget-flops``).
+Everything a flag's text stands for is resolved once, when the config is made: the budgets are
+parsed, the criteria listed, and the search space loaded. A run stores the resolved config in its
+``config.yaml``; a resumed run reads that copy back (never the space's YAML file again), and only
+the fields in :data:`RESUMABLE` may differ from it.
+
+Example:
+    >>> cfg = SearchConfig(model="resnet56", budget_flops="50%", trials=100)
+    >>> cfg.budgets
+    (Budget(kind='flops', value=0.5, relative=True, text='50%'),)
+    >>> cfg.space.high
+    0.9
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .budget import Budget
+from .criteria import parse_importances
+from .errors import ConfigError
+from .space import SearchSpace, load_space
+
+__all__ = ["SearchConfig", "SAMPLERS", "DEVICES", "RESUMABLE", "resume_config"]
+
+SAMPLERS = ("tpe", "nsga2", "random")
+DEVICES = ("auto", "cpu", "cuda")
+# What a resumed run may change: how much more to run and where, never what is searched or how a
+# candidate is scored (those would make the rows before and after the resume incomparable).
+RESUMABLE = ("trials", "concurrency", "cpus_per_trial", "gpus_per_trial", "device", "address", "dashboard")
+# Which run: the folder, not a setting of the search.
+_RUN_FOLDER = ("name", "results_dir")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything a search needs; fields map one-to-one to ``autoprune search`` flags.
+
+    ``space`` is the resolved search space: loaded from ``search_space`` when not given, and kept
+    in the run's config.yaml so a resume reads the space the run started with.
+    """
+
+    model: str = "resnet20"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    checkpoint: str | None = None
+    budget_flops: str | None = None
+    budget_params: str | None = None
+    budget_latency: str | None = None
+    trials: int = 24
+    finetune_epochs: float = 2.0
+    finetune_lr: float = 0.01
+    batch_size: int = 64
+    bn_batches: int = 10
+    importance: str = "auto"  # a criterion, a comma-separated list to search over, or auto
+    fill_budget: bool = True
+    concurrency: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    device: str = "auto"
+    sampler: str = "tpe"
+    search_space: str = "default"
+    seed: int = 0  # the search's randomness: sampler, pruning, finetune order
+    split_seed: int = 0  # which training images form the validation split (and the cached baseline)
+    val_fraction: float = 0.1
+    image_size: int | None = None
+    baseline_epochs: int = 15
+    latency_batch: int = 1
+    results_dir: str = "results"
+    name: str | None = None
+    address: str | None = None
+    dashboard: bool = False
+    space: SearchSpace | None = None
+
+    def __post_init__(self) -> None:
+        rules = [
+            ("trials", _whole(self.trials) and self.trials >= 1, "a whole number >= 1"),
+            ("finetune_epochs", _finite(self.finetune_epochs) and self.finetune_epochs >= 0, ">= 0"),
+            ("finetune_lr", _finite(self.finetune_lr) and self.finetune_lr > 0, "> 0"),
+            ("batch_size", _whole(self.batch_size) and self.batch_size >= 1, "a whole number >= 1"),
+            ("bn_batches", _whole(self.bn_batches) and self.bn_batches >= 0, "a whole number >= 0"),
+            ("concurrency", _whole(self.concurrency) and self.concurrency >= 1, "a whole number >= 1"),
+            ("cpus_per_trial", _finite(self.cpus_per_trial) and self.cpus_per_trial > 0, "> 0"),
+            ("gpus_per_trial", _finite(self.gpus_per_trial) and self.gpus_per_trial >= 0, ">= 0 (e.g. 0.25)"),
+            ("val_fraction", _finite(self.val_fraction) and 0 < self.val_fraction < 1, "in (0, 1)"),
+            ("baseline_epochs", _whole(self.baseline_epochs) and self.baseline_epochs >= 1, "a whole number >= 1"),
+            ("latency_batch", _whole(self.latency_batch) and self.latency_batch >= 1, "a whole number >= 1"),
+        ]
+        for name, ok, rule in rules:
+            if not ok:
+                raise ConfigError(f"--{name.replace('_', '-')} must be {rule}, but got {getattr(self, name)!r}.")
+        for name, value, choices in (("sampler", self.sampler, SAMPLERS), ("device", self.device, DEVICES)):
+            if value not in choices:
+                raise ConfigError(f"Unknown --{name} {value!r}; choose one of {', '.join(choices)}.")
+        if self.gpus_per_trial > 0 and self.device == "cpu":
+            raise ConfigError(f"--gpus-per-trial {self.gpus_per_trial} needs --device auto or cuda, not cpu.")
+        if self.image_size is not None and (not _whole(self.image_size) or self.image_size < 8):
+            raise ConfigError(f"--image-size must be a whole number >= 8, but got {self.image_size!r}.")
+        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
+            raise ConfigError(f"--name must be a plain folder name, but got {self.name!r}.")
+        # Resolved once, here, so that a bad budget, criterion or space fails before any work.
+        texts = {"flops": self.budget_flops, "params": self.budget_params, "latency": self.budget_latency}
+        object.__setattr__(self, "_budgets",
+                           tuple(Budget.parse(kind, text) for kind, text in texts.items() if text is not None))
+        object.__setattr__(self, "_importances", parse_importances(self.importance))
+        if self.space is None:
+            object.__setattr__(self, "space", load_space(self.search_space))
+        elif isinstance(self.space, Mapping):
+            object.__setattr__(self, "space", SearchSpace.from_dict(self.space))
+
+    @property
+    def budgets(self) -> tuple[Budget, ...]:
+        """The parsed budgets, in the order flops, params, latency."""
+        return self._budgets
+
+    @property
+    def importances(self) -> tuple[str, ...]:
+        """The criteria the search chooses among (one: no choice); ``auto`` is ``AUTO_IMPORTANCES``."""
+        return self._importances
+
+    @property
+    def objective(self) -> str:
+        """The size measure the search minimises: that of the first budget, FLOPs if there is none."""
+        return self.budgets[0].kind if self.budgets else "flops"
+
+    def budget(self, kind: str) -> Budget | None:
+        """The budget on ``kind`` (flops, params, latency), if there is one."""
+        return next((b for b in self.budgets if b.kind == kind), None)
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["space"] = self.space.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SearchConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"Unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}.")
+        return cls(**dict(d))
+
+    def replace(self, **changes: Any) -> "SearchConfig":
+        if "search_space" in changes and "space" not in changes:
+            changes["space"] = None  # re-resolve the new space
+        return dataclasses.replace(self, **changes)
+
+
+def resume_config(saved: SearchConfig, given: Mapping[str, Any]) -> SearchConfig:
+    """The config of a resumed run: ``saved`` with the changes in ``given`` that a resume allows.
+
+    ``given`` holds the settings the user gave again (flags, a --config file). Those in
+    :data:`RESUMABLE` replace the saved values; any other that differs from the saved run's value
+    is refused, since the rows already written were searched and scored with the saved one.
+    """
+    changes: dict[str, Any] = {}
+    for key, value in given.items():
+        if key in _RUN_FOLDER:
+            changes[key] = value
+        elif key in RESUMABLE:
+            changes[key] = value
+        elif not _same(saved, key, value):
+            allowed = ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE)
+            raise ConfigError(
+                f"--{key.replace('_', '-')} cannot change on --resume: the run has {_shown(saved, key)!r}, "
+                f"but got {value!r}; a resume may change only {allowed}."
+            )
+    return saved.replace(**changes) if changes else saved
+
+
+def _same(saved: SearchConfig, key: str, value: Any) -> bool:
+    current = getattr(saved, key, None)
+    if key.startswith("budget_") and value is not None and current is not None:
+        kind = key.removeprefix("budget_")
+        a, b = Budget.parse(kind, value), Budget.parse(kind, current)
+        return (a.value, a.relative) == (b.value, b.relative)
+    if key == "importance":
+        return parse_importances(value) == saved.importances
+    if key == "space":
+        given = value if isinstance(value, SearchSpace) else SearchSpace.from_dict(value)
+        return given == saved.space
+    if key == "search_space":
+        # The same name or file as the run's: the run keeps the copy of the space it stored.
+        return str(value) == str(current)
+    return value == current
+
+
+def _shown(saved: SearchConfig, key: str) -> Any:
+    value = getattr(saved, key, None)
+    return value.to_dict() if isinstance(value, SearchSpace) else value
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _whole(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+

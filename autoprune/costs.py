@@ -1,0 +1,217 @@
+"""The analytic cost model: FLOPs and params of a model as a function of per-group sparsities.
+
+FLOPs are those of one sample, exactly as ``torch.utils.flop_counter.FlopCounterMode`` counts them;
+params are the parameters of the module. The cost model reads each conv and linear layer's FLOPs
+from ``FlopCounterMode`` once, learns from the dependency graph (``prune.py``) which groups set each
+layer's output and input widths, and then prices a policy without pruning anything: a layer costs
+its base figure times the kept share of each of its dimensions.
+
+Example:
+    >>> count_flops(model, torch.zeros(1, 3, 32, 32))
+    81626368
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .policy import kept_channels
+
+__all__ = ["Group", "GroupLayout", "CostModel", "count_flops", "count_params", "layer_flops", "pruned_count",
+           "ROOT_TYPES", "UNWRAPPED", "is_depthwise"]
+
+UNWRAPPED = "@"  # layouts name a bare parameter (not a layer's weight) "@<parameter path>"
+ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # layers whose output channels start a group
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+@dataclass(frozen=True)
+class Group:
+    """A set of channels that must be pruned together, named by the module path of its root layer.
+
+    ``flops_share`` is the share of the model's FLOPs that depends on this group's channels (what
+    pruning all of them would remove); ``layers`` lists every layer whose width the group sets.
+    """
+
+    name: str
+    channels: int
+    flops_share: float
+    layers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    """What pruning one group's channels does to the layers, as read off the dependency graph.
+
+    ``touched`` holds ``(layer, side, per_channel)``: pruning one channel of the group removes
+    ``per_channel`` output (``side="out"``) or input (``"in"``) channels of ``layer``; a bare
+    parameter that Torch-Pruning prunes along its last non-singleton dimension (ConvNeXt's
+    ``layer_scale``) is named ``"@<parameter path>"``.
+    ``ch_groups`` > 1 when the group feeds a grouped (not depthwise) convolution, whose groups must
+    keep equal widths.
+    """
+
+    name: str
+    channels: int
+    ch_groups: int
+    touched: tuple[tuple[str, str, float], ...]
+
+
+def _run(model: nn.Module, x: torch.Tensor) -> FlopCounterMode:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter
+
+
+def count_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of one forward pass per sample, exactly as ``torch.utils.flop_counter.FlopCounterMode`` counts."""
+    return int(round(_run(model, x).get_total_flops() / x.shape[0]))
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters of the module (shared parameters counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def layer_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str, float]]:
+    """(total FLOPs per sample, {conv or linear layer path: its FLOPs per sample}), from one counted pass."""
+    counter = _run(model, x)
+    per_module = counter.get_flop_counts()
+    # FlopCounterMode names a module "<RootClass>.<path>"; keep the named_modules() path.
+    root = type(model).__name__
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, ROOT_TYPES):
+            counts = per_module.get(f"{root}.{name}")
+            if counts:
+                out[name] = sum(counts.values()) / x.shape[0]
+    return int(round(counter.get_total_flops() / x.shape[0])), out
+
+
+def is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, _CONV_TYPES) and m.groups > 1 and m.groups == m.in_channels
+
+
+def pruned_count(channels: int, sparsity: float, round_to: int, ch_groups: int) -> int:
+    """Channels removed from a group: what the policy keeps, in whole multiples of the channel groups.
+
+    Grouped (not depthwise) convolutions must keep equal widths per group, so removal happens in
+    multiples of ``ch_groups``, as Torch-Pruning's own pruner does.
+    """
+    removed = channels - kept_channels(channels, sparsity, round_to)
+    if ch_groups > 1:
+        removed = min(channels - ch_groups, int(round(removed / ch_groups)) * ch_groups)
+    return removed
+
+
+def _dims(m: nn.Module) -> tuple[int, int]:
+    if isinstance(m, nn.Linear):
+        return m.out_features, m.in_features
+    if isinstance(m, _CONV_TYPES):
+        return m.out_channels, m.in_channels
+    if isinstance(m, nn.modules.batchnorm._NormBase):
+        return m.num_features, 0
+    if isinstance(m, nn.GroupNorm):
+        return m.num_channels, 0
+    if isinstance(m, nn.LayerNorm):
+        return int(m.normalized_shape[0]), 0
+    return 0, 0
+
+
+class CostModel:
+    """FLOPs and params of a model as a function of per-group sparsities, without pruning anything.
+
+    Built once per model from the groups' layouts: for every layer it records which groups set its
+    output and input widths and by how many channels, so the cost of a policy is a sum over layers
+    of base cost x kept share of each dimension. FLOPs outside conv and linear layers are a constant.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, layouts: Sequence[GroupLayout], *,
+                 model_name: str = "") -> None:
+        self.model_name = model_name or type(model).__name__
+        self.flops, self._layer_flops = layer_flops(model, x)
+        self.params = count_params(model)
+        self._other_flops = self.flops - sum(self._layer_flops.values())
+        # layer -> [(group, affected dims per group channel)] for its output and its input side
+        self._out: dict[str, list[tuple[str, float]]] = {}
+        self._in: dict[str, list[tuple[str, float]]] = {}
+        self._channels = {g.name: g.channels for g in layouts}
+        self._ch_groups = {g.name: g.ch_groups for g in layouts}
+        for g in layouts:
+            for layer, side, per in g.touched:
+                (self._out if side == "out" else self._in).setdefault(layer, []).append((g.name, per))
+        # Bare parameters some group prunes: priced by their kept share, not as a constant.
+        bare = {layer[len(UNWRAPPED):] for layer in self._out if layer.startswith(UNWRAPPED)}
+        self._bare = {}  # parameter path -> (numel, width of its pruned dimension)
+        self._modules = {}
+        for name, m in model.named_modules():
+            own = 0
+            for pname, p in m.named_parameters(recurse=False):
+                path = f"{name}.{pname}" if name else pname
+                if path in bare:
+                    self._bare[path] = (p.numel(), next((d for d in reversed(p.shape) if d > 1), 1))
+                else:
+                    own += p.numel()
+            if own:
+                self._modules[name] = (m, own)
+        full = self._flops_with({})
+        self.groups = [Group(g.name, g.channels, (full - self._flops_with({g.name: g.channels})) / self.flops,
+                             tuple(sorted({layer for layer, _, _ in g.touched if not layer.startswith(UNWRAPPED)})))
+                       for g in layouts]
+
+    @property
+    def channels(self) -> dict[str, int]:
+        return dict(self._channels)
+
+    def _keep(self, pruned: Mapping[str, int], name: str, side: str, dim: int) -> float:
+        entries = (self._out if side == "out" else self._in).get(name, ())
+        removed = sum(pruned.get(g, 0) * per for g, per in entries)
+        return max(0.0, 1.0 - removed / dim) if dim else 1.0
+
+    def _factors(self, name: str, m: nn.Module, pruned: Mapping[str, int]) -> tuple[float, float]:
+        out_dim, in_dim = _dims(m)
+        f_out = self._keep(pruned, name, "out", out_dim)
+        f_in = self._keep(pruned, name, "in", in_dim)
+        if is_depthwise(m):  # one kept share sets both sides; the weight has no input dimension
+            return min(f_out, f_in), 1.0
+        return f_out, f_in
+
+    def _flops_with(self, pruned: Mapping[str, int]) -> float:
+        total = self._other_flops
+        for name, base in self._layer_flops.items():
+            f_out, f_in = self._factors(name, self._modules[name][0], pruned) if name in self._modules else (1.0, 1.0)
+            total += base * f_out * f_in
+        return total
+
+    def pruned_channels(self, sparsity: Mapping[str, float], round_to: int = 1) -> dict[str, int]:
+        """Channels each group loses under ``sparsity`` (group -> share removed)."""
+        return {g: pruned_count(self._channels[g], s, round_to, self._ch_groups[g])
+                for g, s in sparsity.items() if g in self._channels}
+
+    def cost(self, sparsity: Mapping[str, float], round_to: int = 1) -> dict[str, float]:
+        """{'flops': ..., 'params': ...} of the model pruned by ``sparsity`` (group -> share removed)."""
+        pruned = self.pruned_channels(sparsity, round_to)
+        params = 0.0
+        for name, (m, own) in self._modules.items():
+            f_out, f_in = self._factors(name, m, pruned)
+            if isinstance(m, ROOT_TYPES):
+                weight = m.weight.numel()
+                bias = own - weight
+                params += weight * f_out * f_in + bias * f_out
+            elif isinstance(m, _NORM_TYPES):
+                params += own * f_out
+            else:
+                params += own
+        for path, (numel, width) in self._bare.items():
+            params += numel * self._keep(pruned, UNWRAPPED + path, "out", width)
+        return {"flops": self._flops_with(pruned), "params": params}

@@ -1,0 +1,107 @@
+"""The model zoo: which registered models autoprune prunes, which groups it leaves out, which it refuses.
+
+For every registered model (the CIFAR ResNets and every torchvision classifier), at the smallest
+input torchvision allows (32x32 where it can), this builds the model without weights, probes its
+groups (``ap.left_out_groups``), fits the uniform policy to 50% of the FLOPs, prunes, and checks the
+pruned model runs. One row per model goes to ``results/benchmarks/zoo.csv`` as soon as it is done
+(models already in the file are skipped, so an interrupted run continues where it stopped):
+
+    model, params, input_size, groups, left_out, left_out_groups, flops_ratio, outcome, seconds, error
+
+``outcome`` is ``clean`` (every group prunable), ``left_out`` (some groups left out as unsafe, named
+in ``left_out_groups``), or ``error`` (the one-line error a user gets, in ``error``).
+
+Run from the repository root (the whole zoo takes most of an hour on 2 CPU cores; the largest
+models need several GB of memory)::
+
+    python scripts/bench_zoo.py
+    python scripts/bench_zoo.py --models 'mobilenet*,resnet18' --out /tmp/zoo.csv
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import fnmatch
+import time
+from pathlib import Path
+
+import torch
+
+import autoprune as ap
+
+_OUT = Path(__file__).resolve().parent.parent / "results" / "benchmarks" / "zoo.csv"
+COLUMNS = ["model", "params", "input_size", "groups", "left_out", "left_out_groups", "flops_ratio", "outcome",
+           "seconds", "error"]
+HALF = ap.Budget.parse("flops", "50%")
+
+
+def input_size(name: str) -> int:
+    """32 pixels, or the smallest input torchvision records for the model."""
+    from torchvision import models as tvm
+
+    try:
+        meta = tvm.get_model_weights(name).DEFAULT.meta
+    except (ValueError, KeyError):  # not a torchvision model: the CIFAR ResNets
+        return 32
+    return max(32, *meta.get("min_size", (1, 1)))
+
+
+def zoo_row(name: str) -> dict:
+    start = time.perf_counter()
+    size = input_size(name)
+    row: dict = {"model": name, "input_size": size}
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = ap.create_model(name, num_classes=10, in_channels=3).eval()
+        x = torch.zeros(1, 3, size, size)
+        row["params"] = ap.count_params(model)
+        left = ap.left_out_groups(model, x)
+        groups = ap.prunable_groups(model, x)
+        row.update(groups=len(groups), left_out=len(left), left_out_groups="; ".join(sorted(left)))
+        small = ap.apply_policy(model, ap.uniform_policy(model, x, [HALF]), x)
+        with torch.no_grad():
+            out = small(torch.randn(2, 3, size, size))
+        if tuple(out.shape) != (2, 10):
+            raise RuntimeError(f"the pruned model gives shape {tuple(out.shape)}")
+        row["flops_ratio"] = round(ap.count_flops(small, x) / ap.count_flops(model, x), 4)
+        row["outcome"] = "left_out" if left else "clean"
+    except ap.AutopruneError as e:  # what a user is told
+        row.update(outcome="error", error=str(e)[:300])
+    except Exception as e:  # a crash a user would see: also recorded, and a defect to fix
+        row.update(outcome="crash", error=f"{type(e).__name__}: {str(e).splitlines()[0][:250] if str(e) else ''}")
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="*", help="comma-separated glob patterns (default: every registered model)")
+    p.add_argument("--out", default=str(_OUT))
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    out = Path(args.out)
+    patterns = [m for m in args.models.split(",") if m]
+    names = [n for n in ap.list_models() if any(fnmatch.fnmatch(n, pat) for pat in patterns)]
+    done = set()
+    if out.is_file():
+        with open(out, newline="") as f:
+            done = {r["model"] for r in csv.DictReader(f)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    new = not out.is_file()
+    with open(out, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            w.writeheader()
+        for name in names:
+            if name in done:
+                continue
+            row = zoo_row(name)
+            w.writerow({c: row.get(c, "") for c in COLUMNS})
+            f.flush()
+            print(" ".join(f"{k}={row[k]}" for k in COLUMNS if row.get(k, "") != ""), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

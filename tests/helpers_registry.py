@@ -1,0 +1,22 @@
+"""The models the contract tests run over: every registered model, and the torchvision classifiers
+small enough for a fast suite (scripts/bench_zoo.py runs them all)."""
+from __future__ import annotations
+
+MAX_PARAMS = 6_000_000
+
+
+def small_models(max_params: int = MAX_PARAMS, max_min_size: int = 32) -> list[str]:
+    """Registered names, then the torchvision classifiers with at most ``max_params`` parameters that
+    accept ``max_min_size`` pixels, chosen from the figures torchvision records for each model."""
+    from torchvision import models as tvm
+
+    from autoprune.models import MODELS, list_models
+
+    names = list(MODELS)
+    for name in list_models():
+        if name in MODELS:
+            continue
+        meta = tvm.get_model_weights(name).DEFAULT.meta
+        if meta["num_params"] <= max_params and max(meta.get("min_size", (1, 1))) <= max_min_size:
+            names.append(name)
+    return names

@@ -1,0 +1,92 @@
+"""SearchConfig: validation, the resolved budgets, criteria and space, and what a resume may change."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from autoprune.config import RESUMABLE, SearchConfig, resume_config
+from autoprune.errors import AutopruneError, ConfigError, SearchSpaceError
+from autoprune.space import SearchSpace
+
+
+@pytest.mark.parametrize("field,value,named", [
+    ("trials", 0, "0"), ("finetune_epochs", -1.0, "-1.0"), ("gpus_per_trial", -0.5, "-0.5"),
+    ("concurrency", 0, "0"), ("sampler", "cmaes", "cmaes"), ("device", "tpu", "tpu"),
+    ("budget_flops", "150%", "150%"), ("importance", "l1,magic", "magic")])
+def test_config_rejects_bad_values(field, value, named):
+    with pytest.raises(AutopruneError, match=named):
+        SearchConfig(**{"budget_flops": "50%", field: value})
+
+
+def test_budgets_are_parsed_once_in_order():
+    cfg = SearchConfig(budget_latency="4ms", budget_flops="40%", budget_params="1.5M")
+    assert [b.kind for b in cfg.budgets] == ["flops", "params", "latency"]
+    assert cfg.budgets[0].value == 0.4 and cfg.budgets[1].value == 1.5e6 and cfg.objective == "flops"
+    assert cfg.budget("latency").value == 4.0 and SearchConfig().budget("flops") is None
+
+
+def test_round_trip_keeps_the_resolved_space(tmp_path):
+    space_file = tmp_path / "mine.yaml"
+    space_file.write_text("range: [0.0, 0.5]\nexclude: [conv1]\n")
+    cfg = SearchConfig(budget_flops="40%", budget_params="50%", trials=12, search_space=str(space_file))
+    assert cfg.space.high == 0.5 and cfg.space.exclude == ("conv1",)
+    saved = cfg.to_dict()
+    space_file.unlink()  # a resumed run never reads the file again
+    back = SearchConfig.from_dict(saved)
+    assert back == cfg and back.space == cfg.space
+    with pytest.raises(ConfigError, match="bogus"):
+        SearchConfig.from_dict({"bogus": 1})
+    with pytest.raises(SearchSpaceError, match="mine.yaml"):  # a fresh config does read it
+        SearchConfig(search_space=str(space_file))
+
+
+def test_replace_re_resolves_a_new_space():
+    cfg = SearchConfig().replace(search_space="mobilenet")
+    assert cfg.space.name == "mobilenet" and cfg.space.exclude
+
+
+def test_importances_parse():
+    assert SearchConfig(importance="bn_scale").importances == ("bn_scale",)
+    assert SearchConfig(importance=" l2, taylor ,l2").importances == ("l2", "taylor")
+    assert len(SearchConfig().importances) > 1  # auto searches several
+    for bad in ("magic", "l1,magic", "", ","):
+        with pytest.raises(ConfigError, match="--importance"):
+            SearchConfig(importance=bad)
+
+
+# A value for every field, different from the saved run's (below): what a user might give on --resume.
+SAVED = SearchConfig(budget_flops="50%", name="run", results_dir="results")
+OTHER = {
+    "model": "resnet56", "dataset": "cifar10", "data_dir": "/data", "download": True, "checkpoint": "b.pt",
+    "budget_flops": "30%", "budget_params": "50%", "budget_latency": "60%", "trials": 99, "finetune_epochs": 3.0,
+    "finetune_lr": 0.05, "batch_size": 32, "bn_batches": 3, "importance": "l1", "fill_budget": False,
+    "concurrency": 4, "cpus_per_trial": 2.0, "gpus_per_trial": 0.25, "device": "cuda", "sampler": "nsga2",
+    "search_space": "mobilenet", "seed": 7, "split_seed": 3, "val_fraction": 0.2, "image_size": 64,
+    "baseline_epochs": 30, "latency_batch": 8, "results_dir": "elsewhere", "name": "run",
+    "address": "auto", "dashboard": True, "space": SearchSpace("x", 0.0, 0.5).to_dict(),
+}
+
+
+def test_other_covers_every_field():
+    assert set(OTHER) == {f.name for f in dataclasses.fields(SearchConfig)}
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(SearchConfig)])
+def test_resume_changes_only_what_it_may(field):
+    value = OTHER[field]
+    if field in RESUMABLE or field in ("name", "results_dir"):
+        resumed = resume_config(SAVED, {field: value})
+        assert getattr(resumed, field) == value
+        changed = {f for f in OTHER if getattr(resumed, f) != getattr(SAVED, f)}
+        assert changed <= {field}
+    else:
+        with pytest.raises(ConfigError) as info:
+            resume_config(SAVED, {field: value})
+        message = str(info.value)
+        assert f"--{field.replace('_', '-')}" in message and "--trials" in message  # names it and the choices
+
+
+def test_resume_accepts_the_same_values_written_differently():
+    assert resume_config(SAVED, {"budget_flops": "0.5", "importance": "auto", "search_space": "default",
+                                 "model": "resnet20"}) == SAVED

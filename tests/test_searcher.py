@@ -1,0 +1,81 @@
+"""The searcher in process (Ray's OptunaSearch with autoprune's sampler; no Ray started)."""
+from __future__ import annotations
+
+
+from autoprune.config import SearchConfig
+from autoprune.results import RunDir
+from autoprune.search import STUDY_NAME, WarmStart, _searcher
+
+GROUPS = [f"g{i}" for i in range(6)]
+
+
+def _drive(tmp_path, config: SearchConfig, results, name: str = "run") -> list[dict]:
+    """Ask the searcher for one proposal per entry of ``results`` and tell it that result."""
+    run = RunDir(tmp_path / name)
+    warm = (WarmStart("uniform", {g: 0.3 for g in GROUPS}, config.importances[0]),)
+    searcher = _searcher(config, run, config.space.ranges(GROUPS), warm, offset=0)
+    proposals = []
+    for i, result in enumerate(results):
+        cfg = searcher.suggest(f"t{i}")
+        proposals.append(cfg)
+        searcher.on_trial_complete(f"t{i}", result=result(cfg) if callable(result) else result)
+    return proposals
+
+
+def _ok(cfg: dict) -> dict:
+    mean = sum(cfg["s"].values()) / len(cfg["s"])
+    return {"val_acc": 1.0 - mean, "flops_ratio": 0.5, "constraint": 0.0, "status": "ok"}
+
+
+def test_same_seed_same_proposals_other_seed_others(tmp_path):
+    config = SearchConfig(budget_flops="50%", trials=8, seed=0)
+    a = _drive(tmp_path, config, [_ok] * 8, "a")
+    b = _drive(tmp_path, config, [_ok] * 8, "b")
+    c = _drive(tmp_path, config.replace(seed=1), [_ok] * 8, "c")
+    assert a == b
+    assert [p["trial"] for p in a] == list(range(8))
+    assert a[0]["s"] == {g: 0.3 for g in GROUPS} and a[0]["importance"] == "l1"  # the warm start first
+    assert a[1:] != c[1:]
+
+
+def test_infeasible_trials_reach_optuna_as_constraint_violations(tmp_path):
+    """An infeasible trial is told to Optuna as COMPLETE with a positive constraint, so samplers and
+    the study's best trials treat it as infeasible; a failed one is FAIL."""
+    import optuna
+
+    config = SearchConfig(budget_flops="50%", trials=4)
+    infeasible = {"val_acc": 0.99, "flops_ratio": 1.0, "constraint": 1.0, "status": "infeasible"}
+    failed = {"val_acc": 0.0, "flops_ratio": 1.0, "constraint": 0.0, "status": "failed"}
+    _drive(tmp_path, config, [_ok, infeasible, failed, _ok])
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "run" / "study" / "journal.log")))
+    trials = optuna.load_study(study_name=STUDY_NAME, storage=storage).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+    assert [t.constraints for t in trials[:2]] == [{"budget": 0.0}, {"budget": 1.0}]
+    best = optuna.load_study(study_name=STUDY_NAME, storage=storage).best_trials
+    assert 1 not in [t.number for t in best]  # the infeasible trial's 0.99 is not on Optuna's front
+
+
+def test_sampler_suggests_every_group_within_its_range(tmp_path):
+    config = SearchConfig(budget_flops="50%", search_space="cifar_resnet", importance="l1")
+    proposals = _drive(tmp_path, config, [_ok] * 4)
+    for p in proposals:
+        assert set(p["s"]) == set(GROUPS) and all(0.0 <= v <= 0.9 for v in p["s"].values())
+        assert "importance" not in p  # one criterion: nothing to choose
+
+
+def test_resume_fails_trials_a_killed_search_left_running_or_waiting(tmp_path):
+    """A kill can leave a trial RUNNING and enqueued warm starts WAITING; a resume ends both as FAIL
+    (the warm starts that never ran are enqueued again by the resumed search)."""
+    import optuna
+
+    from autoprune.search import _close_stale_optuna_trials, _study_storage
+
+    run = RunDir(tmp_path / "killed")
+    study = optuna.create_study(study_name=STUDY_NAME, storage=_study_storage(run), directions=["maximize", "minimize"])
+    study.enqueue_trial({"s/g0": 0.3})
+    study.enqueue_trial({"s/g0": 0.4})
+    study.ask()  # the first warm start was running when the search was killed; the second never ran
+    assert _close_stale_optuna_trials(run) == 2
+    states = [t.state.name for t in optuna.load_study(study_name=STUDY_NAME, storage=_study_storage(run)).get_trials()]
+    assert states == ["FAIL", "FAIL"]
