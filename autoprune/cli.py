@@ -128,6 +128,9 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     a("--finetune-epochs", type=float, default=None, help="finetune per trial, may be fractional; 0 = BN only")
     a("--finetune-lr", type=float, default=None)
     a("--batch-size", type=int, default=None, help="finetune batch size per trial (default 64)")
+    a("--bn-batches", type=int, default=None, help="batches of BatchNorm recalibration per trial (default 10)")
+    a("--val-fraction", type=float, default=None, help="share of the training data held out to validate (default 0.1)")
+    a("--latency-batch", type=int, default=None, help="batch size latency is measured at (default 1)")
     a("--importance", default=None,
       help="channel criterion: auto (default: search l1, bn_scale and taylor per trial), one of l1, l2, "
            "bn_scale, taylor, random, or a comma-separated list to search over")

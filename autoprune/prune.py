@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import fnmatch
 import math
+import warnings
 import weakref
 from typing import Mapping, Sequence
 
@@ -71,7 +72,11 @@ def _build_graph(model: nn.Module, x: torch.Tensor, exclude: Sequence[str]):
     try:
         with torch.no_grad():
             out_dim = model(x).shape[1]
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+        with warnings.catch_warnings():
+            # Torch-Pruning warns about every bare parameter (ConvNeXt's layer_scale, ViT's class token);
+            # pruning them along their channel dimension is what the probe checks and the cost model prices.
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
         ignored = _ignored_modules(model, out_dim, exclude)
         groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES))
     except (ZeroDivisionError, IndexError, KeyError, RuntimeError, ValueError, AttributeError, TypeError) as e:

@@ -90,3 +90,13 @@ def test_resume_changes_only_what_it_may(field):
 def test_resume_accepts_the_same_values_written_differently():
     assert resume_config(SAVED, {"budget_flops": "0.5", "importance": "auto", "search_space": "default",
                                  "model": "resnet20"}) == SAVED
+
+
+def test_every_field_is_a_search_flag():
+    """Fields map one-to-one to `autoprune search` flags (the resolved space is the flag's result)."""
+    from autoprune.cli import build_parser
+
+    parser = build_parser()
+    search = next(a for a in parser._actions if a.dest == "command").choices["search"]
+    dests = {a.dest for a in search._actions}
+    assert {f.name for f in dataclasses.fields(SearchConfig)} - {"space"} <= dests
