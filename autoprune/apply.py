@@ -46,6 +46,7 @@ from .errors import ConfigError, RunError
 from .latency import relative_latency
 from .policy import Policy
 from .prune import apply_policy
+from .front import uniform_curve
 from .results import Run, load_run
 from .train import TrainConfig, evaluate, finetune_pruned, resolve_device
 
@@ -177,11 +178,17 @@ def _ok_trials(run: Run) -> list[int]:
 def _valid_picks(run: Run) -> str:
     ok = _ok_trials(run)
     shown = ", ".join(str(v) for v in ok[:_SHOWN_TRIALS]) + (", ..." if len(ok) > _SHOWN_TRIALS else "")
-    return f"choose best, uniform or an ok trial number ({shown})" if ok else "the run has no ok trial"
+    return (f"choose best, uniform, a size such as 30% (the best front point at or under it) or an ok trial "
+            f"number ({shown})" if ok else "the run has no ok trial")
 
 
 def _resolve_pick(run: Run, pick: str | int) -> _Choice:
-    """Turn ``best``, ``uniform`` or a trial number into an ok trial of the run, or raise RunError."""
+    """Turn ``best``, ``uniform``, a size (``30%``) or a trial number into an ok trial of the run,
+    or raise RunError.
+
+    ``uniform`` is the uniform policy measured at the largest size (the budget), with the criterion
+    that scored best there on validation.
+    """
     text = str(pick).strip()
     trials = run.trials
     if text == "best":
@@ -190,12 +197,24 @@ def _resolve_pick(run: Run, pick: str | int) -> _Choice:
             raise RunError(f"--pick best: run {run.path.name!r} has no feasible trial on its front; "
                            f"{_valid_picks(run)}.")
         trial = int(best["trial"])
+    elif text.endswith("%"):
+        try:
+            share = float(text[:-1]) / 100
+        except ValueError:
+            raise RunError(f"Unknown --pick {text!r}; {_valid_picks(run)}.") from None
+        best = run.pick(share)
+        if best is None:
+            smallest = run.pareto[f"{run.config.objective}_ratio"].min() if len(run.pareto) else None
+            raise RunError(f"--pick {text}: run {run.path.name!r} has no front point at or under {text} of the "
+                           f"{run.config.objective}" + (f" (its smallest is {smallest:.1%})" if smallest else "")
+                           + f"; {_valid_picks(run)}.")
+        trial = int(best["trial"])
     elif text == "uniform":
-        rows = trials[(trials["origin"] == "uniform") & (trials["status"] == "ok")] if len(trials) else trials
-        if rows.empty:
+        curve = uniform_curve(trials, run.config.objective)
+        if curve.empty:
             raise RunError(f"--pick uniform: run {run.path.name!r} has no ok trial of the uniform policy; "
                            f"{_valid_picks(run)}.")
-        trial = int(rows.iloc[0]["trial"])
+        trial = int(curve.iloc[-1]["trial"])
     else:
         try:
             trial = int(text)

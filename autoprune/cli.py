@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ap_ = sub.add_parser("apply", help="train a chosen policy fully, report test accuracy, export the model")
     ap_.add_argument("run", help="a results folder, e.g. results/<run>")
-    ap_.add_argument("--pick", default="best", help="best, uniform, or a trial number (default best)")
+    ap_.add_argument("--pick", default="best",
+                     help="best (within the budget), uniform, a size such as 30%% (the best front point at or "
+                          "under it), or a trial number (default best)")
     ap_.add_argument("--epochs", type=int, default=30)
     ap_.add_argument("--lr", type=float, default=None, help="default: a tenth of the baseline's rate")
     ap_.add_argument("--batch-size", type=int, default=None)
@@ -124,6 +126,8 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     a("--budget-flops", default=None, metavar="B", help="e.g. 50%% of the unpruned model, or 120M")
     a("--budget-params", default=None, metavar="B", help="e.g. 50%% or 1.5M")
     a("--budget-latency", default=None, metavar="B", help="e.g. 60%% or 4ms, measured on the trial device")
+    a("--front-from", default=None, metavar="S",
+      help="the smallest size searched, in the first budget's measure (default: half the budget), e.g. 20%%")
     a("--trials", type=int, default=None, help="number of trials, the uniform one included (default 24)")
     a("--finetune-epochs", type=float, default=None, help="finetune per trial, may be fractional; 0 = BN only")
     a("--finetune-lr", type=float, default=None)
@@ -207,8 +211,9 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _log(front_table(outcome.front))
     best = outcome.best
     if best is not None:
+        size = f"{outcome.objective}_ratio"
         _log(f"best within budget: trial {int(best['trial'])} val_acc {best['val_acc']:.4f} "
-             f"flops {best['flops_ratio']:.3f}  (unpruned val_acc {outcome.baseline.get('val_acc', float('nan')):.4f})")
+             f"{size} {best[size]:.3f}  (unpruned val_acc {outcome.baseline.get('val_acc', float('nan')):.4f})")
     _log(f"written: {outcome.path}/trials.csv, pareto.csv, pareto.png, policies/")
     if not outcome.finished:
         where = f" --results-dir {config.results_dir}" if config.results_dir != "results" else ""
@@ -224,28 +229,37 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .front import front_table
+    from .front import front_table, last_growth, uniform_curve
     from .results import RunDir, load_run
 
     run = load_run(args.run)
     if run.trials.empty:
         _log(f"{run.path}: no finished trial yet")
         return 0
-    front = RunDir(run.path).write_front(run.budgets, run.config.objective, run.baseline)
+    front = RunDir(run.path).write_front(run.config, run.baseline)
     _log(f"run {run.path}  ({len(run.trials)} trials, budgets: {', '.join(b.describe() for b in run.budgets)})")
     _log(f"unpruned: val_acc {run.baseline.get('val_acc', float('nan')):.4f}  flops {run.baseline.get('flops', 0):,}"
          f"  params {run.baseline.get('params', 0):,}")
     if run.left_out:
         _log(f"left out as unsafe to prune ({len(run.left_out)} groups): "
              + "; ".join(f"{g} ({why})" for g, why in run.left_out.items()))
+    size = f"{run.config.objective}_ratio"
+    _log(f"Pareto front (validation accuracy; gain_vs_uniform: over the uniform curve at the same {size}):")
     _log(front_table(front))
     best = run.best()
-    uni = run.trials[(run.trials["origin"] == "uniform") & (run.trials["status"] == "ok")]
     if best is not None:
         _log(f"best within budget: trial {int(best['trial'])} (val_acc {best['val_acc']:.4f}, "
-             f"flops {best['flops_ratio']:.3f}); apply it with: autoprune apply {run.path} --pick {int(best['trial'])}")
-    if len(uni):
-        _log(f"uniform policy: trial {int(uni.iloc[0]['trial'])} val_acc {uni.iloc[0]['val_acc']:.4f}")
+             f"{size} {best[size]:.3f}); apply it with: autoprune apply {run.path} --pick {int(best['trial'])}"
+             f" (or --pick 30% for the best at or under a size)")
+    curve = uniform_curve(run.trials, run.config.objective)
+    if len(curve):
+        _log("uniform curve (best criterion per size): " + ", ".join(
+            f"{r['size']:.3f}: {r['val_acc']:.4f} ({r['importance']}, trial {int(r['trial'])})"
+            for _, r in curve.iterrows()))
+    grown = last_growth(RunDir(run.path).read_trials())
+    if grown is not None:
+        _log(f"convergence: the front's hypervolume last grew by more than 1% after {grown[0]} of "
+             f"{len(run.trials)} trials (trial {grown[1]})")
     _log(f"plot: {run.path / 'pareto.png'}")
     return 0
 

@@ -25,9 +25,13 @@ from .criteria import parse_importances
 from .errors import ConfigError
 from .space import SearchSpace, load_space
 
-__all__ = ["SearchConfig", "SAMPLERS", "DEVICES", "RESUMABLE", "resume_config"]
+__all__ = ["SearchConfig", "SAMPLERS", "DEVICES", "RESUMABLE", "FRONT_FROM", "UNIFORM_SIZES", "resume_config"]
 
 SAMPLERS = ("tpe", "nsga2", "random")
+# Without --front-from the front spans [FRONT_FROM x budget, budget]: at 50% FLOPs, 25% to 50%. Half the
+# budget gave the demo a front of 5 to 9 points spread over the whole range (see the README).
+FRONT_FROM = 0.5
+UNIFORM_SIZES = 3  # sizes the uniform policy is measured at: the floor, the budget, and evenly between
 DEVICES = ("auto", "cpu", "cuda")
 # What a resumed run may change: how much more to run and where, never what is searched or how a
 # candidate is scored (those would make the rows before and after the resume incomparable).
@@ -52,6 +56,7 @@ class SearchConfig:
     budget_flops: str | None = None
     budget_params: str | None = None
     budget_latency: str | None = None
+    front_from: str | None = None  # the smallest size searched, like a budget; default FRONT_FROM x the budget
     trials: int = 24
     finetune_epochs: float = 2.0
     finetune_lr: float = 0.01
@@ -108,6 +113,15 @@ class SearchConfig:
         object.__setattr__(self, "_budgets",
                            tuple(Budget.parse(kind, text) for kind, text in texts.items() if text is not None))
         object.__setattr__(self, "_importances", parse_importances(self.importance))
+        floor = None
+        if self.front_from is not None:
+            floor = Budget.parse(self.objective, self.front_from)
+            first = self.budgets[0] if self.budgets else None
+            if first is not None and first.relative and floor.relative and floor.value >= first.value:
+                raise ConfigError(f"--front-from {self.front_from!r} must be below the budget "
+                                  f"{first.text or first.value!r}; give a smaller share, such as "
+                                  f"{first.value * FRONT_FROM * 100:g}%.")
+        object.__setattr__(self, "_floor", floor)
         if self.space is None:
             object.__setattr__(self, "space", load_space(self.search_space))
         elif isinstance(self.space, Mapping):
@@ -127,6 +141,21 @@ class SearchConfig:
     def objective(self) -> str:
         """The size measure the search minimises: that of the first budget, FLOPs if there is none."""
         return self.budgets[0].kind if self.budgets else "flops"
+
+    def size_range(self, unpruned: float) -> tuple[float, float]:
+        """(floor, budget) of the size measure as shares of the unpruned model's ``unpruned`` figure.
+
+        Every trial's target size lies in this range; the budget is that of the first budget.
+        """
+        if not self.budgets:
+            raise ConfigError("Give at least one budget: --budget-flops, --budget-params or --budget-latency "
+                              "(e.g. 50%).")
+        top = self.budgets[0].ratio(unpruned)
+        floor = self._floor.ratio(unpruned) if self._floor is not None else FRONT_FROM * top
+        if not 0 < floor < top:
+            raise ConfigError(f"--front-from {self.front_from!r} must be below the budget "
+                              f"{self.budgets[0].text!r} ({floor:.3g} of the model, against {top:.3g}).")
+        return floor, top
 
     def budget(self, kind: str) -> Budget | None:
         """The budget on ``kind`` (flops, params, latency), if there is one."""

@@ -1,9 +1,12 @@
-"""The Pareto front of a run: which trials are non-dominated, the best pick, the table and the plot.
+"""The Pareto front of a run, the uniform curve it is judged against, and its convergence.
 
-Pure functions of the trials table (pandas); ``results.py`` writes what they compute.
+Pure functions of the trials table (pandas); ``results.py`` writes what they compute. Sizes are
+shares of the unpruned model in the run's size measure (``objective``: flops, params or latency).
 
 Example:
     >>> front = pareto_front(run.trials, "flops")
+    >>> curve = uniform_curve(run.trials, "flops")
+    >>> front["gain_vs_uniform"] = gain_vs_uniform(front, curve, "flops")
     >>> print(front_table(front))
 """
 from __future__ import annotations
@@ -12,12 +15,36 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
 from .budget import Budget
 
-__all__ = ["pareto_front", "best_trial", "front_table", "plot_front"]
+__all__ = ["pareto_front", "best_trial", "pick_trial", "front_table", "plot_front", "uniform_curve",
+           "gain_vs_uniform", "hypervolume", "hypervolume_column", "last_growth", "uniform_origin", "is_uniform"]
+
+GROWTH = 0.01  # "the front grew": its hypervolume rose by more than this share
+
+
+def uniform_origin(criterion: str, target: float) -> str:
+    """The origin of the uniform policy with ``criterion`` at size ``target``: ``uniform:l1@0.250``."""
+    return f"uniform:{criterion}@{target:.3f}"
+
+
+def is_uniform(origins: pd.Series) -> pd.Series:
+    """Which origins are uniform policies (``uniform``, ``uniform:<criterion>``, ``uniform:<c>@<size>``)."""
+    return origins.astype(str).str.startswith("uniform")
+
+
+def _size(trials: pd.DataFrame, objective: str) -> str:
+    return f"{objective}_ratio" if f"{objective}_ratio" in trials else objective
+
+
+def _ok(trials: pd.DataFrame, col: str) -> pd.DataFrame:
+    if trials.empty or col not in trials:
+        return trials.iloc[0:0]
+    return trials[(trials["status"] == "ok") & trials["val_acc"].notna() & trials[col].notna()]
 
 
 def pareto_front(trials: pd.DataFrame, objective: str = "flops") -> pd.DataFrame:
@@ -25,9 +52,8 @@ def pareto_front(trials: pd.DataFrame, objective: str = "flops") -> pd.DataFrame
 
     Sorted by the objective ascending. Ties on both keep the earliest trial.
     """
-    col = f"{objective}_ratio" if f"{objective}_ratio" in trials else objective
-    ok = trials[(trials["status"] == "ok") & trials["val_acc"].notna() & trials[col].notna()]
-    ok = ok.sort_values([col, "val_acc", "trial"], ascending=[True, False, True], kind="stable")
+    col = _size(trials, objective)
+    ok = _ok(trials, col).sort_values([col, "val_acc", "trial"], ascending=[True, False, True], kind="stable")
     keep, best = [], -math.inf
     for idx, row in ok.iterrows():
         if row["val_acc"] > best:
@@ -40,12 +66,94 @@ def best_trial(front: pd.DataFrame) -> pd.Series | None:
     """The front's highest validation accuracy (every front row is already within every budget)."""
     if front.empty:
         return None
-    return front.sort_values(["val_acc", "flops_ratio"], ascending=[False, True], kind="stable").iloc[0]
+    return front.sort_values(["val_acc", "trial"], ascending=[False, True], kind="stable").iloc[0]
+
+
+def pick_trial(front: pd.DataFrame, objective: str, at_most: float | None = None) -> pd.Series | None:
+    """The front point with the highest validation accuracy at or under the size ``at_most`` (a share
+    of the unpruned model; None: anywhere within the budget), or None if there is none."""
+    if at_most is not None and not front.empty:
+        front = front[front[_size(front, objective)] <= at_most + 1e-12]
+    return best_trial(front)
+
+
+def uniform_curve(trials: pd.DataFrame, objective: str) -> pd.DataFrame:
+    """The uniform policy's accuracy against size: at each size it was measured at, its best criterion.
+
+    Columns ``size``, ``val_acc``, ``trial``, ``importance``, sorted by size. Uniform trials of one
+    target size (``target_ratio``) form one point, at the size the best of them measured.
+    """
+    col = _size(trials, objective)
+    ok = _ok(trials, col)
+    ok = ok[is_uniform(ok["origin"])] if len(ok) else ok
+    if ok.empty:
+        return pd.DataFrame(columns=["size", "val_acc", "trial", "importance"])
+    key = ok["target_ratio"].round(6) if "target_ratio" in ok and ok["target_ratio"].notna().all() \
+        else ok[col].round(3)  # runs from before targets: the sizes themselves
+    best = ok.loc[ok.sort_values(["val_acc", "trial"], ascending=[False, True]).groupby(key, sort=False)
+                  .head(1).index]
+    curve = pd.DataFrame({"size": best[col].astype(float), "val_acc": best["val_acc"].astype(float),
+                          "trial": best["trial"].astype(int),
+                          "importance": best["importance"] if "importance" in best else ""})
+    return curve.sort_values("size", kind="stable").reset_index(drop=True)
+
+
+def gain_vs_uniform(front: pd.DataFrame, curve: pd.DataFrame, objective: str) -> pd.Series:
+    """Each front point's validation accuracy minus the uniform curve's at the same size.
+
+    The curve is interpolated linearly between its measured sizes and held flat beyond them; with no
+    uniform point at all the gain is NaN.
+    """
+    if front.empty or curve.empty:
+        return pd.Series([math.nan] * len(front), index=front.index, dtype=float)
+    at = np.interp(front[_size(front, objective)].astype(float), curve["size"], curve["val_acc"])
+    return pd.Series(front["val_acc"].astype(float).to_numpy() - at, index=front.index)
+
+
+def hypervolume(points: Sequence[tuple[float, float]], reference: float) -> float:
+    """Area dominated by (size, accuracy) points: sizes in [size, ``reference``], accuracy in [0, acc].
+
+    The reference point is (accuracy 0, size ``reference``, the budget): a front that reaches higher
+    accuracy at smaller sizes covers more.
+    """
+    pts = sorted((s, a) for s, a in points if s <= reference and a > 0)
+    area, best = 0.0, 0.0
+    for (size, acc), nxt in zip(pts, [p[0] for p in pts[1:]] + [reference]):
+        best = max(best, acc)
+        area += (nxt - size) * best
+    return area
+
+
+def hypervolume_column(trials: pd.DataFrame, objective: str, reference: float) -> list[float]:
+    """The hypervolume of the front after each trial, in trial order (a trial not yet ok adds nothing)."""
+    col = _size(trials, objective)
+    ordered = trials.sort_values("trial", kind="stable")
+    out, points = {}, []
+    for idx, row in ordered.iterrows():
+        ok = row["status"] == "ok" and pd.notna(row.get("val_acc")) and pd.notna(row.get(col))
+        if ok:
+            points.append((float(row[col]), float(row["val_acc"])))
+        out[idx] = hypervolume(points, reference)
+    return [out[i] for i in trials.index]
+
+
+def last_growth(trials: pd.DataFrame, share: float = GROWTH) -> tuple[int, int] | None:
+    """(trials run, trial number) when the ``hypervolume`` column last grew by more than ``share``."""
+    if "hypervolume" not in trials or trials.empty:
+        return None
+    ordered = trials.sort_values("trial", kind="stable")
+    last, before = None, 0.0
+    for count, (_, row) in enumerate(ordered.iterrows(), start=1):
+        hv = float(row["hypervolume"]) if pd.notna(row["hypervolume"]) else before
+        if hv > before * (1 + share) and hv > 0:
+            last = (count, int(row["trial"]))
+        before = max(before, hv)
+    return last
 
 
 def front_table(front: pd.DataFrame) -> str:
-    cols = [c for c in ("trial", "origin", "importance", "val_acc", "flops_ratio", "params_ratio", "latency_ratio",
-                        "trial_s")
+    cols = [c for c in ("trial", "origin", "importance", "val_acc", "gain_vs_uniform", "target_ratio", "flops_ratio",
+                        "params_ratio", "latency_ratio", "trial_s")
             if c in front and front[c].notna().any()]
     if front.empty:
         return "(no feasible trial)"
@@ -53,29 +161,35 @@ def front_table(front: pd.DataFrame) -> str:
 
 
 def plot_front(trials: pd.DataFrame, front: pd.DataFrame, path: Path, *, budgets: Sequence[Budget],
-               objective: str, baseline: Mapping[str, Any]) -> None:
-    """Accuracy against the size ratio: all trials, the front, uniform, the baseline, the budget."""
+               objective: str, baseline: Mapping[str, Any], curve: pd.DataFrame | None = None,
+               floor: float | None = None) -> None:
+    """Accuracy against the size ratio: every trial, the front, the uniform curve, the unpruned model,
+    the budget (and the floor of the searched sizes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    col = f"{objective}_ratio"
+    col = _size(trials, objective)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ok = trials[trials["status"] == "ok"]
+    ok = _ok(trials, col)
     ax.scatter(ok[col], ok["val_acc"], s=18, c="0.6", label=f"trials ({len(ok)} ok of {len(trials)})")
     if not front.empty:
-        ax.plot(front[col], front["val_acc"], "o-", c="C0", label="Pareto front")
-    uni = ok[ok["origin"] == "uniform"]
-    if not uni.empty:
-        ax.scatter(uni[col], uni["val_acc"], marker="s", s=60, c="C3", label="uniform policy", zorder=5)
+        ax.plot(front[col], front["val_acc"], "o-", c="C0", drawstyle="steps-post", label="Pareto front")
+    if curve is not None and not curve.empty:
+        ax.plot(curve["size"], curve["val_acc"], "s--", c="C3", ms=6, label="uniform (best criterion per size)",
+                zorder=4)
     if baseline.get("val_acc") is not None:
         ax.scatter([1.0], [baseline["val_acc"]], marker="*", s=140, c="k", label="unpruned baseline", zorder=5)
     for b in budgets:
-        if b.kind == objective and b.relative:
-            ax.axvline(b.value, ls="--", c="C2", label=f"budget {b.text or b.value}")
-        elif b.kind == objective and baseline.get(objective):
-            ax.axvline(b.value / baseline[objective], ls="--", c="C2", label=f"budget {b.text}")
+        if b.kind != objective:
+            continue
+        unpruned = baseline.get("latency_ms" if objective == "latency" else objective)
+        x = b.value if b.relative else (b.value / unpruned if unpruned else None)
+        if x is not None:
+            ax.axvline(x, ls="--", c="C2", label=f"budget {b.text or b.value}")
+    if floor is not None:
+        ax.axvline(floor, ls=":", c="C2", label=f"front from {floor:.3g}")
     ax.set_xlabel(f"{objective} of pruned model / unpruned model")
     ax.set_ylabel("validation accuracy after finetune")
     ax.set_title(f"{baseline.get('model', '')} on {baseline.get('dataset', '')}: accuracy vs {objective}")
@@ -87,4 +201,3 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, path: Path, *, budgets
             fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
-

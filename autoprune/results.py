@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 import yaml
@@ -31,11 +31,11 @@ from .atomic import atomic_path, write_json, write_text
 from .budget import Budget
 from .config import SearchConfig, resume_config
 from .errors import CheckpointError, ConfigError, RunError
-from .front import best_trial, pareto_front, plot_front
+from .front import gain_vs_uniform, hypervolume_column, pareto_front, pick_trial, plot_front, uniform_curve
 from .policy import Policy
 from .trial import TRIAL_COLUMNS, TrialResult
 
-__all__ = ["RunDir", "Run", "Prepared", "load_run", "prepare_run", "run_name"]
+__all__ = ["RunDir", "Run", "Prepared", "load_run", "prepare_run", "run_name", "unpruned_size"]
 
 
 class RunDir:
@@ -91,28 +91,51 @@ class RunDir:
             return pd.DataFrame(columns=list(TRIAL_COLUMNS) + ["error"])
         return pd.read_csv(self.trials_csv, keep_default_na=True)
 
-    def append(self, result: TrialResult) -> None:
-        """Add one trial's row (rewriting trials.csv atomically) and save its policy."""
+    def append(self, result: TrialResult, reference: tuple[str, float] | None = None) -> None:
+        """Add one trial's row (rewriting trials.csv atomically) and save its policy.
+
+        With ``reference`` (size measure, budget as a share), the ``hypervolume`` column is brought up
+        to date: the front's hypervolume after each trial, reference point (accuracy 0, the budget).
+        """
         if result.policy is not None:
             result.policy.save(self.path / "policies" / f"{result.trial}.json")
         df = self.read_trials()
         row = pd.DataFrame([result.to_row()])
         df = row if df.empty else pd.concat([df[df["trial"] != result.trial], row], ignore_index=True)
-        df = df.sort_values("trial", kind="stable")
-        head = [c for c in list(TRIAL_COLUMNS) + ["error", "importance"] if c in df.columns]
+        df = df.sort_values("trial", kind="stable").reset_index(drop=True)
+        if reference is not None:
+            df["hypervolume"] = hypervolume_column(df, *reference)
+        self._write_trials(df)
+
+    def _write_trials(self, df: pd.DataFrame) -> None:
+        head = [c for c in list(TRIAL_COLUMNS) + ["error", "importance", "target_ratio", "hypervolume"]
+                if c in df.columns]
         df = df[head + sorted(c for c in df.columns if c not in head)]
         buf = io.StringIO()
         df.to_csv(buf, index=False)
         write_text(self.trials_csv, buf.getvalue())
 
-    def write_front(self, budgets: Sequence[Budget], objective: str, baseline: Mapping[str, Any]) -> pd.DataFrame:
+    def write_front(self, config: SearchConfig, baseline: Mapping[str, Any]) -> pd.DataFrame:
+        """Write pareto.csv (the front, with each point's gain over the uniform curve) and pareto.png."""
         trials = self.read_trials()
+        objective = config.objective
         front = pareto_front(trials, objective)
+        curve = uniform_curve(trials, objective)
+        front["gain_vs_uniform"] = gain_vs_uniform(front, curve, objective)
         buf = io.StringIO()
         front.to_csv(buf, index=False)
         write_text(self.path / "pareto.csv", buf.getvalue())
-        plot_front(trials, front, self.path / "pareto.png", budgets=budgets, objective=objective, baseline=baseline)
+        unpruned = unpruned_size(baseline, objective)
+        floor = config.size_range(unpruned)[0] if unpruned else None
+        plot_front(trials, front, self.path / "pareto.png", budgets=config.budgets, objective=objective,
+                   baseline=baseline, curve=curve, floor=floor)
         return front
+
+
+def unpruned_size(baseline: Mapping[str, Any], objective: str) -> float | None:
+    """The unpruned model's figure in the size measure ``objective``, from baseline.json."""
+    value = baseline.get("latency_ms" if objective == "latency" else objective)
+    return float(value) if value else None
 
 
 @dataclass
@@ -148,7 +171,13 @@ class Run:
         return torch.zeros(batch, *self.baseline["input_shape"])
 
     def best(self) -> pd.Series | None:
-        return best_trial(self.pareto)
+        """The front's highest validation accuracy within the budget."""
+        return pick_trial(self.pareto, self.config.objective)
+
+    def pick(self, at_most: float | None = None) -> pd.Series | None:
+        """The front point with the highest validation accuracy at or under the size ``at_most`` (a
+        share of the unpruned model, in the run's size measure); None: :meth:`best`."""
+        return pick_trial(self.pareto, self.config.objective, at_most)
 
     @property
     def budgets(self) -> tuple[Budget, ...]:

@@ -16,20 +16,21 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
 from .cluster import RayStarter
-from .config import SearchConfig
-from .front import best_trial
+from .config import UNIFORM_SIZES, SearchConfig
 from .data import memory_bytes
-from .results import Prepared, RunDir, prepare_run
-from .space import IMPORTANCE_PARAM, PARAM_PREFIX
+from .front import best_trial, uniform_origin
+from .results import Prepared, RunDir, prepare_run, unpruned_size
+from .space import IMPORTANCE_PARAM, PARAM_PREFIX, TARGET_PARAM
 from .trial import TrialContext, TrialResult, run_trial
 
-__all__ = ["search", "SearchOutcome", "STUDY_NAME"]
+__all__ = ["search", "SearchOutcome", "STUDY_NAME", "size_range"]
 
 STUDY_NAME = "autoprune"
 
@@ -48,6 +49,7 @@ class SearchOutcome:
     # driver-side seconds: prepare, driver_context, ray_start, tuner, ray_shutdown, front (overhead studies)
     timings: dict = field(default_factory=dict)
     left_out: dict = field(default_factory=dict)
+    objective: str = "flops"  # the size measure of the front
 
     @property
     def counts(self) -> dict[str, int]:
@@ -55,16 +57,18 @@ class SearchOutcome:
 
     @property
     def best(self) -> pd.Series | None:
+        """The front's highest validation accuracy within the budget."""
         return best_trial(self.front)
 
 
 @dataclass(frozen=True)
 class WarmStart:
-    """A policy the search runs first: its origin label, group -> sparsity, and criterion."""
+    """A policy the search runs first: its origin label, group -> sparsity, criterion and target size."""
 
     origin: str
     point: Mapping[str, float]
     importance: str
+    target: float | None = None
 
 
 # --------------------------------------------------------------------------------------------- workers
@@ -105,15 +109,18 @@ def _trainable(cfg: dict, prepared: Prepared, warm: tuple[WarmStart, ...], fault
         torch.set_num_threads(threads)
     proposal = {g: float(v) for g, v in _flatten(cfg.get("s", {})).items()}
     importance = str(cfg.get(IMPORTANCE_PARAM) or config.importances[0])
+    target = float(cfg[TARGET_PARAM]) if cfg.get(TARGET_PARAM) is not None else None
     trial = int(cfg["trial"])
-    origin = next((w.origin for w in warm if w.importance == importance and all(
-        math.isclose(proposal.get(g, -1.0), v, abs_tol=1e-9) for g, v in w.point.items())), "optuna")
+    origin = next((w.origin for w in warm if w.importance == importance
+                   and (w.target is None or target is not None and math.isclose(w.target, target, abs_tol=1e-9))
+                   and all(math.isclose(proposal.get(g, -1.0), v, abs_tol=1e-9) for g, v in w.point.items())),
+                  "optuna")
     if faults.get("fail_on_trial") == trial:  # fault injection for tests
         raise RuntimeError(f"injected failure in trial {trial}")
     start = time.perf_counter()
     ctx = _context(prepared)
     context_s = time.perf_counter() - start  # non-zero only on a worker's first trial
-    result = run_trial(config, proposal, ctx, trial=trial, origin=origin, importance=importance)
+    result = run_trial(config, proposal, ctx, trial=trial, origin=origin, importance=importance, target=target)
     result = result.replace(trial_s=result.trial_s + context_s, timings={"context": context_s, **result.timings})
     if faults.get("nan_on_trial") == trial:  # fault injection for tests: a NaN metric
         result = result.replace(val_acc=float("nan"))
@@ -175,7 +182,8 @@ def _study_storage(run: RunDir):
         optuna.storages.journal.JournalFileBackend(str(run.study_dir / "journal.log")))
 
 
-def _searcher(config: SearchConfig, run: RunDir, ranges: dict, warm: tuple[WarmStart, ...], offset: int):
+def _searcher(config: SearchConfig, run: RunDir, ranges: dict, warm: tuple[WarmStart, ...], offset: int,
+              target: tuple[float, float] | None = None):
     from optuna.trial import TrialState
     from ray.tune.search.optuna import OptunaSearch
 
@@ -212,9 +220,11 @@ def _searcher(config: SearchConfig, run: RunDir, ranges: dict, warm: tuple[WarmS
 
     objective = f"{config.objective}_ratio"
     choose = len(config.importances) > 1
-    points = [{**({IMPORTANCE_PARAM: w.importance} if choose else {}),
+    points = [{**({TARGET_PARAM: w.target} if target is not None and w.target is not None else {}),
+               **({IMPORTANCE_PARAM: w.importance} if choose else {}),
                **{PARAM_PREFIX + g: v for g, v in w.point.items()}} for w in warm]
-    return ConstrainedOptunaSearch(config.space.sampler(ranges, config.importances), metric=["val_acc", objective],
+    return ConstrainedOptunaSearch(config.space.sampler(ranges, config.importances, target),
+                                   metric=["val_acc", objective],
                                    mode=["max", "min"], points_to_evaluate=points or None, sampler=_sampler(config),
                                    study_name=STUDY_NAME, storage=_study_storage(run), seed=config.seed)
 
@@ -274,31 +284,42 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
         _lap(timings, "ray_shutdown", t)
     t = time.perf_counter()
     trials = run.read_trials()
-    front = run.write_front(config.budgets, config.objective, prepared.baseline)
+    front = run.write_front(config, prepared.baseline)
     finished = len(trials) >= config.trials
     run.write_state(finished=finished)
     timings["front"] = time.perf_counter() - t
     return SearchOutcome(run.path, trials, front, config.trials, finished, time.perf_counter() - start,
-                         prepared.baseline, timings, prepared.left_out)
+                         prepared.baseline, timings, prepared.left_out, config.objective)
 
 
-def _warm_starts(config: SearchConfig, ctx: TrialContext, done: pd.DataFrame, log) -> tuple[WarmStart, ...]:
-    """The uniform policy once per criterion (origin ``uniform`` for the first, ``uniform:<criterion>``
-    for the others), unless a row of that origin exists already."""
+def size_range(prepared: Prepared) -> tuple[float, float]:
+    """(floor, budget) of the run's size measure, as shares of the unpruned model."""
+    config = prepared.config
+    return config.size_range(unpruned_size(prepared.baseline, config.objective))
+
+
+def _warm_starts(config: SearchConfig, ctx: TrialContext, done: pd.DataFrame, sizes: Sequence[float],
+                 log) -> tuple[WarmStart, ...]:
+    """The uniform policy at each of ``sizes``, once per criterion (origin ``uniform:<criterion>@<size>``),
+    unless a row of that origin exists already. A uniform shape: every group at its lowest sparsity,
+    which the fit scales to the size by one common factor."""
     from .fit import InfeasibleError
 
-    origins = {imp: "uniform" if i == 0 else f"uniform:{imp}" for i, imp in enumerate(config.importances)}
-    missing = [imp for imp, origin in origins.items() if not (done["origin"] == origin).any()]
-    if not missing:
-        return ()
-    try:
-        uniform = ctx.uniform()
-    except InfeasibleError as e:
-        log(f"note: the uniform policy cannot meet the budget ({e})")
-        return ()
     space = config.space
-    point = {g: space.snap(uniform.sparsity[g], g) if space.step else uniform.sparsity[g] for g in ctx.group_names}
-    return tuple(WarmStart(origins[imp], point, imp) for imp in missing)
+    point = {g: space.snap(0.0, g) for g in ctx.group_names}
+    warm = []
+    for size in sizes:
+        for imp in config.importances:
+            origin = uniform_origin(imp, size)
+            if len(done) and (done["origin"] == origin).any():
+                continue
+            try:
+                ctx.uniform(imp, size)
+            except InfeasibleError as e:
+                log(f"note: the uniform policy cannot reach {size:.3g} of the model ({e})")
+                break
+            warm.append(WarmStart(origin, point, imp, float(size)))
+    return tuple(warm)
 
 
 def _search_trials(prepared: Prepared, done: pd.DataFrame, remaining: int, *, log: Callable[[str], None],
@@ -308,7 +329,11 @@ def _search_trials(prepared: Prepared, done: pd.DataFrame, remaining: int, *, lo
     config, run = prepared.config, prepared.run
     ctx = _context(prepared)  # the driver's own copy: groups, uniform policy
     ranges = config.space.ranges(ctx.group_names)
-    warm = _warm_starts(config, ctx, done, log)
+    floor, top = size_range(prepared)
+    # the budget first (the size the pick is judged at), then the floor, then the sizes between
+    sizes = [round(float(v), 6) for v in np.linspace(floor, top, UNIFORM_SIZES)]
+    sizes = [sizes[-1], sizes[0], *sizes[1:-1]]
+    warm = _warm_starts(config, ctx, done, sizes, log)
     stale = _close_stale_optuna_trials(run)
     if stale:
         log(f"resume: marked {stale} interrupted Optuna trial(s) as failed")
@@ -318,7 +343,7 @@ def _search_trials(prepared: Prepared, done: pd.DataFrame, remaining: int, *, lo
     ray_starter.wait(config, memory_bytes(prepared.state_dict.values(), prepared.train, prepared.val))
     t = _lap(timings, "ray_start", t)
     try:
-        _run_tuner(prepared, ranges, warm, offset, remaining, faults, log=log)
+        _run_tuner(prepared, ranges, warm, offset, remaining, faults, (floor, top), log=log)
     finally:
         _lap(timings, "tuner", t)
 
@@ -330,11 +355,12 @@ def _lap(timings: dict, part: str, t0: float) -> float:
 
 
 def _run_tuner(prepared: Prepared, ranges: dict, warm: tuple[WarmStart, ...], offset: int, remaining: int,
-               faults: Mapping[str, int], *, log) -> None:
+               faults: Mapping[str, int], target: tuple[float, float], *, log) -> None:
     from ray import tune
 
     config, run = prepared.config, prepared.run
-    searcher = _searcher(config, run, ranges, warm, offset)
+    searcher = _searcher(config, run, ranges, warm, offset, target)
+    reference = (config.objective, target[1])
     objective = f"{config.objective}_ratio"
     known = run.read_trials()
     ok = known[known["status"] == "ok"] if len(known) else known
@@ -345,7 +371,7 @@ def _run_tuner(prepared: Prepared, ranges: dict, warm: tuple[WarmStart, ...], of
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             r = TrialResult.from_json(result["result"])
-            run.append(r)
+            run.append(r, reference)
             if r.status == "ok":
                 best["val_acc"] = max(best["val_acc"], r.val_acc)
             ratio = getattr(r, objective)
@@ -360,7 +386,7 @@ def _run_tuner(prepared: Prepared, ranges: dict, warm: tuple[WarmStart, ...], of
             if getattr(trial, "error_file", None) and os.path.isfile(trial.error_file):
                 lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
                 message = lines[-1][:300] if lines else message
-            run.append(TrialResult(trial=number, status="failed", origin="optuna", error=message))
+            run.append(TrialResult(trial=number, status="failed", origin="optuna", error=message), reference)
             log(f"trial {number:>3} failed: {message}")
 
     trainable = tune.with_resources(tune.with_parameters(_trainable, prepared=prepared, warm=warm, faults=dict(faults)),

@@ -27,13 +27,15 @@ import yaml
 
 from .errors import SearchSpaceError
 
-__all__ = ["SearchSpace", "load_space", "list_spaces", "builtin_space_text", "PARAM_PREFIX", "IMPORTANCE_PARAM"]
+__all__ = ["SearchSpace", "load_space", "list_spaces", "builtin_space_text", "PARAM_PREFIX", "IMPORTANCE_PARAM",
+           "TARGET_PARAM"]
 
 # The built-in spaces ship inside the package (a wheel install must search); the top-level
 # search_spaces/ folder of the repository holds identical copies as user-facing examples.
 _BUILTIN = "search_spaces"
 PARAM_PREFIX = "s/"  # Optuna parameter name = "s/<group>"; Ray nests it as config["s"][group]
 IMPORTANCE_PARAM = "importance"  # the searched channel-importance criterion, when there is a choice
+TARGET_PARAM = "target"  # the searched size, a share of the unpruned model in [floor, budget]
 _KEYS = ("range", "step", "exclude", "overrides", "description")
 
 
@@ -72,10 +74,11 @@ class SearchSpace:
             value = min(hi, max(lo, round(value, 10)))
         return value
 
-    def sampler(self, ranges: Mapping[str, tuple[float, float]], importances: Sequence[str] = ()) -> "Sampler":
-        """A define-by-run function: one ``suggest_float`` per group, and a categorical ``importance``
-        when there is more than one criterion to choose from."""
-        return Sampler(dict(ranges), self.step, tuple(importances))
+    def sampler(self, ranges: Mapping[str, tuple[float, float]], importances: Sequence[str] = (),
+                target: tuple[float, float] | None = None) -> "Sampler":
+        """A define-by-run function: a ``target`` size in ``target`` (when given), a categorical
+        ``importance`` when there is more than one criterion, and one ``suggest_float`` per group."""
+        return Sampler(dict(ranges), self.step, tuple(importances), tuple(target) if target else None)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SearchSpace":
@@ -97,8 +100,11 @@ class Sampler:
     ranges: Mapping[str, tuple[float, float]]
     step: float | None = None
     importances: tuple[str, ...] = ()
+    target: tuple[float, float] | None = None
 
     def __call__(self, trial: Any) -> None:
+        if self.target is not None:
+            trial.suggest_float(TARGET_PARAM, *self.target)
         if len(self.importances) > 1:
             trial.suggest_categorical(IMPORTANCE_PARAM, list(self.importances))
         for group, (lo, hi) in self.ranges.items():

@@ -52,6 +52,7 @@ class TrialResult:
     policy: Policy | None = None
     error: str = ""
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds per part, for overhead studies
+    target_ratio: float | None = None  # the size the candidate was scaled to, a share of the unpruned model
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -66,6 +67,7 @@ class TrialResult:
         row["policy"] = f"policies/{self.trial}.json" if self.policy is not None else ""
         row["error"] = self.error
         row["importance"] = self.policy.importance if self.policy is not None else ""
+        row["target_ratio"] = self.target_ratio
         if self.policy is not None:
             row.update({f"s:{g}": s for g, s in self.policy.sparsity.items()})
         # Seconds per part (fit, prune, count, bn_recalibration, finetune, evaluate, ...), for overhead studies.
@@ -120,15 +122,21 @@ class TrialContext:
         self.base_params = self.costs.params
         self.round_to = 8 if self.device.type == "cuda" else 1
 
-    def fit(self, proposal: Mapping[str, float], importance: str | None = None) -> Policy:
+    def fit(self, proposal: Mapping[str, float], importance: str | None = None, target: float | None = None) -> Policy:
         """Fit a proposal to the config's budgets (raises ``InfeasibleError`` when impossible).
 
-        The policy records ``importance`` (default: the config's first criterion), so whoever
-        applies it later removes the same channels the trial did.
+        With ``target`` (a share of the unpruned model in the size measure of the first budget), the
+        proposal is a shape, scaled to that size; every budget still holds. The policy records
+        ``importance`` (default: the config's first criterion), so whoever applies it later removes
+        the same channels the trial did.
         """
+        from .budget import Budget
         from .fit import fit_policy
 
-        policy = fit_policy(self.model, self.example, proposal, self.config.budgets, groups=self.group_names,
+        budgets = tuple(self.config.budgets)
+        if target is not None:
+            budgets += (Budget(self.config.objective, float(target), True, f"{target:.4g}"),)
+        policy = fit_policy(self.model, self.example, proposal, budgets, groups=self.group_names,
                             exclude=self.exclude, round_to=self.round_to, device=self.device,
                             latency_batch=self.config.latency_batch, model_name=self.config.model,
                             fill=self.config.fill_budget)
@@ -141,12 +149,12 @@ class TrialContext:
 
         return gradient_batch(self.train_ds)
 
-    def uniform(self, importance: str | None = None) -> Policy:
-        return self.fit({g: 0.0 for g in self.group_names}, importance)
+    def uniform(self, importance: str | None = None, target: float | None = None) -> Policy:
+        return self.fit({g: 0.0 for g in self.group_names}, importance, target)
 
 
 def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: TrialContext, *, trial: int = 0,
-              origin: str = "optuna", importance: str | None = None) -> TrialResult:
+              origin: str = "optuna", importance: str | None = None, target: float | None = None) -> TrialResult:
     """Fit ``proposal`` to the budgets, prune, recalibrate BatchNorm, finetune, evaluate on validation, measure.
 
     Never raises for a bad candidate: a proposal that cannot meet the budgets, or a latency budget
@@ -155,6 +163,7 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
 
     Args:
         importance: the channel criterion (default: the config's first).
+        target: the size to scale the proposal to, a share of the unpruned model (default: the budget).
     """
     from .criteria import needs_gradients
     from .costs import count_flops, count_params
@@ -164,7 +173,7 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
 
     start = time.perf_counter()
     timings: dict[str, float] = {}
-    base: dict[str, Any] = {"trial": trial, "origin": origin}
+    base: dict[str, Any] = {"trial": trial, "origin": origin, "target_ratio": target}
 
     def lap(part: str, t0: float) -> float:
         now = time.perf_counter()
@@ -177,7 +186,7 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
     try:
         t = time.perf_counter()
         try:
-            policy = context.fit(proposal, importance)
+            policy = context.fit(proposal, importance, target)
         except InfeasibleError as e:
             lap("fit", t)
             return end(status="infeasible", error=str(e))

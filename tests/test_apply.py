@@ -51,15 +51,15 @@ def make_run(root: Path) -> Path:
     groups = prunable_groups(model, x, EXCLUDE)
     skewed = fit_policy(model, x, {g.name: 0.6 if i % 2 else 0.1 for i, g in enumerate(groups)}, budgets,
                         exclude=EXCLUDE)
-    for trial, origin, policy, val_acc in ((0, "uniform", uniform, 0.40), (1, "optuna", skewed, 0.55)):
+    for trial, origin, policy, val_acc in ((0, "uniform:l1@0.500", uniform, 0.40), (1, "optuna", skewed, 0.55)):
         small = apply_policy(model, policy, x, exclude=EXCLUDE)
         f, p = count_flops(small, x), count_params(small)
         run.append(TrialResult(trial=trial, status="ok", origin=origin, val_acc=val_acc, flops=f,
                                flops_ratio=f / flops, params=p, params_ratio=p / params,
-                               policy=small.autoprune_policy))
+                               policy=small.autoprune_policy, target_ratio=0.5), ("flops", 0.5))
     run.append(TrialResult(trial=2, status="failed", origin="optuna", error="RuntimeError: boom", policy=skewed))
     run.append(TrialResult(trial=3, status="infeasible", origin="optuna", error="No policy within reach"))
-    run.write_front(budgets, "flops", baseline)
+    run.write_front(config, baseline)
     run.write_state(finished=True)
     return run.path
 
@@ -262,3 +262,13 @@ def test_onnx_export(run_path):
     result = apply_run(run_path, pick="uniform", epochs=1, device="cpu", onnx=True, log=lambda line: None)
     assert "onnx_error" not in result, result.get("onnx_error")
     assert (Path(result["path"]) / "model.onnx").is_file()
+
+
+def test_pick_by_size_resolves_to_the_best_front_point_under_it(run_path, no_training):
+    run = load_run(run_path)
+    small = run.pareto["flops_ratio"].min()
+    assert apply_mod._resolve_pick(run, f"{small * 100 + 0.01:.2f}%").trial == int(
+        run.pareto.loc[run.pareto["flops_ratio"].idxmin(), "trial"])
+    assert run.pick(small + 1e-4)["trial"] == apply_mod._resolve_pick(run, f"{small * 100 + 0.01:.2f}%").trial
+    with pytest.raises(RunError, match="no front point at or under 1%"):
+        apply_mod._resolve_pick(run, "1%")

@@ -59,7 +59,7 @@ def test_importances_parse():
 SAVED = SearchConfig(budget_flops="50%", name="run", results_dir="results")
 OTHER = {
     "model": "resnet56", "dataset": "cifar10", "data_dir": "/data", "download": True, "checkpoint": "b.pt",
-    "budget_flops": "30%", "budget_params": "50%", "budget_latency": "60%", "trials": 99, "finetune_epochs": 3.0,
+    "budget_flops": "30%", "budget_params": "50%", "budget_latency": "60%", "front_from": "10%", "trials": 99, "finetune_epochs": 3.0,
     "finetune_lr": 0.05, "batch_size": 32, "bn_batches": 3, "importance": "l1", "fill_budget": False,
     "concurrency": 4, "cpus_per_trial": 2.0, "gpus_per_trial": 0.25, "device": "cuda", "sampler": "nsga2",
     "search_space": "mobilenet", "seed": 7, "split_seed": 3, "val_fraction": 0.2, "image_size": 64,
@@ -100,3 +100,17 @@ def test_every_field_is_a_search_flag():
     search = next(a for a in parser._actions if a.dest == "command").choices["search"]
     dests = {a.dest for a in search._actions}
     assert {f.name for f in dataclasses.fields(SearchConfig)} - {"space"} <= dests
+
+
+def test_the_front_spans_from_a_floor_to_the_budget():
+    assert SearchConfig(budget_flops="50%").size_range(1000.0) == pytest.approx((0.25, 0.5))
+    assert SearchConfig(budget_flops="50%", front_from="20%").size_range(1000.0) == pytest.approx((0.2, 0.5))
+    assert SearchConfig(budget_flops="400", front_from="100").size_range(1000.0) == pytest.approx((0.1, 0.4))
+    assert SearchConfig(budget_params="60%", budget_flops="50%", front_from="10%").size_range(1.0)[1] == 0.5
+    for bad in ("50%", "70%"):  # at or above the budget
+        with pytest.raises(ConfigError, match="--front-from"):
+            SearchConfig(budget_flops="50%", front_from=bad)
+    with pytest.raises(ConfigError, match="--front-from"):  # absolute: checked once the model is known
+        SearchConfig(budget_flops="400", front_from="500").size_range(1000.0)
+    with pytest.raises(AutopruneError, match="150%"):
+        SearchConfig(budget_flops="50%", front_from="150%")

@@ -79,3 +79,17 @@ def test_resume_fails_trials_a_killed_search_left_running_or_waiting(tmp_path):
     assert _close_stale_optuna_trials(run) == 2
     states = [t.state.name for t in optuna.load_study(study_name=STUDY_NAME, storage=_study_storage(run)).get_trials()]
     assert states == ["FAIL", "FAIL"]
+
+
+def test_the_size_is_searched_between_the_floor_and_the_budget(tmp_path):
+    config = SearchConfig(budget_flops="50%", importance="l1", trials=12)
+    run = RunDir(tmp_path / "sized")
+    warm = tuple(WarmStart(f"uniform:l1@{t:.3f}", {g: 0.0 for g in GROUPS}, "l1", t) for t in (0.5, 0.25, 0.375))
+    searcher = _searcher(config, run, config.space.ranges(GROUPS), warm, offset=0, target=(0.25, 0.5))
+    targets = []
+    for i in range(12):
+        cfg = searcher.suggest(f"t{i}")
+        targets.append(cfg["target"])
+        searcher.on_trial_complete(f"t{i}", result={**_ok(cfg), "flops_ratio": cfg["target"]})
+    assert targets[:3] == [0.5, 0.25, 0.375]  # the uniform curve's sizes first
+    assert all(0.25 <= t <= 0.5 for t in targets) and len({round(t, 3) for t in targets[3:]}) > 3

@@ -108,3 +108,14 @@ def test_trial_prunes_with_its_criterion(context):
     result = run_trial(context.config, uniform(context), context, trial=0, importance="bn_scale")
     assert result.status == "ok" and result.to_row()["importance"] == "bn_scale"
     assert result.policy.importance == "bn_scale"
+
+
+def test_target_scales_the_shape_to_that_size(context):
+    r = run_trial(context.config, {g: 0.1 * (i % 3) for i, g in enumerate(context.group_names)}, context,
+                  target=0.3)
+    assert r.status == "ok" and r.target_ratio == 0.3 and r.to_row()["target_ratio"] == 0.3
+    assert 0.29 <= r.flops_ratio <= 0.3  # exactly its target, within the fit's tolerance, never over
+    over = context.config.replace(budget_params="20%")  # every budget still holds: params bind first
+    ctx = TrialContext(over, context.model, context.train_ds, context.val_ds, context.example, device="cpu")
+    r = run_trial(over, uniform(ctx), ctx, target=0.45)
+    assert r.status == "ok" and r.params_ratio <= 0.2 and r.flops_ratio < 0.45

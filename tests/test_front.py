@@ -1,0 +1,89 @@
+"""The front, the uniform curve, the gain over it, hypervolume and picking by size (pure pandas)."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from autoprune.front import (
+    best_trial,
+    gain_vs_uniform,
+    hypervolume,
+    hypervolume_column,
+    last_growth,
+    pareto_front,
+    pick_trial,
+    uniform_curve,
+    uniform_origin,
+)
+
+
+def _trials(rows, cols=("trial", "status", "origin", "val_acc", "flops_ratio")):
+    return pd.DataFrame(rows, columns=list(cols))
+
+
+def test_pareto_front_keeps_only_non_dominated_ok_trials():
+    t = _trials([
+        (0, "ok", "uniform", 0.90, 0.50),
+        (1, "ok", "optuna", 0.92, 0.50),   # beats 0 at equal size
+        (2, "ok", "optuna", 0.85, 0.30),
+        (3, "ok", "optuna", 0.80, 0.35),   # dominated by 2
+        (4, "failed", "optuna", None, None),
+        (5, "infeasible", "optuna", 0.99, 0.20),  # never on the front
+        (6, "ok", "optuna", 0.85, 0.30),   # tie with 2: the earlier trial stays
+    ])
+    front = pareto_front(t, "flops")
+    assert list(front["trial"]) == [2, 1]
+    assert best_trial(front)["trial"] == 1
+
+
+def test_empty_front():
+    front = pareto_front(_trials([(0, "failed", "optuna", None, None)]), "flops")
+    assert front.empty and best_trial(front) is None and pick_trial(front, "flops", 0.3) is None
+
+
+def test_pick_by_size():
+    front = pareto_front(_trials([(0, "ok", "o", 0.70, 0.20), (1, "ok", "o", 0.80, 0.30), (2, "ok", "o", 0.90, 0.50)]),
+                         "flops")
+    assert pick_trial(front, "flops")["trial"] == 2  # best within the budget
+    assert pick_trial(front, "flops", 0.30)["trial"] == 1  # at or under 30%
+    assert pick_trial(front, "flops", 0.25)["trial"] == 0
+    assert pick_trial(front, "flops", 0.10) is None
+
+
+def test_hypervolume_is_the_area_the_front_dominates_up_to_the_budget():
+    assert hypervolume([], 0.5) == 0.0
+    assert hypervolume([(0.3, 0.8), (0.5, 0.9)], 0.5) == pytest.approx(0.2 * 0.8)
+    # a smaller point adds its strip; a dominated point and one over the reference add nothing
+    assert hypervolume([(0.2, 0.5), (0.3, 0.8), (0.5, 0.9), (0.4, 0.6), (0.6, 1.0)], 0.5) == pytest.approx(
+        0.1 * 0.5 + 0.2 * 0.8)
+
+
+def test_hypervolume_column_and_last_growth():
+    t = _trials([(0, "ok", "o", 0.80, 0.50), (1, "ok", "o", 0.70, 0.25), (2, "failed", "o", None, None),
+                 (3, "ok", "o", 0.702, 0.25), (4, "ok", "o", 0.90, 0.30)])
+    t["hypervolume"] = hypervolume_column(t, "flops", 0.5)
+    assert t["hypervolume"].tolist() == pytest.approx([0.0, 0.175, 0.175, 0.1755, 0.25 * 0.0 + 0.05 * 0.702 + 0.2 * 0.9])
+    assert last_growth(t) == (5, 4)  # trial 3's 0.3% is not growth; trial 4 (the 5th trial) is
+    assert last_growth(t.iloc[:4]) == (2, 1)
+
+
+def test_uniform_curve_takes_the_best_criterion_at_each_size_and_gain_interpolates():
+    cols = ("trial", "status", "origin", "val_acc", "flops_ratio", "target_ratio", "importance")
+    t = _trials([
+        (0, "ok", uniform_origin("l1", 0.25), 0.60, 0.249, 0.25, "l1"),
+        (1, "ok", uniform_origin("bn_scale", 0.25), 0.70, 0.250, 0.25, "bn_scale"),
+        (2, "ok", uniform_origin("l1", 0.5), 0.90, 0.499, 0.5, "l1"),
+        (3, "ok", uniform_origin("bn_scale", 0.5), 0.85, 0.500, 0.5, "bn_scale"),
+        (4, "ok", "optuna", 0.85, 0.375, 0.375, "l1"),
+        (5, "failed", uniform_origin("l1", 0.375), None, None, 0.375, "l1"),
+    ], cols)
+    curve = uniform_curve(t, "flops")
+    assert curve["trial"].tolist() == [1, 2] and curve["val_acc"].tolist() == [0.70, 0.90]
+    front = pareto_front(t, "flops")
+    gain = gain_vs_uniform(front, curve, "flops")
+    at = dict(zip(front["trial"], gain))
+    assert at[4] == pytest.approx(0.85 - (0.70 + (0.375 - 0.250) / (0.499 - 0.250) * 0.20))
+    assert at[1] == pytest.approx(0.0)
+    assert math.isnan(gain_vs_uniform(front, curve.iloc[0:0], "flops").iloc[0])
