@@ -127,7 +127,8 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     a("--budget-params", default=None, metavar="B", help="e.g. 50%% or 1.5M")
     a("--budget-latency", default=None, metavar="B", help="e.g. 60%% or 4ms, measured on the trial device")
     a("--front-from", default=None, metavar="S",
-      help="the smallest size searched, in the first budget's measure (default: half the budget), e.g. 20%%")
+      help="the smallest size searched, in the first budget's measure (default: a quarter of the budget), "
+           "e.g. 20%%")
     a("--trials", type=int, default=None, help="number of trials, the uniform one included (default 24)")
     a("--finetune-epochs", type=float, default=None, help="finetune per trial, may be fractional; 0 = BN only")
     a("--finetune-lr", type=float, default=None)

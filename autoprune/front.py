@@ -173,28 +173,49 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, path: Path, *, budgets
     col = _size(trials, objective)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     ok = _ok(trials, col)
-    ax.scatter(ok[col], ok["val_acc"], s=18, c="0.6", label=f"trials ({len(ok)} ok of {len(trials)})")
+    # Zoom on the searched sizes and the accuracies that matter: the front, the uniform curve and the
+    # unpruned model (drawn as a line, not at 1.0x far to the right). Trials below are counted.
+    main = [*front["val_acc"], *([] if curve is None else curve["val_acc"])]
+    if baseline.get("val_acc") is not None:
+        main.append(baseline["val_acc"])
+    if main:
+        lo, hi = min(main), max(main)
+        pad = max(0.02, (hi - lo) * 0.3)
+        bottom = lo - pad
+        ax.set_ylim(bottom, min(1.005, hi + pad / 2))
+        below = int((ok["val_acc"] < bottom).sum())
+    else:
+        below = 0
+    label = f"trials ({len(ok)} ok of {len(trials)}" + (f"; {below} below the axis)" if below else ")")
+    ax.scatter(ok[col], ok["val_acc"], s=18, c="0.6", label=label)
     if not front.empty:
         ax.plot(front[col], front["val_acc"], "o-", c="C0", drawstyle="steps-post", label="Pareto front")
     if curve is not None and not curve.empty:
         ax.plot(curve["size"], curve["val_acc"], "s--", c="C3", ms=6, label="uniform (best criterion per size)",
                 zorder=4)
     if baseline.get("val_acc") is not None:
-        ax.scatter([1.0], [baseline["val_acc"]], marker="*", s=140, c="k", label="unpruned baseline", zorder=5)
+        ax.axhline(baseline["val_acc"], ls="-.", c="k", lw=1,
+                   label=f"unpruned model (1.0x): {baseline['val_acc']:.4f}")
+    budget_x = []
     for b in budgets:
         if b.kind != objective:
             continue
         unpruned = baseline.get("latency_ms" if objective == "latency" else objective)
         x = b.value if b.relative else (b.value / unpruned if unpruned else None)
         if x is not None:
+            budget_x.append(x)
             ax.axvline(x, ls="--", c="C2", label=f"budget {b.text or b.value}")
     if floor is not None:
         ax.axvline(floor, ls=":", c="C2", label=f"front from {floor:.3g}")
+    xs = [*budget_x, *([floor] if floor is not None else []), *ok[col]]
+    if xs:
+        span = max(xs) - min(xs)
+        ax.set_xlim(min(xs) - 0.05 * span - 0.005, max(xs) + 0.05 * span + 0.005)
     ax.set_xlabel(f"{objective} of pruned model / unpruned model")
     ax.set_ylabel("validation accuracy after finetune")
     ax.set_title(f"{baseline.get('model', '')} on {baseline.get('dataset', '')}: accuracy vs {objective}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     try:
         with atomic_path(path) as tmp:

@@ -103,7 +103,7 @@ def test_every_field_is_a_search_flag():
 
 
 def test_the_front_spans_from_a_floor_to_the_budget():
-    assert SearchConfig(budget_flops="50%").size_range(1000.0) == pytest.approx((0.25, 0.5))
+    assert SearchConfig(budget_flops="50%").size_range(1000.0) == pytest.approx((0.125, 0.5))
     assert SearchConfig(budget_flops="50%", front_from="20%").size_range(1000.0) == pytest.approx((0.2, 0.5))
     assert SearchConfig(budget_flops="400", front_from="100").size_range(1000.0) == pytest.approx((0.1, 0.4))
     assert SearchConfig(budget_params="60%", budget_flops="50%", front_from="10%").size_range(1.0)[1] == 0.5

@@ -51,12 +51,12 @@ def test_search_end_to_end(small_config):
     assert any(c.startswith("s:") for c in trials.columns)
     assert len(trials) == 4 and sorted(trials["trial"]) == [0, 1, 2, 3]
     # --importance auto (the default): the uniform policy once per criterion at the budget, then at the
-    # floor of the front (half the budget)
+    # floor of the front (a quarter of the budget)
     first = trials.set_index("trial")
     assert list(first["origin"]) == ["uniform:l1@0.500", "uniform:bn_scale@0.500", "uniform:taylor@0.500",
-                                     "uniform:l1@0.250"]
+                                     "uniform:l1@0.125"]
     assert list(first["importance"]) == ["l1", "bn_scale", "taylor", "l1"]
-    assert list(first["target_ratio"]) == [0.5, 0.5, 0.5, 0.25]
+    assert list(first["target_ratio"]) == [0.5, 0.5, 0.5, 0.125]
     assert (abs(first["flops_ratio"] - first["target_ratio"]) <= 0.01).all()  # scaled to its target
     assert first["hypervolume"].is_monotonic_increasing and first["hypervolume"].iloc[-1] > 0
     assert set(trials["importance"]) <= {"l1", "bn_scale", "taylor"}
@@ -148,7 +148,7 @@ def test_kill_9_then_resume_finishes_without_repeats(rand20, tmp_path):
     assert told == sorted((round(a, 9), round(f, 9)) for a, f in zip(trials["val_acc"], trials["flops_ratio"]))
     assert trials["trial"].is_unique and (trials["status"] == "ok").all()
     warm = trials[trials["origin"] != "optuna"]["origin"]  # each warm start once, resumed or not
-    assert sorted(warm) == ["uniform:l1@0.250", "uniform:l1@0.375", "uniform:l1@0.500"]
+    assert sorted(warm) == ["uniform:l1@0.125", "uniform:l1@0.312", "uniform:l1@0.500"]
     policies = trials[[c for c in trials.columns if c.startswith("s:")] + ["importance"]]
     assert not policies.duplicated().any()
     assert "RUNNING" not in _study_states(results / "k")

@@ -1,0 +1,53 @@
+"""Recount every ok trial of a run with PyTorch's own FLOPs counter and check it against the budgets.
+
+Independent of autoprune's cost model and counter: each trial's policy is re-applied to the run's
+baseline (``ap.apply_policy``, which keeps the channels the trial recorded), and the pruned model's
+FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` and its parameters summed here.
+Prints one line per trial and exits with status 1 if any trial is over a FLOPs or params budget.
+
+    python scripts/check_budget.py results/<run>
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import autoprune as ap
+
+
+def flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run")
+    args = p.parse_args(argv)
+    run = ap.load_run(args.run)
+    base, x = run.model(), run.example_input()
+    base_flops, base_params = flops(base, x), sum(q.numel() for q in base.parameters())
+    limits = {b.kind: b.limit({"flops": base_flops, "params": base_params}[b.kind])
+              for b in run.budgets if b.kind in ("flops", "params")}
+    over = 0
+    ok = run.trials[run.trials["status"] == "ok"]
+    for trial in ok["trial"]:
+        small = ap.apply_policy(run.model(), run.policy(int(trial)), x)
+        got = {"flops": flops(small, x), "params": sum(q.numel() for q in small.parameters())}
+        bad = [k for k, limit in limits.items() if got[k] > limit]
+        over += bool(bad)
+        print(f"trial {int(trial):>3}  flops {got['flops']:>12,} ({got['flops'] / base_flops:.4f})  "
+              f"params {got['params']:>9,} ({got['params'] / base_params:.4f})  " + ("OVER " + ",".join(bad) if bad
+                                                                                     else "within budget"))
+    print(f"{len(ok)} ok trials recounted with FlopCounterMode; {over} over a budget "
+          f"({', '.join(f'{k} <= {v:,.0f}' for k, v in limits.items())})")
+    return 1 if over else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
