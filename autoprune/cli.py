@@ -111,9 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default=None, help="digits (bundled), cifar10, cifar100, imagefolder or module:function")
-    p.add_argument("--data-dir", default=None, help="where the dataset lives (cifar, imagefolder)")
-    p.add_argument("--download", action="store_true", default=None, help="let torchvision download CIFAR")
+    p.add_argument("--dataset", default=None,
+                   help="digits (bundled), fashion_mnist, cifar10, cifar100, imagefolder or module:function")
+    p.add_argument("--data-dir", default=None,
+                   help="where the dataset lives (fashion_mnist: default /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--download", action="store_true", default=None,
+                   help="let torchvision download Fashion-MNIST or CIFAR")
     p.add_argument("--image-size", type=int, default=None, help="input height/width (digits default 32)")
 
 

@@ -9,7 +9,6 @@ data loading never dominates a short finetune.
 from __future__ import annotations
 
 import fnmatch
-import functools
 import importlib
 import inspect
 import os
@@ -24,19 +23,9 @@ from torch.utils.data import Dataset, Subset
 
 from .errors import ConfigError, DataError, close_matches
 
-__all__ = ["DATASETS", "Splits", "TensorData", "list_datasets", "load_dataset", "memory_bytes", "register_dataset"]
+__all__ = ["DATASETS", "Splits", "TensorData", "carve", "carve_validation", "list_datasets", "load_dataset", "memory_bytes",
+           "normalise", "register_dataset", "resize"]
 
-# Per-channel statistics of the training images; CIFAR-10's std is the true per-pixel one, not the
-# widely copied (0.2023, 0.1994, 0.2010), which was computed over per-image means.
-CIFAR_STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
-IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-_DIGITS_FILE = Path(__file__).resolve().parent / "data" / "digits.npz"
-# The digits test split is drawn once with this seed, whatever `seed` the caller passes, so test
-# accuracies stay comparable across runs.
-_DIGITS_TEST_FRACTION, _DIGITS_TEST_SEED = 0.2, 0
 
 Builder = Callable[..., "Splits"]
 DATASETS: dict[str, Builder] = {}
@@ -182,7 +171,7 @@ def load_dataset(
     )
 
 
-def _carve(n: int, fraction: float, seed: int, labels: np.ndarray | None = None
+def carve(n: int, fraction: float, seed: int, labels: np.ndarray | None = None
            ) -> tuple[np.ndarray, np.ndarray]:
     """Split ``range(n)`` into (kept, held-out) index arrays, both sorted.
 
@@ -216,112 +205,25 @@ def _labels_of(ds: Dataset) -> np.ndarray | None:
     return None if targets is None else np.asarray(targets)
 
 
-def _carve_val(train: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    keep, held = _carve(len(train), val_fraction, seed, _labels_of(train))
+def carve_validation(train: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    keep, held = carve(len(train), val_fraction, seed, _labels_of(train))
     if isinstance(train, TensorData):
         return train.take(keep), train.take(held)
     return Subset(train, keep.tolist()), Subset(train, held.tolist())
 
 
-def _normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     mean_t = torch.as_tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
     return (x - mean_t) / std_t
 
 
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-2:] == (size, size):
         return x
     # Antialiasing matters only when shrinking; it keeps downsized images from aliasing.
     shrink = size < max(x.shape[-2:])
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
-
-
-@register_dataset("digits")
-def _digits(*, image_size: int | None, val_fraction: float, seed: int, **_: object) -> Splits:
-    """The bundled 8x8 handwritten digits (UCI, via scikit-learn), upsampled and as 3 channels."""
-    if not _DIGITS_FILE.is_file():
-        raise DataError(f"Bundled digits data {str(_DIGITS_FILE)!r} is missing; run scripts/make_digits.py "
-                        f"or reinstall autoprune.")
-    with np.load(_DIGITS_FILE) as npz:
-        images, labels = npz["images"], npz["labels"]
-    size = image_size or 32
-    x = torch.from_numpy(images.astype(np.float32) / 16.0).unsqueeze(1)  # source grey levels are 0..16
-    # Three channels, so the same models serve digits, CIFAR and ImageNet-style data.
-    x = _resize(x, size).expand(-1, 3, -1, -1).contiguous()
-    all_data = TensorData(x, torch.from_numpy(labels.astype(np.int64)))
-    pool_idx, test_idx = _carve(len(all_data), _DIGITS_TEST_FRACTION, _DIGITS_TEST_SEED, labels)
-    train, val = _carve_val(all_data.take(pool_idx), val_fraction, seed)
-    # Statistics from the training part only, so validation and test never inform preprocessing.
-    mean, std = train.x.mean(dim=(0, 2, 3)), train.x.std(dim=(0, 2, 3))
-    train, val, test = (TensorData(_normalise(d.x, mean, std), d.y, d.index)
-                        for d in (train, val, all_data.take(test_idx)))
-    return Splits("digits", train, val, test, 10, (3, size, size))
-
-
-def _cifar(name: str, *, data_dir: Path | None, download: bool, image_size: int | None,
-           val_fraction: float, seed: int) -> Splits:
-    import torchvision.datasets as tvd
-
-    if data_dir is None:
-        raise DataError(f"Dataset {name!r} needs a folder: pass --data-dir DIR (and --download to fetch it).")
-    cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-    try:
-        sources = [cls(root=str(data_dir), train=t, download=download) for t in (True, False)]
-    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
-        raise DataError(f"Dataset {name!r} is missing or corrupted in {str(data_dir)!r}; pass the "
-                        f"--data-dir that holds it, or --download to fetch it.") from None
-    size = image_size or 32
-    mean, std = CIFAR_STATS[name]
-    train, test = (_images_to_tensors(src.data, src.targets, mean, std, size) for src in sources)
-    train, val = _carve_val(train, val_fraction, seed)
-    return Splits(name, train, val, test, len(sources[0].classes), (3, size, size))
-
-
-def _images_to_tensors(images: np.ndarray, targets: Sequence[int], mean: Sequence[float],
-                       std: Sequence[float], size: int) -> TensorData:
-    """uint8 (N,H,W,C) images -> normalised float TensorData of (N,C,size,size)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-    x = _normalise(_resize(x, size), mean, std).contiguous()
-    return TensorData(x, torch.as_tensor(np.asarray(targets), dtype=torch.long))
-
-
-# CIFAR is held in memory and normalised, without augmentation: that is the trainer's job.
-for _name in CIFAR_STATS:
-    register_dataset(_name)(functools.partial(_cifar, _name))
-
-
-@register_dataset("imagefolder")
-def _imagefolder(*, data_dir: Path | None, image_size: int | None, val_fraction: float, seed: int,
-                 **_: object) -> Splits:
-    """``data_dir/train/<class>/*.png`` and ``data_dir/val/`` (or ``test/``), read lazily from disk."""
-    import torchvision.datasets as tvd
-    import torchvision.transforms as T
-
-    expected = "train/ and val/ (or test/) subfolders, each with one folder of images per class"
-    if data_dir is None:
-        raise DataError(f"Dataset 'imagefolder' needs --data-dir DIR holding {expected}.")
-    if not data_dir.is_dir():
-        raise DataError(f"Image folder {str(data_dir)!r} does not exist; expected a folder of {expected}.")
-    test_dir = next((data_dir / s for s in ("val", "test") if (data_dir / s).is_dir()), None)
-    if not (data_dir / "train").is_dir() or test_dir is None:
-        raise DataError(f"Image folder {str(data_dir)!r} lacks train/ or val/; expected {expected}.")
-    size = image_size or 224
-    mean, std = IMAGENET_STATS
-    tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
-    parts = []
-    for folder in (data_dir / "train", test_dir):
-        try:
-            parts.append(tvd.ImageFolder(str(folder), transform=tf))
-        except (FileNotFoundError, RuntimeError) as e:  # no class folders, or no images in them
-            msg = f"Image folder {str(folder)!r} holds no images ({e}); expected {expected}."
-            raise DataError(msg) from None
-    train, test = parts
-    if train.classes != test.classes:
-        raise DataError(f"Image folders {str(data_dir / 'train')!r} and {str(test_dir)!r} have different "
-                        f"classes: {train.classes[:5]} vs {test.classes[:5]}.")
-    train, val = _carve_val(train, val_fraction, seed)
-    return Splits("imagefolder", train, val, test, len(test.classes), (3, size, size))
 
 
 def _from_spec(spec: str, *, data_dir: Path | None, download: bool, image_size: int | None,
@@ -347,16 +249,19 @@ def _from_spec(spec: str, *, data_dir: Path | None, download: bool, image_size: 
     shape = tuple(train[0][0].shape)
     if len(shape) != 3:
         raise DataError(f"Dataset function {spec!r} gives samples of shape {shape}; expected (C, H, W).")
-    train, val = _carve_val(train, val_fraction, seed)
+    train, val = carve_validation(train, val_fraction, seed)
     return Splits(spec, train, val, test, int(num_classes), shape)
 
 
-def memory_bytes(weights, *datasets) -> int:
+def memory_bytes(weights, *data_sets) -> int:
     """Bytes of ``weights`` (tensors) and of in-memory datasets: what a search ships to its workers."""
     total = sum(t.numel() * t.element_size() for t in weights)
-    for ds in datasets:
+    for ds in data_sets:
         for attr in ("x", "y"):
             t = getattr(ds, attr, None)
             if isinstance(t, torch.Tensor):
                 total += t.numel() * t.element_size()
     return total
+
+
+from . import datasets  # noqa: E402,F401  (registers the built-in datasets; they need the names above)

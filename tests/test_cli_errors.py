@@ -154,6 +154,8 @@ CASES = [
     C("imagefolder-empty", lambda i: S + F50 + ["--dataset", "imagefolder", "--data-dir", str(i.empty_dir)],
       "empty'", "train/"),
     C("cifar10-no-dir", lambda i: S + F50 + ["--dataset", "cifar10"], "'cifar10'", "--data-dir"),
+    C("fashion-mnist-empty-dir", lambda i: S + F50 + ["--dataset", "fashion_mnist", "--data-dir", str(i.empty_dir)],
+      "empty'", "apt-get install dataset-fashion-mnist", "--download"),
     C("cifar10-empty-dir", lambda i: S + F50 + ["--dataset", "cifar10", "--data-dir", str(i.empty_dir)],
       "'cifar10'", "empty'", "--download"),
     C("checkpoint-missing", lambda i: S + F50 + ["--checkpoint", "nosuch.pt"], "'nosuch.pt'", "does not exist"),

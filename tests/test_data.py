@@ -117,7 +117,9 @@ def test_cifar_converted_to_tensors(monkeypatch):
     assert s.num_classes == 10 and s.input_shape == (3, 32, 32)
     assert isinstance(s.train, TensorData)
     raw = FakeCIFAR10(None, True, False).data[s.train.index[0].item()]
-    mean, std = data.CIFAR_STATS["cifar10"]
+    from autoprune.datasets import CIFAR_STATS
+
+    mean, std = CIFAR_STATS["cifar10"]
     expected = (raw[0, 0, 0] / 255.0 - mean[0]) / std[0]
     assert s.train.x[0, 0, 0, 0].item() == pytest.approx(expected, abs=1e-5)
 
@@ -242,3 +244,66 @@ def test_tensor_data_basics():
     assert sub.to("cpu").device.type == "cpu"
     with pytest.raises(DataError, match="N,C,H,W"):
         TensorData(torch.zeros(3, 4), torch.zeros(3))
+
+
+# ------------------------------------------------------------------------------------ Fashion-MNIST
+
+
+def _write_idx(path, array: np.ndarray, compress: bool = True) -> None:
+    """An IDX file as Zalando ships them: 0, 0, type 0x08 (unsigned byte), ndim, big-endian sizes, data."""
+    import gzip
+
+    raw = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    raw += array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(raw)
+    else:
+        path.write_bytes(raw)
+
+
+def _fake_fashion(folder, n_train=60, n_test=20, compress=True):
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, n in (("train", n_train), ("t10k", n_test)):
+        _write_idx(folder / f"{stem}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28)), compress)
+        _write_idx(folder / f"{stem}-labels-idx1-ubyte", np.arange(n) % 10, compress)
+    return folder
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_fashion_mnist_from_a_folder_of_idx_files(tmp_path, compress):
+    folder = _fake_fashion(tmp_path / "fm", compress=compress)
+    s = load_dataset("fashion_mnist", data_dir=folder, val_fraction=0.2, seed=1)
+    assert (len(s.train), len(s.val), len(s.test)) == (50, 10, 20)  # 6 per class, round(0.2 x 6) held out
+    assert s.input_shape == (1, 28, 28) and s.num_classes == 10
+    assert set(s.train.index.tolist()).isdisjoint(s.val.index.tolist())
+    assert s.train.x.mean().item() == pytest.approx(0.0, abs=1e-5)  # normalised with training statistics
+    assert sorted(s.val.y.tolist()) == list(range(10))  # stratified: every class gives up its share
+    assert load_dataset("fashion_mnist", data_dir=folder, image_size=32).input_shape == (1, 32, 32)
+    same = load_dataset("fashion_mnist", data_dir=folder, val_fraction=0.2, seed=1)
+    assert torch.equal(same.val.index, s.val.index)
+
+
+def test_fashion_mnist_found_where_debian_puts_it(tmp_path, monkeypatch):
+    import autoprune.datasets
+
+    monkeypatch.setattr(autoprune.datasets, "FASHION_MNIST_DIRS", (tmp_path / "absent", _fake_fashion(tmp_path / "deb")))
+    assert len(load_dataset("fashion_mnist").test) == 20
+
+
+def test_fashion_mnist_missing_says_how_to_get_it(tmp_path, monkeypatch):
+    import autoprune.datasets
+
+    monkeypatch.setattr(autoprune.datasets, "FASHION_MNIST_DIRS", (tmp_path / "absent",))
+    for kwargs in ({}, {"data_dir": tmp_path}):
+        with pytest.raises(DataError) as info:
+            load_dataset("fashion_mnist", **kwargs)
+        message = str(info.value)
+        assert "apt-get install dataset-fashion-mnist" in message and "--data-dir" in message
+        assert "--download" in message and str(kwargs.get("data_dir", tmp_path / "absent")) in message
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")
+    for stem in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / f"{stem}.gz").write_bytes(b"x")
+    with pytest.raises(DataError, match="unreadable"):
+        load_dataset("fashion_mnist", data_dir=tmp_path)
