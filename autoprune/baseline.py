@@ -1,6 +1,7 @@
 """Baselines: train an unpruned model once, save it with its metrics, and cache it for searches.
 
-``autoprune train`` writes ``DIR/model.pt`` (a state dict), ``DIR/metrics.json`` and ``DIR/log.csv``.
+``autoprune train`` writes ``DIR/model.pt`` (``{"state_dict": ..., "autoprune": {"split": ..., ...}}``: the
+weights and the data split they never trained on), ``DIR/metrics.json`` and ``DIR/log.csv``.
 A search without ``--checkpoint`` reuses ``results/baselines/<key>/`` or trains it there first;
 that path evaluates only the validation split, since search decisions never look at test data.
 

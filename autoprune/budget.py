@@ -105,6 +105,14 @@ class Budget:
             )
         return self.value
 
+    def cap(self, unpruned: float) -> float:
+        """The absolute limit, without :meth:`limit`'s check that an absolute budget is below the model.
+
+        For figures measured again and again (latency), whose noise must not turn a comparison into
+        an error.
+        """
+        return self.value * unpruned if self.relative else self.value
+
     def ratio(self, unpruned: float) -> float:
         """The budget as a share of the unpruned model's figure."""
         return self.limit(unpruned) / unpruned
@@ -120,9 +128,14 @@ class Budget:
         return cls(d["kind"], float(d["value"]), bool(d["relative"]), d.get("text", ""))
 
 
-def scale_keep(proposal: Mapping[str, float], beta: float, max_sparsity: float = 0.99) -> dict[str, float]:
-    """Scale every group's kept share by the common factor ``beta`` (kept shares capped at 1)."""
-    return {k: min(max_sparsity, max(0.0, 1.0 - beta * (1.0 - s))) for k, s in proposal.items()}
+def scale_keep(proposal: Mapping[str, float], beta: float,
+               max_sparsity: float | Mapping[str, float] = 0.99) -> dict[str, float]:
+    """Scale every group's kept share by the common factor ``beta`` (kept shares capped at 1, and
+    sparsities at ``max_sparsity``: one cap for all groups, or one per group)."""
+    def cap(k: str) -> float:
+        return max_sparsity.get(k, 0.99) if isinstance(max_sparsity, Mapping) else max_sparsity
+
+    return {k: min(cap(k), max(0.0, 1.0 - beta * (1.0 - s))) for k, s in proposal.items()}
 
 
 def fit_to_budgets(
@@ -132,7 +145,7 @@ def fit_to_budgets(
     *,
     tolerance: float = 0.005,
     max_steps: int = 40,
-    max_sparsity: float = 0.99,
+    max_sparsity: float | Mapping[str, float] = 0.99,
     fill: bool = False,
 ) -> dict[str, float] | None:
     """Push ``proposal`` down until ``cost(p)[kind] <= limits[kind]`` for every kind.

@@ -35,7 +35,9 @@ FRONT_FROM = 0.25
 UNIFORM_SIZES = 3  # sizes the uniform policy is measured at: the floor, the budget, and evenly between
 DEVICES = ("auto", "cpu", "cuda")
 # What a resumed run may change: how much more to run and where, never what is searched or how a
-# candidate is scored (those would make the rows before and after the resume incomparable).
+# candidate is scored (those would make the rows before and after the resume incomparable). Moving
+# the trials between the CPU and a GPU is allowed (policies record their channel rounding), except
+# under a latency budget, whose measurements belong to one device.
 RESUMABLE = ("trials", "concurrency", "cpus_per_trial", "gpus_per_trial", "device", "address", "dashboard")
 # Which run: the folder, not a setting of the search.
 _RUN_FOLDER = ("name", "results_dir")
@@ -105,6 +107,10 @@ class SearchConfig:
                 raise ConfigError(f"Unknown --{name} {value!r}; choose one of {', '.join(choices)}.")
         if self.gpus_per_trial > 0 and self.device == "cpu":
             raise ConfigError(f"--gpus-per-trial {self.gpus_per_trial} needs --device auto or cuda, not cpu.")
+        if self.device == "cuda" and self.gpus_per_trial == 0:
+            # Ray hides the GPUs from a trial that asks for none: every trial would fail.
+            raise ConfigError("--device cuda needs --gpus-per-trial (1 for a GPU per trial, 0.25 to share one "
+                              "between four), but got 0.")
         if self.image_size is not None and (not _whole(self.image_size) or self.image_size < 8):
             raise ConfigError(f"--image-size must be a whole number >= 8, but got {self.image_size!r}.")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
@@ -158,6 +164,11 @@ class SearchConfig:
                               f"{self.budgets[0].text!r} ({floor:.3g} of the model, against {top:.3g}).")
         return floor, top
 
+    @property
+    def trial_device(self) -> str:
+        """Where trials run, and so where latency is measured: a GPU share when asked for, else the CPU."""
+        return "cuda" if self.gpus_per_trial > 0 else "cpu"
+
     def budget(self, kind: str) -> Budget | None:
         """The budget on ``kind`` (flops, params, latency), if there is one."""
         return next((b for b in self.budgets if b.kind == kind), None)
@@ -200,7 +211,12 @@ def resume_config(saved: SearchConfig, given: Mapping[str, Any]) -> SearchConfig
                 f"--{key.replace('_', '-')} cannot change on --resume: the run has {_shown(saved, key)!r}, "
                 f"but got {value!r}; a resume may change only {allowed}."
             )
-    return saved.replace(**changes) if changes else saved
+    resumed = saved.replace(**changes) if changes else saved
+    if saved.budget("latency") is not None and resumed.trial_device != saved.trial_device:
+        raise ConfigError(f"--gpus-per-trial {resumed.gpus_per_trial:g} would move the trials from the "
+                          f"{saved.trial_device} to the {resumed.trial_device} on --resume, but the run's latency "
+                          "budget was measured on its own device; resume on the same device.")
+    return resumed
 
 
 def _same(saved: SearchConfig, key: str, value: Any) -> bool:

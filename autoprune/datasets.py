@@ -32,7 +32,8 @@ _DIGITS_FILE = Path(__file__).resolve().parent / "data" / "digits.npz"
 # accuracies stay comparable across runs.
 _DIGITS_TEST_FRACTION, _DIGITS_TEST_SEED = 0.2, 0
 # Where Fashion-MNIST is looked for without --data-dir: Debian's dataset-fashion-mnist package.
-FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
+_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "autoprune"  # where --download puts it
+FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"), _CACHE)
 _FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                   "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
@@ -162,16 +163,16 @@ def _fashion_mnist(*, data_dir: Path | None, download: bool, image_size: int | N
     """Zalando's Fashion-MNIST (MIT licence): 60,000 training and 10,000 test images, 28x28 grey, 10 classes.
 
     Read from ``data_dir`` (the four original IDX files, gzipped or not, or torchvision's
-    ``FashionMNIST/raw/`` layout), else from Debian's ``/usr/share/datasets/fashion-mnist``; with
-    ``download``, torchvision's ``FashionMNIST`` fetches it into ``data_dir`` (default
-    ``~/.cache/autoprune``).
+    ``FashionMNIST/raw/`` layout), else from Debian's ``/usr/share/datasets/fashion-mnist`` or an
+    earlier download; with ``download``, torchvision's ``FashionMNIST`` fetches it into ``data_dir``
+    (default ``~/.cache/autoprune``, where later runs and ``apply`` find it).
     """
     folders = [data_dir] if data_dir is not None else list(FASHION_MNIST_DIRS)
     found = next((f for f in (_fashion_files(d) for d in folders) if f is not None), None)
     if found is None and download:
         import torchvision.datasets as tvd
 
-        root = data_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "autoprune"
+        root = data_dir or _CACHE
         try:
             tvd.FashionMNIST(root=str(root), train=True, download=True)
             tvd.FashionMNIST(root=str(root), train=False, download=True)

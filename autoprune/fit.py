@@ -34,7 +34,7 @@ def _limits(cm: CostModel, budgets: Sequence[Budget]) -> dict[str, float]:
 
 
 def _fit_static(cm: CostModel, proposal: Mapping[str, float], limits: Mapping[str, float],
-                round_to: int, max_sparsity: float, fill: bool = False) -> dict[str, float]:
+                round_to: int, max_sparsity: float | Mapping[str, float], fill: bool = False) -> dict[str, float]:
     fitted = fit_to_budgets(proposal, lambda p: cm.cost(p, round_to), limits, max_sparsity=max_sparsity, fill=fill)
     if fitted is None:
         wanted = ", ".join(f"{k} <= {v:.4g}" for k, v in limits.items())
@@ -51,7 +51,7 @@ def fit_policy(
     groups: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
     round_to: int | None = None,
-    max_sparsity: float = 0.99,
+    max_sparsity: float | Mapping[str, float] = 0.99,
     device: str | torch.device = "cpu",
     latency_batch: int = 1,
     max_measurements: int = 6,
@@ -70,6 +70,8 @@ def fit_policy(
     Args:
         groups: the groups that may be pruned (default: :func:`~autoprune.prune.prunable_groups`,
             probed); groups missing from ``proposal`` start at sparsity 0.
+        max_sparsity: the highest sparsity any group may be given, or one per group (a search
+            passes its space's ranges, the sparsities its probe verified).
     """
     cm = cost_model(model, x, exclude)
     if groups is None:
@@ -102,14 +104,14 @@ def _fit_latency(model, x, cm, fitted, limits, latency_budgets, channels, *, rou
     if any(not b.relative for b in latency_budgets):
         base_ms = measure_latency(model, x, device=device, batch_size=batch)
     # First guess: the latency share as a FLOPs share (latency falls slower, so it is refined below).
-    share = min(b.limit(base_ms) / base_ms if not b.relative else b.value for b in latency_budgets)
+    share = min(b.cap(base_ms) / base_ms if not b.relative else b.value for b in latency_budgets)
     proxy["flops"] = min(proxy.get("flops", float("inf")), share * cm.flops)
     current = _fit_static(cm, fitted, proxy, round_to, max_sparsity, fill)
     worst = float("inf")
     for _ in range(max_measurements):
         small = apply_policy(model, Policy(name, current, channels, round_to), x, exclude=exclude)
         pruned_ms, base_ms = relative_latency(small, model, x, device=device, batch_size=batch)
-        worst = max(pruned_ms / b.limit(base_ms) for b in latency_budgets)
+        worst = max(pruned_ms / b.cap(base_ms) for b in latency_budgets)
         if worst <= 1.0:
             return current
         # Latency falls roughly with the square root of FLOPs on small batches: tighten by overshoot^2.

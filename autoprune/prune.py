@@ -252,6 +252,9 @@ def _zero_consumers(graph, pruning) -> bool:
             comparable = False
         if graph.is_out_channel_pruning_fn(dep.handler):
             continue
+        if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and \
+                any(True for _ in getattr(mod, "parameters", lambda **k: ())(recurse=False)):
+            comparable = False  # a layer with weights whose inputs the probe cannot zero (ConvTranspose, ...)
         if isinstance(mod, nn.Linear):
             with torch.no_grad():
                 mod.weight[:, [int(i) for i in idxs]] = 0
@@ -322,7 +325,8 @@ def apply_policy(
         buffers = {k: b.clone() for k, b in small.named_buffers()}
         was_training = small.training
         small.train()
-        nn.functional.cross_entropy(small(grad_batch[0]), grad_batch[1]).backward()
+        where = next(small.parameters()).device  # the batch may live on a GPU while the model copy is on the CPU
+        nn.functional.cross_entropy(small(grad_batch[0].to(where)), grad_batch[1].to(where)).backward()
         small.train(was_training)
         with torch.no_grad():
             for k, b in small.named_buffers():

@@ -271,7 +271,12 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
     from .prune import left_out_groups, prunable_groups
     from .train import evaluate, resolve_device
 
+    import torch
+
     device = resolve_device(config.device)
+    if config.gpus_per_trial > 0 and not config.address and not torch.cuda.is_available():
+        raise ConfigError(f"--gpus-per-trial {config.gpus_per_trial:g} needs a CUDA GPU, and this machine has none; "
+                          "drop the flag to run the trials on the CPU, or join a GPU cluster with --address.")
     splits = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
                           image_size=config.image_size, val_fraction=config.val_fraction, seed=config.split_seed)
     model = create_model(config.model, num_classes=splits.num_classes, in_channels=splits.input_shape[0],
@@ -305,8 +310,10 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
         if config.budget("latency") is not None:
             from .latency import measure_latency
 
-            sizes["latency_ms"] = measure_latency(model, example, device=device, batch_size=config.latency_batch)
-            sizes["latency_device"] = str(device)
+            trial_device = resolve_device(config.trial_device)  # where the trials run and measure
+            sizes["latency_ms"] = measure_latency(model, example, device=trial_device,
+                                                  batch_size=config.latency_batch)
+            sizes["latency_device"] = str(trial_device)
         for b in config.budgets:  # an absolute budget above the unpruned model fails before any training
             if b.kind in ("flops", "params"):
                 b.limit(sizes[b.kind])
@@ -335,8 +342,6 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
         }
         model.cpu()  # evaluation left it on the device; workers get CPU weights and move them themselves
         run.path.mkdir(parents=True, exist_ok=True)
-        import torch
-
         with atomic_path(run.path / "baseline.pt") as tmp:
             torch.save(model.state_dict(), tmp)
         run.write_baseline(baseline)

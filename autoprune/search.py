@@ -76,9 +76,13 @@ class WarmStart:
 _CONTEXTS: dict[str, TrialContext] = {}
 
 
-def _context(prepared: Prepared) -> TrialContext:
-    """The worker's context for this run, built on first use and kept for later trials."""
-    key = str(prepared.run.path)
+def _context(prepared: Prepared, *, driver: bool = False) -> TrialContext:
+    """The worker's context for this run, built on first use and kept for later trials.
+
+    The driver's own context (groups, warm starts) stays on the CPU: only trials use the GPU share
+    Ray gives them.
+    """
+    key = f"{prepared.run.path}{':driver' if driver else ''}"
     if key not in _CONTEXTS:
         from .models import create_model
         from .train import resolve_device
@@ -86,9 +90,7 @@ def _context(prepared: Prepared) -> TrialContext:
         config = prepared.config
         model = create_model(config.model, num_classes=prepared.num_classes, in_channels=prepared.input_shape[0])
         model.load_state_dict(prepared.state_dict)
-        wants_gpu = config.gpus_per_trial > 0 and config.device != "cpu"
-        device = resolve_device("cuda" if wants_gpu and torch.cuda.is_available() else
-                                ("cpu" if config.device == "auto" else config.device))
+        device = resolve_device("cpu" if driver else config.trial_device)
         train_ds, val_ds = prepared.train, prepared.val
         if hasattr(train_ds, "to"):  # in-memory tensors: move once, every batch is then a slice
             train_ds, val_ds = train_ds.to(device), val_ds.to(device)
@@ -107,14 +109,8 @@ def _trainable(cfg: dict, prepared: Prepared, warm: tuple[WarmStart, ...], fault
         # Trials side by side must not fight over cores. Set once per process: changing the
         # thread pool again from a later trial's thread has crashed workers (munmap_chunk).
         torch.set_num_threads(threads)
-    proposal = {g: float(v) for g, v in _flatten(cfg.get("s", {})).items()}
-    importance = str(cfg.get(IMPORTANCE_PARAM) or config.importances[0])
-    target = float(cfg[TARGET_PARAM]) if cfg.get(TARGET_PARAM) is not None else None
+    proposal, importance, target, origin = _candidate(cfg, warm, config)
     trial = int(cfg["trial"])
-    origin = next((w.origin for w in warm if w.importance == importance
-                   and (w.target is None or target is not None and math.isclose(w.target, target, abs_tol=1e-9))
-                   and all(math.isclose(proposal.get(g, -1.0), v, abs_tol=1e-9) for g, v in w.point.items())),
-                  "optuna")
     if faults.get("fail_on_trial") == trial:  # fault injection for tests
         raise RuntimeError(f"injected failure in trial {trial}")
     start = time.perf_counter()
@@ -135,13 +131,27 @@ def _trainable(cfg: dict, prepared: Prepared, warm: tuple[WarmStart, ...], fault
                  "status": result.status, "result": result.to_json()})
 
 
+def _candidate(cfg: Mapping, warm: tuple[WarmStart, ...], config: SearchConfig
+               ) -> tuple[dict[str, float], str, float | None, str]:
+    """(proposal, criterion, target size, origin) of a trial's Tune config; the origin is that of the
+    warm start it matches, else ``optuna``."""
+    proposal = {g: float(v) for g, v in _flatten(cfg.get("s", {})).items()}
+    importance = str(cfg.get(IMPORTANCE_PARAM) or config.importances[0])
+    target = float(cfg[TARGET_PARAM]) if cfg.get(TARGET_PARAM) is not None else None
+    origin = next((w.origin for w in warm if w.importance == importance
+                   and (w.target is None or target is not None and math.isclose(w.target, target, abs_tol=1e-9))
+                   and all(math.isclose(proposal.get(g, -1.0), v, abs_tol=1e-9) for g, v in w.point.items())),
+                  "optuna")
+    return proposal, importance, target, origin
+
+
 def _constraint(config: SearchConfig, result: TrialResult) -> float:
     """Optuna's constraint value: <= 0 within every budget, else how far over (1.0 when unmeasured)."""
     if result.status == "ok":
         return 0.0
     budget = config.budget("latency")
     if budget is not None and _finite(result.latency_ms) and _finite(result.latency_ratio) and result.latency_ratio:
-        limit = budget.limit(result.latency_ms / result.latency_ratio)
+        limit = budget.cap(result.latency_ms / result.latency_ratio)
         return max(1e-3, result.latency_ms / limit - 1.0)
     return 1.0
 
@@ -163,15 +173,27 @@ def _finite(x: Any) -> bool:
 # --------------------------------------------------------------------------------------------- driver
 
 
-def _sampler(config: SearchConfig):
+def _sampler(config: SearchConfig, seed: int):
     import optuna
 
     if config.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=config.seed, multivariate=True,
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True,
                                           n_startup_trials=max(2, min(10, config.trials // 4)))
     if config.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=config.seed, population_size=max(4, min(50, config.trials // 4)))
-    return optuna.samplers.RandomSampler(seed=config.seed)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, config.trials // 4)))
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _study_size(run: RunDir) -> int:
+    """Trials already in the run's Optuna study (0 for a new run)."""
+    import optuna
+
+    if not (run.study_dir / "journal.log").is_file():
+        return 0
+    try:
+        return len(optuna.load_study(study_name=STUDY_NAME, storage=_study_storage(run)).get_trials(deepcopy=False))
+    except KeyError:
+        return 0
 
 
 def _study_storage(run: RunDir):
@@ -223,10 +245,12 @@ def _searcher(config: SearchConfig, run: RunDir, ranges: dict, warm: tuple[WarmS
     points = [{**({TARGET_PARAM: w.target} if target is not None and w.target is not None else {}),
                **({IMPORTANCE_PARAM: w.importance} if choose else {}),
                **{PARAM_PREFIX + g: v for g, v in w.point.items()}} for w in warm]
+    # A resumed study gets a seed of its own: the same seed would draw the first session's proposals again.
+    seed = config.seed + _study_size(run)
     return ConstrainedOptunaSearch(config.space.sampler(ranges, config.importances, target),
                                    metric=["val_acc", objective],
-                                   mode=["max", "min"], points_to_evaluate=points or None, sampler=_sampler(config),
-                                   study_name=STUDY_NAME, storage=_study_storage(run), seed=config.seed)
+                                   mode=["max", "min"], points_to_evaluate=points or None, sampler=_sampler(config, seed),
+                                   study_name=STUDY_NAME, storage=_study_storage(run), seed=seed)
 
 
 def _close_stale_optuna_trials(run: RunDir) -> int:
@@ -309,16 +333,16 @@ def _warm_starts(config: SearchConfig, ctx: TrialContext, done: pd.DataFrame, si
     point = {g: space.snap(0.0, g) for g in ctx.group_names}
     warm = []
     for size in sizes:
-        for imp in config.importances:
-            origin = uniform_origin(imp, size)
-            if len(done) and (done["origin"] == origin).any():
-                continue
-            try:
-                ctx.uniform(imp, size)
-            except InfeasibleError as e:
-                log(f"note: the uniform policy cannot reach {size:.3g} of the model ({e})")
-                break
-            warm.append(WarmStart(origin, point, imp, float(size)))
+        missing = [imp for imp in config.importances
+                   if not (len(done) and (done["origin"] == uniform_origin(imp, size)).any())]
+        if not missing:
+            continue
+        try:
+            ctx.uniform(None, size)  # the same fit for every criterion: checked once per size
+        except InfeasibleError as e:
+            log(f"note: the uniform policy cannot reach {size:.3g} of the model ({e})")
+            continue
+        warm.extend(WarmStart(uniform_origin(imp, size), point, imp, float(size)) for imp in missing)
     return tuple(warm)
 
 
@@ -327,7 +351,7 @@ def _search_trials(prepared: Prepared, done: pd.DataFrame, remaining: int, *, lo
     """Run ``remaining`` trials through Ray Tune; Ray is left running (``ray_starter.close()`` stops it)."""
     t = time.perf_counter()
     config, run = prepared.config, prepared.run
-    ctx = _context(prepared)  # the driver's own copy: groups, uniform policy
+    ctx = _context(prepared, driver=True)  # the driver's own copy: groups, uniform policy
     ranges = config.space.ranges(ctx.group_names)
     floor, top = size_range(prepared)
     # the budget first (the size the pick is judged at), then the floor, then the sizes between
@@ -382,11 +406,13 @@ def _run_tuner(prepared: Prepared, ranges: dict, warm: tuple[WarmStart, ...], of
 
         def on_trial_error(self, iteration, trials, trial, **info):
             number = int(trial.config.get("trial", -1))
+            _, _, target_size, origin = _candidate(trial.config, warm, config)
             message = "the trial's worker raised or died"
             if getattr(trial, "error_file", None) and os.path.isfile(trial.error_file):
                 lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
                 message = lines[-1][:300] if lines else message
-            run.append(TrialResult(trial=number, status="failed", origin="optuna", error=message), reference)
+            run.append(TrialResult(trial=number, status="failed", origin=origin, error=message,
+                                   target_ratio=target_size), reference)
             log(f"trial {number:>3} failed: {message}")
 
     trainable = tune.with_resources(tune.with_parameters(_trainable, prepared=prepared, warm=warm, faults=dict(faults)),

@@ -136,8 +136,10 @@ class TrialContext:
         budgets = tuple(self.config.budgets)
         if target is not None:
             budgets += (Budget(self.config.objective, float(target), True, f"{target:.4g}"),)
+        # Never beyond the space's ranges: the sparsities the probe verified and the user allowed.
+        caps = {g: self.config.space.range_of(g)[1] for g in self.group_names}
         policy = fit_policy(self.model, self.example, proposal, budgets, groups=self.group_names,
-                            exclude=self.exclude, round_to=self.round_to, device=self.device,
+                            exclude=self.exclude, round_to=self.round_to, device=self.device, max_sparsity=caps,
                             latency_batch=self.config.latency_batch, model_name=self.config.model,
                             fill=self.config.fill_budget)
         return dataclasses.replace(policy, importance=importance or self.config.importances[0])
@@ -223,7 +225,7 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
             latency_ms, base_ms = relative_latency(small, context.model, context.example, device=dev,
                                                    batch_size=config.latency_batch)
             latency_ratio = latency_ms / base_ms
-            limit = latency_budget.limit(base_ms)
+            limit = latency_budget.cap(base_ms)
             if latency_ms > limit * 1.02:  # 2% allows for timer noise between fit and re-measure
                 status, error = "infeasible", f"measured latency {latency_ms:.3g}ms over the limit {limit:.3g}ms"
             t = lap("latency", t)

@@ -1,337 +1,388 @@
-"""Benchmark the quality of searched policies against uniform and Torch-Pruning's global pruning.
+"""Benchmark the searched policy against uniform pruning and Torch-Pruning, paired over seeds.
 
-For every model, FLOPs budget and seed, three methods prune the same trained baseline to the same
-budget, then get the identical final recipe (BatchNorm recalibration, then a finetune of
-``--final-epochs`` epochs at ``--final-lr``), and are measured on validation and test:
+On Fashion-MNIST (60,000 training and 10,000 test images), every method prunes the same trained
+baseline to the same FLOPs budget, then gets the identical final recipe (BatchNorm recalibration,
+then ``--final-epochs`` of finetune at ``--final-lr``) and is measured on validation (6,000 images
+carved from training; every decision) and test (the table):
 
-- ``autoprune``: the best policy of a search (the highest validation accuracy on its front; search
-  decisions never look at test data), re-applied to the baseline with the channel criterion its
-  trial used, so the search's own short finetune is not carried over and every method starts from
-  the same weights. The search chooses per trial among the criteria of ``--importance auto``
-  (L1 magnitude, BatchNorm scale, first-order Taylor), with the uniform policy as a warm start
-  for each;
-- ``uniform``: one sparsity for every group, fitted to the budget (``ap.uniform_policy``), L1;
-- ``tp_global``: Torch-Pruning's global magnitude pruning (L1, ``global_pruning=True``), its
-  pruning ratio bisected until the pruned FLOPs are within 1% under the budget.
+- ``autoprune``: the pick of a default search (``--pick best``: highest validation accuracy within
+  the budget, on the front of ``--trials`` trials of ``--search-epochs``), its recorded channels
+  re-applied to the baseline, so the search's own short finetune is not carried over;
+- ``uniform``: one sparsity everywhere, fitted to the budget, L1 channel ranking;
+- ``uniform_best``: the uniform policy with whichever criterion (L1, BatchNorm scale, Taylor) scores
+  best on validation after the final recipe: the strongest uniform baseline;
+- ``uniform_compute``: ``uniform_best``'s criterion, finetuned on as many extra training images as
+  the search processed (its trials' finetune, BatchNorm recalibration and Taylor batches), so that
+  the search's compute is matched;
+- ``tp_global``: Torch-Pruning's global L1 pruning, its ratio bisected to the budget.
 
-``uniform`` and ``tp_global`` rank channels by L1 magnitude, the usual baselines; ``autoprune``
-may pick another criterion when its validation accuracy says so, and the ``pick`` column names it.
-A ``baseline`` row per model gives the unpruned accuracy.
+A seed is one search seed and one final-finetune seed, shared by every method of that seed (paired).
+The baseline and the validation split (split seed 0) are the same for every seed. Rows are appended
+to ``results/benchmarks/quality.csv`` as each (model, dataset, budget, method, seed) finishes, and a
+rerun skips the rows already there, so the benchmark runs in parts. ``--summarise-only`` rebuilds
+``quality_summary.csv`` (means) and ``quality_paired.csv`` (autoprune minus each method: mean, 95%
+interval of the paired t, seeds won) from whatever rows exist.
 
-The baseline of each model is trained once (``--baseline-epochs``) and cached under
-``results/baselines/`` (the cache ``autoprune search`` uses). Every seed uses that baseline and the
-data split of seed 0: the searches run on the dataset ``digits-split0`` (the bundled digits with
-the validation split of seed 0, whatever the search seed), so no search validates on samples the
-baseline was trained on. The seed varies the search (Optuna, trial seeds) and the final finetune.
+The design (fixed before any test figure was looked at): resnet20; budgets 50%, 25%, 12.5%; seeds
+0-4; the default search (24 trials, of which 9 are the uniform curve) with 0.1-epoch trials
+(5,400 images each); a final finetune of 0.5 epoch (27,000 images, 5x the trials' finetune) at lr
+0.01; a 10-epoch baseline. ``--check-final`` reruns seed 0 with the final finetune doubled, to show
+whether the ranking of the methods on validation holds (``quality_final_check.csv``). ``--full`` is the
+GPU-sized design: 2-epoch trials, a 10-epoch final finetune, a 60-epoch baseline.
 
-Run from the repository root::
-
-    python scripts/bench_quality.py            # full: under an hour on 2 CPU cores
-    python scripts/bench_quality.py --quick    # resnet20, 25% FLOPs, 1 seed, 4 trials: a few minutes
-    python scripts/bench_quality.py --models resnet20 --budgets 50,25 --seeds 0,1 --trials 8
-
-Writes ``results/benchmarks/quality.csv`` (one row per model, budget, method, seed, rewritten as
-rows finish) and ``results/benchmarks/quality_summary.csv`` (means over seeds); search folders go
-to ``results/bench/quality/<time>/``.
+    python scripts/bench_quality.py                  # the whole design, in as many sittings as it takes
+    python scripts/bench_quality.py --seeds 0,1 --budgets 25   # a part
+    python scripts/bench_quality.py --summarise-only
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import csv
+import math
 import os
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
-import torch.nn as nn
 
 import autoprune as ap
-from autoprune import SearchConfig, TrainConfig, ensure_baseline, evaluate, search
-
-__all__ = ["main"]
 
 _ROOT = Path(__file__).resolve().parent.parent
-_OUT_DIR = _ROOT / "results" / "benchmarks"
+_OUT = _ROOT / "results" / "benchmarks"
 _RUNS = _ROOT / "results" / "bench" / "quality"
 
-DATASET = "digits"
-SPLIT_SEED = 0  # the data split (and baseline) every seed shares
-SPLIT_DATASET = f"digits-split{SPLIT_SEED}"
-METHODS = ("autoprune", "uniform", "tp_global")
-BATCH_SIZE = 64  # the digits recipe's (baseline_recipe), for searches and the final finetune alike
-TP_TOLERANCE = 0.01  # tp_global: pruned FLOPs within 1% under the budget
-TP_STEPS = 14  # bisection steps on Torch-Pruning's global ratio
-
-# Searches: 8 trials (the uniform warm start once per criterion, then 5 proposals) x 2 finetune epochs,
-# the default search's per-trial finetune. With 1-epoch trials the searches mis-ranked at 25% FLOPs
-# (quality_search1epoch.csv, levers.md); 2 epochs with fewer trials keeps the whole run under an hour.
-FULL = dict(models="resnet20,resnet56", budgets="50,25,12.5", seeds="0,1,2", trials=8, search_epochs=2.0,
-            final_epochs=3)
-QUICK = dict(models="resnet20", budgets="25", seeds="0", trials=4, search_epochs=1.0, final_epochs=2)
-
+METHODS = ("autoprune", "uniform", "uniform_best", "uniform_compute", "tp_global")
+CRITERIA = ("l1", "bn_scale", "taylor")  # the criteria the default search chooses among
+SPLIT_SEED = 0
+BATCH_SIZE = 128  # the Fashion-MNIST baseline recipe's batch, for searches and the final finetune alike
+DESIGN = dict(dataset="fashion_mnist", models="resnet20", budgets="50,25,12.5", seeds="0,1,2,3,4", trials=24,
+              search_epochs=0.1, final_epochs=0.5, baseline_epochs=10)
+FULL = dict(DESIGN, search_epochs=2.0, final_epochs=10.0, baseline_epochs=60)
 COLUMNS = ["model", "dataset", "budget", "method", "seed", "flops_ratio", "params_ratio", "val_acc", "test_acc",
-           "val_acc_bn", "search_val_acc", "pick", "trials", "search_finetune_epochs", "finetune_epochs",
-           "finetune_lr", "baseline_epochs", "prune_s", "finetune_s", "seconds", "search_settings", "note"]
-# SearchConfig fields recorded with each autoprune row (the rest are the row's own columns)
-SETTINGS = ("sampler", "search_space", "importance", "fill_budget", "finetune_lr", "batch_size", "bn_batches",
-            "concurrency", "cpus_per_trial", "val_fraction")
-SUMMARY_COLUMNS = ["model", "dataset", "budget", "method", "seeds", "flops_ratio", "val_acc", "val_acc_std",
-                   "test_acc", "test_acc_std", "seconds"]
+           "val_acc_bn", "search_val_acc", "pick", "search_epochs", "search_images", "final_epochs", "final_lr",
+           "baseline_epochs", "search_s", "prune_s", "finetune_s", "seconds", "note"]
+# Two-sided 95% quantiles of Student's t by degrees of freedom (standard tables).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
 
 
-def _digits_fixed_split(*, image_size: int | None, val_fraction: float, **_: object):
-    """The bundled digits with the validation split of ``SPLIT_SEED``, whatever seed a search passes."""
-    return ap.load_dataset(DATASET, image_size=image_size, val_fraction=val_fraction, seed=SPLIT_SEED)
-
-
-# Only the driver loads data (Ray workers get the tensors from it), so registering here is enough.
-if SPLIT_DATASET not in ap.list_datasets():
-    ap.register_dataset(SPLIT_DATASET)(_digits_fixed_split)
-
-
-def _floats(text: str) -> list[float]:
-    return [float(v.strip().rstrip("%")) for v in text.split(",") if v.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
+def _t95(df: int) -> float:
+    return T95.get(df) or T95[max(k for k in T95 if k <= df)] if df >= 1 else math.nan
 
 
 def _pct(budget: float) -> str:
     return f"{budget * 100:g}%"
 
 
-# ------------------------------------------------------------------------------------------ methods
+class Table:
+    """quality.csv: rows appended as they finish; the keys already there are skipped on a rerun."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = list(csv.DictReader(open(path, newline=""))) if path.is_file() else []
+
+    def has(self, **key) -> bool:
+        return any(all(str(r.get(k)) == str(v) for k, v in key.items()) for r in self.rows)
+
+    def get(self, **key) -> dict | None:
+        return next((r for r in self.rows if all(str(r.get(k)) == str(v) for k, v in key.items())), None)
+
+    def add(self, row: dict) -> None:
+        row = {c: row.get(c, "") for c in COLUMNS}
+        new = not self.path.is_file()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        self.rows.append({k: str(v) for k, v in row.items()})
 
 
-def final_finetune(small: nn.Module, splits, *, epochs: float, lr: float, bn_batches: int, seed: int) -> dict:
-    """The recipe every method gets (``ap.finetune_pruned``): BN recalibration, finetune, val and test accuracy."""
-    done = ap.finetune_pruned(small, splits, TrainConfig(epochs=epochs, lr=lr, batch_size=BATCH_SIZE,
-                                                         weight_decay=5e-4, seed=seed),
-                              device="cpu", bn_batches=bn_batches)
+def _recipe(args, seed: int, epochs: float) -> ap.TrainConfig:
+    return ap.TrainConfig(epochs=epochs, lr=args.final_lr, batch_size=BATCH_SIZE, weight_decay=5e-4, seed=seed)
+
+
+def _final(small, splits, args, seed: int, epochs: float) -> dict:
+    done = ap.finetune_pruned(small, splits, _recipe(args, seed, epochs), device="cpu", bn_batches=10)
     return {"val_acc_bn": done["val_acc_bn"], "val_acc": done["val_acc"], "test_acc": done["test_acc"],
             "finetune_s": done["seconds"]}
 
 
-# ---------------------------------------------------------------------------------------------- run
-
-
-class Table:
-    """Rows of quality.csv, rewritten after every row so an interrupted benchmark keeps what it did."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.rows = path, []
-
-    def add(self, row: dict) -> None:
-        self.rows.append({c: row.get(c, "") for c in COLUMNS})
-        _write_csv(self.path, COLUMNS, self.rows)
-
-
-def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: (f"{v:.5g}" if isinstance(v, float) else v) for k, v in row.items()})
-    tmp.replace(path)
-
-
-def _relative(path: str) -> str:
-    p = Path(path).resolve()
-    return str(p.relative_to(_ROOT)) if p.is_relative_to(_ROOT) else str(p)
-
-
-def _baseline(model_name: str, splits, epochs: int, log: Callable[[str], None]) -> tuple[nn.Module, str]:
-    model = ap.create_model(model_name, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
-    cfg = SearchConfig(model=model_name, dataset=DATASET, baseline_epochs=epochs, seed=SPLIT_SEED,
-                       results_dir=str(_ROOT / "results"))
-    info = ensure_baseline(model, splits, cfg, device="cpu", log=log)
-    return model.cpu().eval(), info["source"]
-
-
-def _search_best(model_name: str, checkpoint: str, budget: float, seed: int, args, folder: Path,
-                 log: Callable[[str], None]) -> tuple[ap.Policy, dict]:
-    cfg = SearchConfig(model=model_name, dataset=SPLIT_DATASET, checkpoint=checkpoint, budget_flops=_pct(budget),
-                       trials=args.trials, finetune_epochs=args.search_epochs, batch_size=BATCH_SIZE,
-                       concurrency=args.concurrency, seed=seed, results_dir=str(folder),
-                       name=f"{model_name}-flops{_pct(budget).rstrip('%').replace('.', 'p')}pct-s{seed}")
-    outcome = search(cfg, log=lambda line: log(f"    {line}"))
-    best = outcome.best
+def _search(model_name: str, checkpoint: str, budget: float, seed: int, args, n_train: int
+            ) -> tuple[ap.Policy, dict]:
+    folder = _RUNS / args.dataset
+    name = f"{model_name}-flops{_pct(budget).rstrip('%').replace('.', 'p')}pct-s{seed}"
+    cfg = ap.SearchConfig(model=model_name, dataset=args.dataset, checkpoint=checkpoint, budget_flops=_pct(budget),
+                          trials=args.trials, finetune_epochs=args.search_epochs,
+                          concurrency=args.concurrency, seed=seed, split_seed=SPLIT_SEED, results_dir=str(folder),
+                          name=name)
+    start = time.perf_counter()
+    resume = (folder / name / "config.yaml").is_file()
+    if not resume or len(ap.load_run(folder / name).trials) < args.trials:
+        ap.search(cfg, resume=resume, given={} if resume else None, log=lambda line: None)
+    run = ap.load_run(folder / name)
+    best = run.best()
     if best is None:
-        raise RuntimeError(f"search {outcome.path} has no feasible trial")
+        raise RuntimeError(f"search {run.path} has no feasible trial")
     trial = int(best["trial"])
-    run = ap.load_run(outcome.path)
-    info = {"trial": trial, "origin": str(best["origin"]), "search_val_acc": float(best["val_acc"]),
-            "search_flops": int(best["flops"]), "importance": run.policy(trial).importance or run.config.importances[0],
-            "prune_seed": run.config.seed + trial,
-            "settings": " ".join(f"{k}={getattr(run.config, k)}" for k in SETTINGS)}
-    return run.policy(trial), info
+    return run.policy(trial), {"trial": trial, "origin": str(best["origin"]), "val": float(best["val_acc"]),
+                               "images": _search_images(run, n_train), "seconds": time.perf_counter() - start}
 
 
-def _prune(method: str, model_name: str, base: nn.Module, x: torch.Tensor, budget: float, seed: int,
-           checkpoint: str, args, folder: Path, tp_cache: tuple | None, splits,
-           log: Callable[[str], None]) -> tuple[nn.Module, dict]:
-    """The pruned copy of ``base`` a method gives, and what to record about how it was chosen."""
-    if method == "autoprune":
-        policy, info = _search_best(model_name, checkpoint, budget, seed, args, folder, log)
-        # the policy records the channels its trial kept (taylor's too); older runs rank them again
-        grad_batch = ap.gradient_batch(splits.train) if info["importance"] == "taylor" else None
-        small = ap.apply_policy(base, policy, x, importance=info["importance"], seed=info["prune_seed"],
-                                grad_batch=grad_batch)
-        extra = {"search_val_acc": info["search_val_acc"],
-                 "pick": f"trial {info['trial']} ({info['origin']}, {info['importance']})",
-                 "search_settings": info["settings"]}
-        if ap.count_flops(small, x) != info["search_flops"]:
-            extra["note"] = "the re-applied policy's FLOPs differ from the search's"
-        return small, extra
-    if method == "uniform":
-        policy = ap.uniform_policy(base, x, [ap.Budget.parse("flops", _pct(budget))])
-        small = ap.apply_policy(base, policy, x, importance="l1", seed=seed)
-        return small, {"pick": f"sparsity {next(iter(policy.sparsity.values())):.3f}"}
-    # tp_global is deterministic given the baseline: bisect once per budget, reuse it for every seed
-    # (each seed's row is charged the bisection time, as if it had run alone).
-    shared_s = 0.0
-    if tp_cache is None:
-        t0 = time.perf_counter()
-        tp_cache = (*ap.global_magnitude_prune(base, x, budget, tolerance=TP_TOLERANCE, steps=TP_STEPS),
-                    time.perf_counter() - t0)
-    else:
-        shared_s = tp_cache[3]
-    return copy.deepcopy(tp_cache[0]), {"pick": f"global ratio {tp_cache[1]:.4f}", "cache": tp_cache,
-                                        "shared_s": shared_s}
+def _search_images(run, n_train: int) -> int:
+    """Training images the search processed: every trial's finetune, BatchNorm recalibration and Taylor batch."""
+    c = run.config
+    ok = run.trials[run.trials["status"] == "ok"]
+    per_trial = math.ceil(c.finetune_epochs * (n_train // c.batch_size)) * c.batch_size + c.bn_batches * c.batch_size
+    taylor = int((ok.get("importance") == "taylor").sum()) * 64
+    return len(ok) * per_trial + taylor
 
 
-def run_benchmark(args, log: Callable[[str], None] = print) -> list[dict]:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = _RUNS / stamp
+def run_benchmark(args) -> None:
     table = Table(Path(args.out_dir) / "quality.csv")
-    splits = ap.load_dataset(DATASET, seed=SPLIT_SEED)
+    splits = ap.load_dataset(args.dataset, seed=SPLIT_SEED)
     x = splits.example_input()
-    common = dict(dataset=DATASET, trials=args.trials, search_finetune_epochs=args.search_epochs,
-                  finetune_epochs=args.final_epochs, finetune_lr=args.final_lr, baseline_epochs=args.baseline_epochs)
-    log(f"bench_quality: models {args.models}, budgets {[_pct(b) for b in args.budgets]}, seeds {args.seeds}, "
-        f"{args.trials} trials x {args.search_epochs:g} epochs per search, final finetune {args.final_epochs:g} "
-        f"epochs at lr {args.final_lr:g}; searches in {folder}")
     for model_name in args.models:
-        base, checkpoint = _baseline(model_name, splits, args.baseline_epochs, log)
+        model = ap.create_model(model_name, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
+        cfg = ap.SearchConfig(model=model_name, dataset=args.dataset, baseline_epochs=args.baseline_epochs,
+                              split_seed=SPLIT_SEED, results_dir=str(_ROOT / "results"))
+        source = ap.ensure_baseline(model, splits, cfg, device="cpu", log=print)["source"]
+        base = model.cpu().eval()
         base_flops, base_params = ap.count_flops(base, x), ap.count_params(base)
-        table.add({**common, "model": model_name, "budget": "100%", "method": "baseline", "seed": SPLIT_SEED,
-                   "flops_ratio": 1.0, "params_ratio": 1.0, "val_acc": evaluate(base, splits.val, device="cpu"),
-                   "test_acc": evaluate(base, splits.test, device="cpu"), "trials": "", "finetune_epochs": "",
-                   "search_finetune_epochs": "", "finetune_lr": "", "note": _relative(checkpoint)})
+        common = dict(model=model_name, dataset=args.dataset, search_epochs=args.search_epochs,
+                      final_epochs=args.final_epochs, final_lr=args.final_lr, baseline_epochs=args.baseline_epochs)
+        if not table.has(model=model_name, dataset=args.dataset, method="baseline"):
+            table.add({**common, "budget": "100%", "method": "baseline", "seed": SPLIT_SEED, "flops_ratio": 1.0,
+                       "params_ratio": 1.0, "val_acc": ap.evaluate(base, splits.val, device="cpu"),
+                       "test_acc": ap.evaluate(base, splits.test, device="cpu"), "note": source})
+        grad = ap.gradient_batch(splits.train)
         for budget in args.budgets:
-            tp_cache: tuple[nn.Module, float, float, float] | None = None  # deterministic: one per budget
+            tp_model = None
             for seed in args.seeds:
+                key = dict(model=model_name, dataset=args.dataset, budget=_pct(budget), seed=seed)
+                search = None
                 for method in args.methods:
-                    row = {**common, "model": model_name, "budget": _pct(budget), "method": method, "seed": seed}
+                    if table.has(**key, method=method):
+                        continue
                     start = time.perf_counter()
+                    row = {**common, **key, "method": method}
                     try:
-                        small, extra = _prune(method, model_name, base, x, budget, seed, checkpoint, args, folder,
-                                             tp_cache, splits, log)
-                        if method == "tp_global":
-                            tp_cache = extra.pop("cache")
-                        prune_s = time.perf_counter() - start + extra.pop("shared_s", 0.0)
-                        row.update(extra, prune_s=prune_s, flops_ratio=ap.count_flops(small, x) / base_flops,
-                                   params_ratio=ap.count_params(small) / base_params)
-                        row.update(final_finetune(small, splits, epochs=args.final_epochs, lr=args.final_lr,
-                                                  bn_batches=args.bn_batches, seed=seed))
-                        row["seconds"] = prune_s + row["finetune_s"]
-                    except Exception as e:  # one failed cell must not lose the rest of an hour's run
-                        text = str(e).splitlines()[0] if str(e) else ""
-                        row.update(note=f"failed: {type(e).__name__}: {text}"[:200],
-                                   seconds=time.perf_counter() - start)
+                        if method == "autoprune":
+                            policy, search = _search(model_name, source, budget, seed, args, len(splits.train))
+                            small = ap.apply_policy(base, policy, x)  # the trial's own channels
+                            row.update(search_val_acc=search["val"], search_images=search["images"],
+                                       search_s=round(search["seconds"], 1),
+                                       pick=f"trial {search['trial']} ({search['origin']}, {policy.importance})")
+                            epochs = args.final_epochs
+                        elif method == "uniform_best":
+                            crit = _best_criterion(table, key) or _rank_criteria(table, key, base, x, splits, grad,
+                                                                                 budget, args, seed)
+                            same = table.get(**key, method="uniform") if crit == "l1" else \
+                                table.get(**key, method="uniform_criterion", pick=f"uniform {crit}")
+                            row.update({k: same[k] for k in ("flops_ratio", "params_ratio", "val_acc", "test_acc",
+                                                             "val_acc_bn", "final_epochs", "finetune_s")},
+                                       pick=f"uniform {crit}", note="the best criterion on validation")
+                            row["seconds"] = round(time.perf_counter() - start, 1)
+                            table.add(row)
+                            continue
+                        elif method in ("uniform", "uniform_compute"):
+                            crit = "l1"
+                            epochs = args.final_epochs
+                            if method == "uniform_compute":
+                                crit = _best_criterion(table, key) or _rank_criteria(table, key, base, x, splits, grad,
+                                                                                     budget, args, seed)
+                                ours = table.get(**key, method="autoprune")
+                                if ours is None or not ours.get("search_images"):
+                                    raise RuntimeError("uniform_compute needs the autoprune row of its seed first")
+                                extra = float(ours["search_images"]) / len(splits.train)
+                                epochs = args.final_epochs + extra
+                                row["note"] = f"+{extra:.2f} epochs: the search's {int(float(ours['search_images'])):,} images"
+                            small = _uniform(base, x, budget, crit, grad)
+                            row["pick"] = f"uniform {crit}"
+                        else:
+                            if tp_model is None:
+                                tp_model = ap.global_magnitude_prune(base, x, budget)
+                            small = copy.deepcopy(tp_model[0])
+                            row["pick"] = f"global ratio {tp_model[1]:.4f}"
+                            epochs = args.final_epochs
+                        row["prune_s"] = round(time.perf_counter() - start - float(row.get("search_s") or 0), 1)
+                        row.update(flops_ratio=ap.count_flops(small, x) / base_flops,
+                                   params_ratio=ap.count_params(small) / base_params, final_epochs=epochs)
+                        row.update(_final(small, splits, args, seed, epochs))
+                    except Exception as e:  # one failed cell must not lose the rest of the run
+                        row["note"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+                    row["seconds"] = round(time.perf_counter() - start, 1)
                     table.add(row)
-                    log(f"{model_name} {_pct(budget):>6} {method:<10} seed {seed}: "
-                        + (f"flops {row['flops_ratio']:.3f}  val {row['val_acc']:.4f}  test {row['test_acc']:.4f}  "
-                           if "test_acc" in row else f"{row['note']}  ")
-                        + f"{row['seconds']:.0f}s")
-    return table.rows
+                    print(f"{model_name} {_pct(budget):>6} {method:<15} seed {seed}: "
+                          + (f"flops {row['flops_ratio']:.3f} val {row['val_acc']:.4f} test {row['test_acc']:.4f}"
+                             if "test_acc" in row else row["note"]) + f"  {row['seconds']:.0f}s", flush=True)
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Mean (and standard deviation) over seeds per model, budget and method."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if isinstance(r.get("test_acc"), float):
-            groups.setdefault((r["model"], r["dataset"], r["budget"], r["method"]), []).append(r)
-    out = []
-    for (model, dataset, budget, method), rs in groups.items():
-        def mean(k: str) -> float:
-            return statistics.fmean(float(r[k]) for r in rs)
-
-        def std(k: str) -> float:
-            return statistics.stdev(float(r[k]) for r in rs) if len(rs) > 1 else 0.0
-
-        out.append({"model": model, "dataset": dataset, "budget": budget, "method": method, "seeds": len(rs),
-                    "flops_ratio": mean("flops_ratio"), "val_acc": mean("val_acc"), "val_acc_std": std("val_acc"),
-                    "test_acc": mean("test_acc"), "test_acc_std": std("test_acc"),
-                    "seconds": mean("seconds") if all(r.get("seconds") != "" for r in rs) else ""})
-    return out
+def _uniform(base, x, budget: float, criterion: str, grad) -> torch.nn.Module:
+    policy = ap.uniform_policy(base, x, [ap.Budget.parse("flops", _pct(budget))])
+    return ap.apply_policy(base, policy, x, importance=criterion, grad_batch=grad)
 
 
-def _print_summary(summary: list[dict], log: Callable[[str], None]) -> None:
-    log("\nmean over seeds (accuracy in %, std in points):")
-    log(f"{'model':<10} {'budget':>6} {'method':<10} {'seeds':>5} {'flops':>6} {'val_acc':>14} {'test_acc':>14}"
-        f" {'seconds':>8}")
-    for s in summary:
-        secs = f"{s['seconds']:.0f}" if s["seconds"] != "" else ""
-        log(f"{s['model']:<10} {s['budget']:>6} {s['method']:<10} {s['seeds']:>5} {s['flops_ratio']:>6.3f} "
-            f"{s['val_acc'] * 100:>7.2f} ±{s['val_acc_std'] * 100:>5.2f} {s['test_acc'] * 100:>7.2f} "
-            f"±{s['test_acc_std'] * 100:>5.2f} {secs:>8}")
+def _best_criterion(table: Table, key: dict) -> str | None:
+    """The criterion whose uniform policy scored best on validation after the final recipe, once all are known:
+    L1 is the ``uniform`` row, the others ``uniform_criterion`` rows."""
+    scored = []
+    for crit in CRITERIA:
+        r = table.get(**key, method="uniform") if crit == "l1" else \
+            table.get(**key, method="uniform_criterion", pick=f"uniform {crit}")
+        if r is None or not r.get("val_acc"):
+            return None
+        scored.append((float(r["val_acc"]), crit))
+    return max(scored)[1]
+
+
+def _rank_criteria(table: Table, key: dict, base, x, splits, grad, budget: float, args, seed: int) -> str:
+    """Train the uniform policy with each criterion but L1 (rows ``uniform_criterion``); the best on validation."""
+    for crit in CRITERIA:
+        if crit == "l1" or table.has(**key, method="uniform_criterion", pick=f"uniform {crit}"):
+            continue
+        start = time.perf_counter()
+        small = _uniform(base, x, budget, crit, grad)
+        row = {**key, "method": "uniform_criterion", "pick": f"uniform {crit}", "final_epochs": args.final_epochs,
+               "final_lr": args.final_lr, "flops_ratio": ap.count_flops(small, x) / ap.count_flops(base, x)}
+        row.update(_final(small, splits, args, seed, args.final_epochs))
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        table.add(row)
+    crit = _best_criterion(table, key)
+    if crit is None:
+        raise RuntimeError("the uniform (L1) row of this seed is needed first")
+    return crit
+
+
+# ----------------------------------------------------------------------------------------- summary
+
+
+def summarise(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Means per (model, dataset, budget, method), and autoprune's paired differences against each method."""
+    done = [r for r in rows if r.get("test_acc") not in ("", None) and r["method"] in ("baseline", *METHODS)]
+    cells: dict[tuple, dict[str, dict[str, float]]] = {}
+    for r in done:
+        cells.setdefault((r["model"], r["dataset"], r["budget"]), {}).setdefault(r["method"], {})[str(r["seed"])] = \
+            float(r["test_acc"])
+    means, paired = [], []
+    for (model, dataset, budget), methods in cells.items():
+        for method, by_seed in methods.items():
+            vals = list(by_seed.values())
+            means.append({"model": model, "dataset": dataset, "budget": budget, "method": method, "seeds": len(vals),
+                          "test_acc": statistics.fmean(vals),
+                          "test_acc_std": statistics.stdev(vals) if len(vals) > 1 else 0.0})
+        ours = methods.get("autoprune", {})
+        for method, by_seed in methods.items():
+            if method in ("autoprune", "baseline"):
+                continue
+            seeds = sorted(set(ours) & set(by_seed))
+            diffs = [ours[s] - by_seed[s] for s in seeds]
+            if not diffs:
+                continue
+            mean = statistics.fmean(diffs)
+            half = _t95(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+            paired.append({"model": model, "dataset": dataset, "budget": budget, "versus": method, "seeds": len(diffs),
+                           "diff_points": mean * 100, "ci95_low": (mean - half) * 100, "ci95_high": (mean + half) * 100,
+                           "won": sum(d > 0 for d in diffs), "tied": sum(d == 0 for d in diffs),
+                           "verdict": "tie" if not (mean - half > 0 or mean + half < 0) else
+                           ("autoprune ahead" if mean > 0 else "autoprune behind")})
+    return means, paired
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+
+
+def report(out_dir: Path) -> None:
+    rows = Table(out_dir / "quality.csv").rows
+    means, paired = summarise(rows)
+    _write(out_dir / "quality_summary.csv", means)
+    _write(out_dir / "quality_paired.csv", paired)
+    print("\ntest accuracy, mean over seeds (%):")
+    for m in means:
+        print(f"  {m['model']:<9} {m['budget']:>6} {m['method']:<16} n={m['seeds']}  {m['test_acc'] * 100:6.2f} "
+              f"± {m['test_acc_std'] * 100:.2f}")
+    print("\nautoprune minus each method, paired over seeds (test points, 95% interval, seeds won):")
+    for p in paired:
+        print(f"  {p['model']:<9} {p['budget']:>6} vs {p['versus']:<16} n={p['seeds']}  {p['diff_points']:+6.2f} "
+              f"[{p['ci95_low']:+.2f}, {p['ci95_high']:+.2f}]  won {p['won']}/{p['seeds']}  {p['verdict']}")
+
+
+def check_final(args) -> None:
+    """Seed 0 again with the final finetune doubled: does the ranking by validation accuracy hold?"""
+    out = Path(args.out_dir) / "quality_final_check.csv"
+    table = Table(Path(args.out_dir) / "quality.csv")
+    splits = ap.load_dataset(args.dataset, seed=SPLIT_SEED)
+    x = splits.example_input()
+    grad = ap.gradient_batch(splits.train)
+    rows = []
+    for model_name in args.models:
+        model = ap.create_model(model_name, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
+        cfg = ap.SearchConfig(model=model_name, dataset=args.dataset, baseline_epochs=args.baseline_epochs,
+                              split_seed=SPLIT_SEED, results_dir=str(_ROOT / "results"))
+        source = ap.ensure_baseline(model, splits, cfg, device="cpu", log=print)["source"]
+        base = model.cpu().eval()
+        for budget in args.budgets:
+            key = dict(model=model_name, dataset=args.dataset, budget=_pct(budget), seed=0)
+            crit = _best_criterion(table, key) or "l1"
+            candidates = {"autoprune": lambda: ap.apply_policy(
+                              base, _search(model_name, source, budget, 0, args, len(splits.train))[0], x),
+                          "uniform": lambda: _uniform(base, x, budget, "l1", grad),
+                          "uniform_best": lambda: _uniform(base, x, budget, crit, grad),
+                          "tp_global": lambda: ap.global_magnitude_prune(base, x, budget)[0]}
+            for method, make in candidates.items():
+                for epochs in (args.final_epochs, 2 * args.final_epochs):
+                    res = _final(make(), splits, args, 0, epochs)
+                    rows.append({**key, "method": method, "final_epochs": epochs, "val_acc": res["val_acc"],
+                                 "test_acc": res["test_acc"]})
+                    print(rows[-1], flush=True)
+    _write(out, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="resnet20, 25%% FLOPs, 1 seed, 4 trials, 2 final epochs")
-    p.add_argument("--models", default=None, help=f"comma-separated (default {FULL['models']})")
-    p.add_argument("--budgets", default=None, help=f"FLOPs budgets in %% (default {FULL['budgets']})")
-    p.add_argument("--seeds", default=None, help=f"(default {FULL['seeds']})")
-    p.add_argument("--methods", default=",".join(METHODS), help="subset of autoprune,uniform,tp_global")
-    p.add_argument("--trials", type=int, default=None, help=f"trials per search (default {FULL['trials']})")
-    p.add_argument("--search-epochs", type=float, default=None,
-                   help=f"finetune epochs per search trial (default {FULL['search_epochs']:g})")
-    p.add_argument("--final-epochs", type=float, default=None,
-                   help=f"final finetune epochs, every method (default {FULL['final_epochs']})")
-    p.add_argument("--final-lr", type=float, default=0.01, help="final finetune learning rate (default 0.01)")
-    p.add_argument("--bn-batches", type=int, default=10, help="BN recalibration batches before the final finetune")
-    p.add_argument("--baseline-epochs", type=int, default=15, help="epochs of the cached baseline (default 15)")
-    p.add_argument("--concurrency", type=int, default=2, help="search trials at once (default 2)")
-    p.add_argument("--out-dir", default=str(_OUT_DIR), help="where quality.csv and quality_summary.csv go")
-    p.add_argument("--summarise-only", action="store_true",
-                   help="rebuild quality_summary.csv from an existing (possibly partial) quality.csv")
+    p.add_argument("--full", action="store_true", help="the GPU-sized design (2-epoch trials, 10-epoch final)")
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--models", default=None)
+    p.add_argument("--budgets", default=None, help="FLOPs budgets in %% (default 50,25,12.5)")
+    p.add_argument("--seeds", default=None, help="(default 0,1,2,3,4)")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--trials", type=int, default=None)
+    p.add_argument("--search-epochs", type=float, default=None)
+    p.add_argument("--final-epochs", type=float, default=None)
+    p.add_argument("--final-lr", type=float, default=0.01)
+    p.add_argument("--baseline-epochs", type=int, default=None)
+    p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument("--out-dir", default=str(_OUT))
+    p.add_argument("--summarise-only", action="store_true")
+    p.add_argument("--check-final", action="store_true", help="seed 0 with the final finetune doubled")
     args = p.parse_args(argv)
-    if args.summarise_only:
-        import pandas as pd
-
-        rows = pd.read_csv(Path(args.out_dir) / "quality.csv").to_dict("records")
-        summary = summarise(rows)
-        _write_csv(Path(args.out_dir) / "quality_summary.csv", SUMMARY_COLUMNS, summary)
-        _print_summary(summary, print)
-        return 0
-    preset = QUICK if args.quick else FULL
-    for key in ("models", "budgets", "seeds", "trials", "search_epochs", "final_epochs"):
-        if getattr(args, key) is None:
-            setattr(args, key, preset[key])
-    args.models = [m.strip() for m in str(args.models).split(",") if m.strip()]
-    args.budgets = [b / 100 for b in _floats(str(args.budgets))]
-    args.seeds = _ints(str(args.seeds))
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in args.methods if m not in METHODS]
-    if bad or not all(0 < b < 1 for b in args.budgets):
-        p.error(f"--methods must come from {', '.join(METHODS)} and --budgets lie in (0, 100); "
-                f"got {args.methods} and {args.budgets}")
+    design = FULL if args.full else DESIGN
+    for k, v in design.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    args.models = [m for m in str(args.models).split(",") if m]
+    args.budgets = [float(b) / 100 for b in str(args.budgets).split(",") if b]
+    args.seeds = [int(s) for s in str(args.seeds).split(",") if s]
+    args.methods = [m for m in args.methods.split(",") if m]
+    if [m for m in args.methods if m not in METHODS]:
+        p.error(f"--methods must come from {', '.join(METHODS)}")
+    torch.set_num_threads(2)
     start = time.perf_counter()
-    rows = run_benchmark(args)
-    summary = summarise(rows)
-    _write_csv(Path(args.out_dir) / "quality_summary.csv", SUMMARY_COLUMNS, summary)
-    _print_summary(summary, print)
-    print(f"\nwritten: {Path(args.out_dir) / 'quality.csv'}, quality_summary.csv  "
-          f"({time.perf_counter() - start:.0f}s, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    if args.check_final:
+        check_final(args)
+    elif not args.summarise_only:
+        run_benchmark(args)
+    report(Path(args.out_dir))
+    print(f"({time.perf_counter() - start:.0f}s, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     return 0
 
 

@@ -9,10 +9,12 @@ pruned model runs. One row per model goes to ``results/benchmarks/zoo.csv`` as s
     model, params, input_size, groups, left_out, left_out_groups, flops_ratio, outcome, seconds, error
 
 ``outcome`` is ``clean`` (every group prunable), ``left_out`` (some groups left out as unsafe, named
-in ``left_out_groups``), or ``error`` (the one-line error a user gets, in ``error``).
+in ``left_out_groups``), ``error`` (the one-line error a user gets, in ``error``) or ``crash`` (an
+exception a user would see as a traceback, a timeout, or memory exhausted: defects to fix).
 
-Run from the repository root (the whole zoo takes most of an hour on 2 CPU cores; the largest
-models need several GB of memory)::
+Each model runs in a child process limited to ``--timeout`` seconds and ``--memory-gb`` of address
+space; a model that exceeds either is a ``crash`` row. Run from the repository root (the whole zoo
+takes about an hour on 2 CPU cores)::
 
     python scripts/bench_zoo.py
     python scripts/bench_zoo.py --models 'mobilenet*,resnet18' --out /tmp/zoo.csv
@@ -74,10 +76,43 @@ def zoo_row(name: str) -> dict:
     return row
 
 
+def _isolated_row(name: str, timeout: float, memory_gb: float) -> dict:
+    """``zoo_row(name)`` in a child process, with a time and memory limit: a model that exhausts either is a
+    row too (outcome ``crash``), not the end of the zoo."""
+    import json
+    import resource
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        size = int(memory_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+
+    start = time.perf_counter()
+    code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_zoo; " \
+           f"print('ROW' + json.dumps(bench_zoo.zoo_row({name!r})))"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                              preexec_fn=limit)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "outcome": "crash", "error": f"no result within {timeout:.0f}s",
+                "seconds": round(time.perf_counter() - start, 1), "input_size": input_size(name)}
+    rows = [line[3:] for line in done.stdout.splitlines() if line.startswith("ROW")]
+    if rows:
+        return json.loads(rows[-1])
+    tail = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    if "MemoryError" in done.stderr or done.returncode in (-9, 137):
+        tail = f"out of memory (over {memory_gb:g} GB): {tail}"
+    return {"model": name, "outcome": "crash", "error": tail[:300], "seconds": round(time.perf_counter() - start, 1),
+            "input_size": input_size(name)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="*", help="comma-separated glob patterns (default: every registered model)")
     p.add_argument("--out", default=str(_OUT))
+    p.add_argument("--timeout", type=float, default=900, help="seconds per model (default 900)")
+    p.add_argument("--memory-gb", type=float, default=16, help="address-space limit per model (default 16)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     out = Path(args.out)
@@ -96,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             if name in done:
                 continue
-            row = zoo_row(name)
+            row = _isolated_row(name, args.timeout, args.memory_gb)
             w.writerow({c: row.get(c, "") for c in COLUMNS})
             f.flush()
             print(" ".join(f"{k}={row[k]}" for k in COLUMNS if row.get(k, "") != ""), flush=True)

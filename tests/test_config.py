@@ -61,7 +61,7 @@ OTHER = {
     "model": "resnet56", "dataset": "cifar10", "data_dir": "/data", "download": True, "checkpoint": "b.pt",
     "budget_flops": "30%", "budget_params": "50%", "budget_latency": "60%", "front_from": "10%", "trials": 99, "finetune_epochs": 3.0,
     "finetune_lr": 0.05, "batch_size": 32, "bn_batches": 3, "importance": "l1", "fill_budget": False,
-    "concurrency": 4, "cpus_per_trial": 2.0, "gpus_per_trial": 0.25, "device": "cuda", "sampler": "nsga2",
+    "concurrency": 4, "cpus_per_trial": 2.0, "gpus_per_trial": 0.25, "device": "cpu", "sampler": "nsga2",
     "search_space": "mobilenet", "seed": 7, "split_seed": 3, "val_fraction": 0.2, "image_size": 64,
     "baseline_epochs": 30, "latency_batch": 8, "results_dir": "elsewhere", "name": "run",
     "address": "auto", "dashboard": True, "space": SearchSpace("x", 0.0, 0.5).to_dict(),
@@ -114,3 +114,17 @@ def test_the_front_spans_from_a_floor_to_the_budget():
         SearchConfig(budget_flops="400", front_from="500").size_range(1000.0)
     with pytest.raises(AutopruneError, match="150%"):
         SearchConfig(budget_flops="50%", front_from="150%")
+
+
+def test_trials_on_cuda_need_a_gpu_share():
+    with pytest.raises(ConfigError, match="--gpus-per-trial"):
+        SearchConfig(budget_flops="50%", device="cuda")
+    assert SearchConfig(budget_flops="50%", device="cuda", gpus_per_trial=0.25).trial_device == "cuda"
+    assert SearchConfig(budget_flops="50%").trial_device == "cpu"
+
+
+def test_resume_keeps_a_latency_budget_on_its_device():
+    saved = SearchConfig(budget_latency="60%", name="run")
+    assert resume_config(saved, {"concurrency": 4}).concurrency == 4
+    with pytest.raises(ConfigError, match="latency budget"):
+        resume_config(saved, {"gpus_per_trial": 1.0})

@@ -93,6 +93,7 @@ def test_failed_and_nan_trials_do_not_stop_the_search(small_config):
     trials = outcome.trials.set_index("trial")
     assert len(trials) == 4
     assert trials.loc[1, "status"] == "failed" and "injected failure" in trials.loc[1, "error"]
+    assert trials.loc[1, "origin"] == "uniform:bn_scale@0.500"  # a crashed warm start keeps its origin
     assert trials.loc[2, "status"] == "failed" and "NaN" in trials.loc[2, "error"]
     assert trials.loc[0, "status"] == "ok" and trials.loc[3, "status"] == "ok"
     states = _study_states(outcome.path)

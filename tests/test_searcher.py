@@ -93,3 +93,21 @@ def test_the_size_is_searched_between_the_floor_and_the_budget(tmp_path):
         searcher.on_trial_complete(f"t{i}", result={**_ok(cfg), "flops_ratio": cfg["target"]})
     assert targets[:3] == [0.5, 0.25, 0.375]  # the uniform curve's sizes first
     assert all(0.25 <= t <= 0.5 for t in targets) and len({round(t, 3) for t in targets[3:]}) > 3
+
+
+def test_a_resumed_study_draws_new_proposals(tmp_path):
+    """The sampler of a resumed run is seeded anew: the first session's proposals are not drawn again."""
+    config = SearchConfig(budget_flops="50%", sampler="random", importance="l1", trials=6)
+    run = RunDir(tmp_path / "resumed")
+
+    def session(n: int) -> list[dict]:
+        searcher = _searcher(config, run, config.space.ranges(GROUPS), (), offset=0)
+        out = []
+        for i in range(n):
+            cfg = searcher.suggest(f"t{len(out)}-{n}")
+            out.append(cfg["s"])
+            searcher.on_trial_complete(f"t{len(out) - 1}-{n}", result=_ok(cfg))
+        return out
+
+    first, second = session(3), session(3)
+    assert not any(p in first for p in second)

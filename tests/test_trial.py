@@ -119,3 +119,23 @@ def test_target_scales_the_shape_to_that_size(context):
     ctx = TrialContext(over, context.model, context.train_ds, context.val_ds, context.example, device="cpu")
     r = run_trial(over, uniform(ctx), ctx, target=0.45)
     assert r.status == "ok" and r.params_ratio <= 0.2 and r.flops_ratio < 0.45
+
+
+def test_fit_never_goes_beyond_the_space_ranges(context):
+    from autoprune.space import SearchSpace
+
+    capped = context.config.replace(space=SearchSpace("capped", 0.0, 0.5))
+    ctx = TrialContext(capped, context.model, context.train_ds, context.val_ds, context.example, device="cpu",
+                       groups=context.group_names)
+    policy = ctx.fit({g: 0.5 for g in ctx.group_names}, target=0.3)
+    assert max(policy.sparsity.values()) <= 0.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_taylor_trial_on_cuda(context):
+    """Data on the GPU, the baseline on the CPU: the Taylor batch follows the model copy."""
+    dev = torch.device("cuda")
+    ctx = TrialContext(context.config, context.model, context.train_ds.to(dev), context.val_ds.to(dev),
+                       context.example, device=dev, groups=context.group_names)
+    r = run_trial(context.config, uniform(ctx), ctx, importance="taylor")
+    assert r.status == "ok", r.error
