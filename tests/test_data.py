@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from autoprune import data
 from autoprune.data import Splits, TensorData, list_datasets, load_dataset, register_dataset
 from autoprune.loader import make_loader
 from autoprune.errors import ConfigError, DataError
