@@ -13,10 +13,12 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import fnmatch
 import math
+import os
 import warnings
 import weakref
 from typing import Mapping, Sequence
@@ -65,6 +67,39 @@ def _ignored_modules(model: nn.Module, out_dim: int, exclude: Sequence[str]) -> 
     return ignored
 
 
+@contextlib.contextmanager
+def _memory_headroom(model: nn.Module):
+    """Cap this process's address space a few GB above what it uses now, while Torch-Pruning traces.
+
+    On some models (swin_t, maxvit_t) its index mapping grows without bound and would take all the
+    machine's memory; capped, it fails with a MemoryError within seconds, which becomes a PruningError.
+    """
+    try:
+        import resource
+
+        with open("/proc/self/statm") as f:
+            used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError):
+        yield  # not Linux: no cap
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    cap = used + _HEADROOM + 3 * weights  # the probe holds copies of the model
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    if soft != resource.RLIM_INFINITY and soft <= cap:
+        yield  # already capped lower by the caller
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+_HEADROOM = 6 * 2**30  # bytes a dependency graph and the probe may take beyond the model's copies
+
+
 def _build_graph(model: nn.Module, x: torch.Tensor, exclude: Sequence[str]):
     tp = _tp()
     was_training = model.training
@@ -76,15 +111,18 @@ def _build_graph(model: nn.Module, x: torch.Tensor, exclude: Sequence[str]):
             # Torch-Pruning warns about every bare parameter (ConvNeXt's layer_scale, ViT's class token);
             # pruning them along their channel dimension is what the probe checks and the cost model prices.
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
-        ignored = _ignored_modules(model, out_dim, exclude)
-        groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES))
-    except (ZeroDivisionError, IndexError, KeyError, RuntimeError, ValueError, AttributeError, TypeError) as e:
+            ignored = _ignored_modules(model, out_dim, exclude)
+            groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES))
+    except (ZeroDivisionError, IndexError, KeyError, RuntimeError, ValueError, AttributeError, TypeError,
+            MemoryError) as e:
         layer = _culprit(e.__traceback__)
+        why = ("its index mapping outgrew the memory cap" if isinstance(e, MemoryError) else
+               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         raise PruningError(
             f"Torch-Pruning cannot build the dependency graph of model {_model_label(model)!r}"
-            + (f" at {layer}" if layer else "")
-            + f": {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (unsupported layer or operation)."
+            + (f" at {layer}" if layer else "") + f": {why} (unsupported layer or operation)."
         ) from None
     finally:
         model.train(was_training)
@@ -150,7 +188,8 @@ def cost_model(model: nn.Module, x: torch.Tensor, exclude: Sequence[str] = ()) -
     key = ("cost", tuple(x.shape), tuple(exclude))
     per_model = _CACHE.setdefault(model, {})
     if key not in per_model:
-        graph, groups = _build_graph(model, x, exclude)
+        with _memory_headroom(model):
+            graph, groups = _build_graph(model, x, exclude)
         per_model[key] = CostModel(model, x, _layouts(model, graph, groups), model_name=_model_label(model))
     return per_model[key]
 

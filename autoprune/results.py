@@ -30,7 +30,7 @@ import yaml
 from .atomic import atomic_path, write_json, write_text
 from .budget import Budget
 from .config import SearchConfig, resume_config
-from .errors import CheckpointError, ConfigError, RunError
+from .errors import CheckpointError, ConfigError, ModelError, RunError
 from .front import gain_vs_uniform, hypervolume_column, pareto_front, pick_trial, plot_front, uniform_curve
 from .policy import Policy
 from .trial import TRIAL_COLUMNS, TrialResult
@@ -306,7 +306,14 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
         example = splits.example_input()
         # Sizes, latency and groups do not depend on the weights: check them before a baseline is
         # trained, so an absolute budget above the model or an unsupported model fails in seconds.
-        sizes = {"flops": count_flops(model, example), "params": count_params(model)}
+        try:
+            flops = count_flops(model, example)
+        except Exception as e:  # a model that cannot take the data's inputs: say which, not a traceback
+            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise ModelError(f"Model {config.model!r} cannot take inputs of shape {list(splits.input_shape)} from "
+                             f"dataset {config.dataset!r} ({type(e).__name__}: {text[:160]}); give the --image-size "
+                             f"it was built for.") from None
+        sizes = {"flops": flops, "params": count_params(model)}
         if config.budget("latency") is not None:
             from .latency import measure_latency
 

@@ -56,6 +56,8 @@ def zoo_row(name: str) -> dict:
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model = ap.create_model(name, num_classes=10, in_channels=3).eval()
+        size = getattr(model, "image_size", size)  # a vision transformer built without weights takes one size
+        row["input_size"] = size
         x = torch.zeros(1, 3, size, size)
         row["params"] = ap.count_params(model)
         left = ap.left_out_groups(model, x)

@@ -149,6 +149,8 @@ CASES = [
     C("model-no-package", lambda i: S + F50 + ["--model", "nosuchpkg.mod:fn"], "'nosuchpkg.mod:fn'",
       "package.module:function"),
     C("model-no-function", lambda i: S + F50 + ["--model", "os:nosuchfn"], "'os:nosuchfn'", "nosuchfn"),
+    C("vit-wrong-image-size", lambda i: S + F50 + ["--model", "vit_b_32", "--image-size", "64"], "'vit_b_32'",
+      "[3, 64, 64]", "--image-size"),
     C("dataset-mnist", lambda i: S + F50 + ["--dataset", "mnist"], "'mnist'", "cifar10", "digits"),
     C("imagefolder-no-dir", lambda i: S + F50 + ["--dataset", "imagefolder"], "'imagefolder'", "--data-dir"),
     C("imagefolder-empty", lambda i: S + F50 + ["--dataset", "imagefolder", "--data-dir", str(i.empty_dir)],
