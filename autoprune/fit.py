@@ -19,7 +19,8 @@ from .budget import Budget, fit_to_budgets
 from .costs import CostModel
 from .errors import BudgetError, ConfigError
 from .policy import Policy
-from .prune import apply_policy, cost_model, prunable_groups
+from .probe import prunable_groups
+from .prune import apply_policy, cost_model
 
 __all__ = ["InfeasibleError", "fit_policy", "uniform_policy"]
 

@@ -1,13 +1,11 @@
-"""The pruning engine: prunable groups (probed), structural pruning of a policy.
+"""The pruning engine: the dependency graph, its groups, the cost model, structural pruning of a policy.
 
 This is the only module that imports Torch-Pruning. The one idea to hold: build the dependency
 graph, list its groups of coupled channels, remove the least important channels of each group.
-Each group is probed once, on a copy, before it is offered to a search: a group whose pruning
-breaks the forward pass or disagrees with the cost model is left out, and the rest is searched.
+Which groups are safe to offer a search is the probe's business (``probe.py``).
 
 Example:
     >>> model = create_model("resnet56"); x = torch.randn(1, 3, 32, 32)
-    >>> groups = prunable_groups(model, x)
     >>> small = apply_policy(model, uniform_policy(model, x, [Budget.parse("flops", "50%")]), x)
     >>> small.autoprune_policy.indices["layer1.0.conv1"]     # the channels it kept
 """
@@ -17,23 +15,20 @@ import contextlib
 import copy
 import dataclasses
 import fnmatch
-import math
 import os
 import warnings
 import weakref
-from typing import Mapping, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from .costs import ROOT_TYPES, UNWRAPPED, CostModel, Group, GroupLayout, count_flops, is_depthwise, pruned_count
+from .costs import ROOT_TYPES, UNWRAPPED, CostModel, GroupLayout, count_flops, is_depthwise, pruned_count
 from .criteria import make_importance, needs_gradients
 from .errors import ConfigError, PruningError
 from .policy import Policy
 
-__all__ = ["prunable_groups", "left_out_groups", "cost_model", "apply_policy", "global_magnitude_prune",
-           "DEFAULT_MAX_SPARSITY"]
+__all__ = ["cost_model", "apply_policy", "global_magnitude_prune", "DEFAULT_MAX_SPARSITY"]
 
 DEFAULT_MAX_SPARSITY = 0.9  # the default search space's upper end: how far the probe prunes each group
 
@@ -192,134 +187,6 @@ def cost_model(model: nn.Module, x: torch.Tensor, exclude: Sequence[str] = ()) -
             graph, groups = _build_graph(model, x, exclude)
         per_model[key] = CostModel(model, x, _layouts(model, graph, groups), model_name=_model_label(model))
     return per_model[key]
-
-
-def left_out_groups(model: nn.Module, x: torch.Tensor, exclude: Sequence[str] = (),
-                    max_sparsity: float = DEFAULT_MAX_SPARSITY) -> dict[str, str]:
-    """Groups that cannot be pruned safely, with the reason, found by probing (cached).
-
-    Every group is pruned on a copy of the model, one after another, at ``max_sparsity`` with its
-    channels spread over its whole width (so a group feeding a concatenation loses channels from
-    every branch). After each group, on a random input, the forward pass must succeed with the
-    unpruned output shape, and give the output the model gave just before, with the removed
-    channels' inputs to every consumer zeroed (which is what removing them means; skipped where a
-    layer normalises across channels); the params must be those the cost model predicts, and so must
-    the FLOPs at the end. A group that fails is left out and the probe starts again without it, so
-    the groups that remain were verified together.
-    """
-    key = ("probe", tuple(x.shape), tuple(exclude), float(max_sparsity))
-    per_model = _CACHE.setdefault(model, {})
-    if key not in per_model:
-        cm = cost_model(model, x, exclude)
-        left: dict[str, str] = {}
-        while True:
-            failure = _probe_once(model, x, exclude, cm, {g: max_sparsity for g in cm.channels if g not in left})
-            if failure is None:
-                break
-            left[failure[0]] = failure[1]
-        per_model[key] = left
-    return dict(per_model[key])
-
-
-# Layers whose output for one channel depends on the other channels: removing a channel changes
-# what the kept ones compute, legitimately, so the probe cannot compare outputs across them.
-_ACROSS_CHANNELS = (nn.LayerNorm, nn.GroupNorm, nn.MultiheadAttention)
-_PROBE_TOLERANCE = 1e-4  # relative difference of outputs allowed for float summation order
-
-
-def _probe_once(model: nn.Module, x: torch.Tensor, exclude: Sequence[str], cm: CostModel,
-                sparsity: Mapping[str, float], check_flops_each: bool = False) -> tuple[str, str] | None:
-    """Prune ``sparsity`` group by group on a copy; the first group that breaks something, and why."""
-    small = copy.deepcopy(model).eval()
-    probe_x = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
-    with torch.no_grad():
-        shape = tuple(small(probe_x).shape)
-    graph, groups = _build_graph(small, x, exclude)
-    names = {m: n for n, m in small.named_modules()}
-    done: dict[str, float] = {}
-    for group in groups:
-        root, handler = _root(group)
-        name = names.get(root)
-        if name not in sparsity:
-            continue
-        n = graph.get_out_channels(root)
-        ch_groups = _channel_groups(group)
-        k = pruned_count(n, sparsity[name], 1, ch_groups)
-        if k <= 0:
-            continue
-        size = n // ch_groups
-        spread = np.linspace(0, size, k // ch_groups, endpoint=False).astype(int)
-        idxs = sorted(int(i) + g * size for g in range(ch_groups) for i in spread)
-        done[name] = sparsity[name]
-        try:
-            pruning = graph.get_pruning_group(root, handler, idxs)
-            comparable = _zero_consumers(graph, pruning)
-            with torch.no_grad():
-                reference = small(probe_x)
-            pruning.prune()
-            with torch.no_grad():
-                out = small(probe_x)
-            if tuple(out.shape) != shape:
-                return name, f"the pruned model's output shape {tuple(out.shape)} is not {shape}"
-            gap = float((out - reference).norm() / max(float(reference.norm()), float(out.norm()), 1e-12))
-            want = cm.cost(done)
-            params = sum(p.numel() for p in small.parameters())
-            flops = count_flops(small, x) if check_flops_each else want["flops"]
-        except Exception as e:  # whatever breaks, this group is the one that broke it
-            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            return name, f"{type(e).__name__}: {text[:200]}"
-        if comparable and not gap <= _PROBE_TOLERANCE:
-            return name, (f"removing its channels changes what the kept channels compute (output differs by "
-                          f"{gap:.2g}); a layer after it mixes channels in a way the pruner does not follow")
-        if not math.isclose(flops, want["flops"], rel_tol=1e-6) or not math.isclose(params, want["params"],
-                                                                                    rel_tol=1e-6):
-            return name, (f"pruning it gives {flops:,.0f} FLOPs and {params:,} params where the cost model "
-                          f"predicts {want['flops']:,.0f} and {want['params']:,.0f} (an operation it cannot price)")
-    if not check_flops_each and done and not math.isclose(count_flops(small, x), cm.cost(done)["flops"],
-                                                          rel_tol=1e-6):
-        return _probe_once(model, x, exclude, cm, sparsity, check_flops_each=True)  # find which group
-    return None
-
-
-def _zero_consumers(graph, pruning) -> bool:
-    """Zero, in place, every input-side weight that reads a channel ``pruning`` will remove, so the
-    model computes what it will compute without them; False if a layer mixes across channels."""
-    comparable = True
-    for dep, idxs in pruning:
-        mod = dep.target.module
-        if isinstance(mod, _ACROSS_CHANNELS):
-            comparable = False
-        if graph.is_out_channel_pruning_fn(dep.handler):
-            continue
-        if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and \
-                any(True for _ in getattr(mod, "parameters", lambda **k: ())(recurse=False)):
-            comparable = False  # a layer with weights whose inputs the probe cannot zero (ConvTranspose, ...)
-        if isinstance(mod, nn.Linear):
-            with torch.no_grad():
-                mod.weight[:, [int(i) for i in idxs]] = 0
-        elif isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and not is_depthwise(mod):
-            per_in, per_out = mod.in_channels // mod.groups, mod.out_channels // mod.groups
-            with torch.no_grad():
-                for c in idxs:  # input channel c feeds only the outputs of its own channel group
-                    g = int(c) // per_in
-                    mod.weight[g * per_out:(g + 1) * per_out, int(c) % per_in] = 0
-    return comparable
-
-
-def prunable_groups(model: nn.Module, x: torch.Tensor, exclude: Sequence[str] = (), *,
-                    max_sparsity: float = DEFAULT_MAX_SPARSITY, probe: bool = True) -> list[Group]:
-    """The groups of coupled channels that can be pruned, in dependency-graph order.
-
-    The classifier's output layer is never pruned; layers whose path matches a pattern in
-    ``exclude`` (fnmatch, e.g. ``"conv1"`` or ``"features.0.*"``) and every group that sets their
-    output width are left out, and so is every group the probe finds unsafe (see
-    :func:`left_out_groups`; ``probe=False`` skips it).
-    """
-    groups = cost_model(model, x, exclude).groups
-    if not probe:
-        return list(groups)
-    left = left_out_groups(model, x, exclude, max_sparsity)
-    return [g for g in groups if g.name not in left]
 
 
 def apply_policy(

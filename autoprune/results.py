@@ -268,7 +268,7 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
     from .costs import count_flops, count_params
     from .data import load_dataset, memory_bytes
     from .models import create_model, load_checkpoint
-    from .prune import left_out_groups, prunable_groups
+    from .probe import left_out_groups, prunable_groups
     from .train import evaluate, resolve_device
 
     import torch

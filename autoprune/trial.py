@@ -105,7 +105,8 @@ class TrialContext:
     def __init__(self, config: SearchConfig, model: nn.Module, train_ds, val_ds, example: torch.Tensor,
                  *, device: str | torch.device, groups: Sequence[str] | None = None,
                  exclude: Sequence[str] | None = None) -> None:
-        from .prune import cost_model, prunable_groups
+        from .probe import prunable_groups
+        from .prune import cost_model
 
         self.config = config
         self.model = model.eval()

@@ -18,7 +18,8 @@ from autoprune.models import create_model
 from autoprune.config import SearchConfig
 from autoprune.costs import count_flops, count_params
 from autoprune.fit import fit_policy, uniform_policy
-from autoprune.prune import apply_policy, prunable_groups
+from autoprune.probe import prunable_groups
+from autoprune.prune import apply_policy
 from autoprune.results import RunDir, load_run
 from autoprune.space import SearchSpace
 from autoprune.trial import TrialResult

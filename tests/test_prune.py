@@ -17,7 +17,8 @@ from autoprune.errors import AutopruneError, BudgetError, ConfigError, PruningEr
 from autoprune.fit import InfeasibleError, fit_policy, uniform_policy
 from autoprune.models import create_model
 from autoprune.policy import Policy
-from autoprune.prune import apply_policy, cost_model, left_out_groups, prunable_groups
+from autoprune.probe import left_out_groups, prunable_groups
+from autoprune.prune import apply_policy, cost_model
 from helpers_registry import small_models
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Torch-Pruning warns on unwrapped params

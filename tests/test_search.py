@@ -17,7 +17,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import autoprune as ap
-from autoprune.search import STUDY_NAME, search
+from autoprune.search import search
+from autoprune.searcher import STUDY_NAME
 from autoprune.trial import TRIAL_COLUMNS
 
 HERE = Path(__file__).resolve().parent

@@ -1,10 +1,12 @@
-"""The searcher in process (Ray's OptunaSearch with autoprune's sampler; no Ray started)."""
+"""The searcher (searcher.py) in process (Ray's OptunaSearch with autoprune's sampler; no Ray started)."""
 from __future__ import annotations
 
 
 from autoprune.config import SearchConfig
 from autoprune.results import RunDir
-from autoprune.search import STUDY_NAME, WarmStart, _searcher
+from autoprune.search import WarmStart
+from autoprune.searcher import STUDY_NAME
+from autoprune.searcher import make_searcher
 
 GROUPS = [f"g{i}" for i in range(6)]
 
@@ -13,7 +15,7 @@ def _drive(tmp_path, config: SearchConfig, results, name: str = "run") -> list[d
     """Ask the searcher for one proposal per entry of ``results`` and tell it that result."""
     run = RunDir(tmp_path / name)
     warm = (WarmStart("uniform", {g: 0.3 for g in GROUPS}, config.importances[0]),)
-    searcher = _searcher(config, run, config.space.ranges(GROUPS), warm, offset=0)
+    searcher = make_searcher(config, run, config.space.ranges(GROUPS), warm, offset=0)
     proposals = []
     for i, result in enumerate(results):
         cfg = searcher.suggest(f"t{i}")
@@ -69,15 +71,15 @@ def test_resume_fails_trials_a_killed_search_left_running_or_waiting(tmp_path):
     (the warm starts that never ran are enqueued again by the resumed search)."""
     import optuna
 
-    from autoprune.search import _close_stale_optuna_trials, _study_storage
+    from autoprune.searcher import close_stale_trials, study_storage
 
     run = RunDir(tmp_path / "killed")
-    study = optuna.create_study(study_name=STUDY_NAME, storage=_study_storage(run), directions=["maximize", "minimize"])
+    study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(run), directions=["maximize", "minimize"])
     study.enqueue_trial({"s/g0": 0.3})
     study.enqueue_trial({"s/g0": 0.4})
     study.ask()  # the first warm start was running when the search was killed; the second never ran
-    assert _close_stale_optuna_trials(run) == 2
-    states = [t.state.name for t in optuna.load_study(study_name=STUDY_NAME, storage=_study_storage(run)).get_trials()]
+    assert close_stale_trials(run) == 2
+    states = [t.state.name for t in optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run)).get_trials()]
     assert states == ["FAIL", "FAIL"]
 
 
@@ -85,7 +87,7 @@ def test_the_size_is_searched_between_the_floor_and_the_budget(tmp_path):
     config = SearchConfig(budget_flops="50%", importance="l1", trials=12)
     run = RunDir(tmp_path / "sized")
     warm = tuple(WarmStart(f"uniform:l1@{t:.3f}", {g: 0.0 for g in GROUPS}, "l1", t) for t in (0.5, 0.25, 0.375))
-    searcher = _searcher(config, run, config.space.ranges(GROUPS), warm, offset=0, target=(0.25, 0.5))
+    searcher = make_searcher(config, run, config.space.ranges(GROUPS), warm, offset=0, target=(0.25, 0.5))
     targets = []
     for i in range(12):
         cfg = searcher.suggest(f"t{i}")
@@ -101,7 +103,7 @@ def test_a_resumed_study_draws_new_proposals(tmp_path):
     run = RunDir(tmp_path / "resumed")
 
     def session(n: int) -> list[dict]:
-        searcher = _searcher(config, run, config.space.ranges(GROUPS), (), offset=0)
+        searcher = make_searcher(config, run, config.space.ranges(GROUPS), (), offset=0)
         out = []
         for i in range(n):
             cfg = searcher.suggest(f"t{len(out)}-{n}")
