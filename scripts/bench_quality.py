@@ -141,16 +141,21 @@ def _search_images(run, n_train: int) -> int:
     return len(ok) * per_trial + taylor
 
 
+def _baseline(model_name: str, splits, args) -> tuple[torch.nn.Module, str]:
+    """The trained baseline every method prunes (trained once, cached where searches find it)."""
+    model = ap.create_model(model_name, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
+    cfg = ap.SearchConfig(model=model_name, dataset=args.dataset, baseline_epochs=args.baseline_epochs,
+                          split_seed=SPLIT_SEED, results_dir=str(_ROOT / "results"))
+    source = ap.ensure_baseline(model, splits, cfg, device="cpu", log=print)["source"]
+    return model.cpu().eval(), source
+
+
 def run_benchmark(args) -> None:
     table = Table(Path(args.out_dir) / "quality.csv")
     splits = ap.load_dataset(args.dataset, seed=SPLIT_SEED)
     x = splits.example_input()
     for model_name in args.models:
-        model = ap.create_model(model_name, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
-        cfg = ap.SearchConfig(model=model_name, dataset=args.dataset, baseline_epochs=args.baseline_epochs,
-                              split_seed=SPLIT_SEED, results_dir=str(_ROOT / "results"))
-        source = ap.ensure_baseline(model, splits, cfg, device="cpu", log=print)["source"]
-        base = model.cpu().eval()
+        base, source = _baseline(model_name, splits, args)
         base_flops, base_params = ap.count_flops(base, x), ap.count_params(base)
         common = dict(model=model_name, dataset=args.dataset, search_epochs=args.search_epochs,
                       final_epochs=args.final_epochs, final_lr=args.final_lr, baseline_epochs=args.baseline_epochs)
@@ -325,11 +330,7 @@ def check_final(args) -> None:
     grad = ap.gradient_batch(splits.train)
     rows = []
     for model_name in args.models:
-        model = ap.create_model(model_name, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
-        cfg = ap.SearchConfig(model=model_name, dataset=args.dataset, baseline_epochs=args.baseline_epochs,
-                              split_seed=SPLIT_SEED, results_dir=str(_ROOT / "results"))
-        source = ap.ensure_baseline(model, splits, cfg, device="cpu", log=print)["source"]
-        base = model.cpu().eval()
+        base, source = _baseline(model_name, splits, args)
         for budget in args.budgets:
             key = dict(model=model_name, dataset=args.dataset, budget=_pct(budget), seed=0)
             crit = _best_criterion(table, key) or "l1"
