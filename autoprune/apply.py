@@ -78,6 +78,7 @@ def apply_run(
     seed: int = 0,
     compare_uniform: bool = False,
     onnx: bool = False,
+    distill: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Finetune one policy of a run fully, report test accuracy against the baseline, save the model.
@@ -95,6 +96,8 @@ def apply_run(
         seed: seeds training (the same seed for the uniform comparison).
         compare_uniform: also train the uniform policy with the identical recipe and compare.
         onnx: also export ``model.onnx`` (needs the ``onnx`` package).
+        distill: weight of distillation from the unpruned model during the finetune, in [0, 1]
+            (0: off); the uniform comparison gets the same.
         log: receives one line per epoch and the summary; this module never prints.
 
     Returns:
@@ -111,7 +114,7 @@ def apply_run(
         >>> r["test_acc"], r["comparison"]["test_acc_diff_points"]
     """
     run = run if isinstance(run, Run) else load_run(run)
-    _check_numbers(epochs, lr, batch_size)
+    _check_numbers(epochs, lr, batch_size, distill)
     if onnx:
         _check_onnx()
     dev = resolve_device(device)
@@ -122,7 +125,8 @@ def apply_run(
 
     recipe = baseline_recipe(config.dataset, epochs, seed)
     cfg = dataclasses.replace(recipe, lr=lr if lr is not None else recipe.lr / 10,
-                              batch_size=batch_size if batch_size is not None else recipe.batch_size)
+                              batch_size=batch_size if batch_size is not None else recipe.batch_size,
+                              distill=float(distill))
 
     splits = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
                           val_fraction=config.val_fraction, seed=config.split_seed)
@@ -155,7 +159,7 @@ def apply_run(
 # ------------------------------------------------------------------------------------------ checks
 
 
-def _check_numbers(epochs: Any, lr: Any, batch_size: Any) -> None:
+def _check_numbers(epochs: Any, lr: Any, batch_size: Any, distill: Any = 0.0) -> None:
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"--epochs must be a whole number >= 1, but got {epochs!r}.")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)
@@ -163,6 +167,8 @@ def _check_numbers(epochs: Any, lr: Any, batch_size: Any) -> None:
         raise ConfigError(f"--lr must be a number > 0, but got {lr!r}.")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"--batch-size must be a whole number >= 1, but got {batch_size!r}.")
+    if isinstance(distill, bool) or not isinstance(distill, (int, float)) or not 0 <= distill <= 1:
+        raise ConfigError(f"--distill must be a weight in [0, 1] (0 = off), but got {distill!r}.")
 
 
 def _check_onnx() -> None:
@@ -282,7 +288,8 @@ def _apply_one(choice: _Choice, *, run: Run, splits, base_model: nn.Module, x: t
             f"  val_acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s")
 
     # as in the search: fresh BatchNorm statistics before the first step
-    done = finetune_pruned(small, splits, cfg, device=dev, bn_batches=run.config.bn_batches, on_epoch=on_epoch)
+    done = finetune_pruned(small, splits, cfg, device=dev, bn_batches=run.config.bn_batches, on_epoch=on_epoch,
+                           teacher=base_model if cfg.distill else None)
     rows, seconds, test_acc, val_acc = done["log"], done["seconds"], done["test_acc"], done["val_acc"]
     # Pruned and unpruned are timed side by side (interleaved) so machine drift cancels in the ratio.
     latency_ms, base_ms = relative_latency(small, base_model, x, device=dev, batch_size=1)

@@ -13,6 +13,8 @@ from typing import Any, NoReturn, Sequence
 
 from .errors import AutopruneError, ConfigError
 
+DISTILL = 0.5  # the distillation weight of a bare --distill (search and apply)
+
 __all__ = ["main", "build_parser"]
 
 
@@ -107,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap_.add_argument("--seed", type=int, default=0)
     ap_.add_argument("--compare-uniform", action="store_true", help="also train the uniform policy, same recipe")
     ap_.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the onnx package)")
+    ap_.add_argument("--distill", type=float, nargs="?", const=DISTILL, default=0.0, metavar="WEIGHT",
+                     help=f"distil from the unpruned model during the finetune (--distill alone: {DISTILL})")
     return p
 
 
@@ -135,6 +139,9 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     a("--trials", type=int, default=None, help="number of trials, the uniform one included (default 24)")
     a("--finetune-epochs", type=float, default=None, help="finetune per trial, may be fractional; 0 = BN only")
     a("--finetune-lr", type=float, default=None)
+    a("--distill", type=float, nargs="?", const=DISTILL, default=None, metavar="WEIGHT",
+      help=f"distil from the unpruned model in each trial's finetune, with this weight on the teacher's soft "
+           f"outputs (--distill alone: {DISTILL}; default off)")
     a("--batch-size", type=int, default=None, help="finetune batch size per trial (default 64)")
     a("--bn-batches", type=int, default=None, help="batches of BatchNorm recalibration per trial (default 10)")
     a("--val-fraction", type=float, default=None, help="share of the training data held out to validate (default 0.1)")
@@ -308,7 +315,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from .apply import apply_run
 
     apply_run(args.run, pick=args.pick, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-              device=args.device, seed=args.seed, compare_uniform=args.compare_uniform, onnx=args.onnx, log=_log)
+              device=args.device, seed=args.seed, compare_uniform=args.compare_uniform, onnx=args.onnx,
+              distill=args.distill, log=_log)
     return 0
 
 

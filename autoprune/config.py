@@ -63,6 +63,7 @@ class SearchConfig:
     trials: int = 24
     finetune_epochs: float = 2.0
     finetune_lr: float = 0.01
+    distill: float = 0.0  # weight of distillation from the unpruned model in trial finetunes; 0 = off
     batch_size: int = 64
     bn_batches: int = 10
     importance: str = "auto"  # a criterion, a comma-separated list to search over, or auto
@@ -90,6 +91,7 @@ class SearchConfig:
             ("trials", _whole(self.trials) and self.trials >= 1, "a whole number >= 1"),
             ("finetune_epochs", _finite(self.finetune_epochs) and self.finetune_epochs >= 0, ">= 0"),
             ("finetune_lr", _finite(self.finetune_lr) and self.finetune_lr > 0, "> 0"),
+            ("distill", _finite(self.distill) and 0 <= self.distill <= 1, "a weight in [0, 1] (0 = off)"),
             ("batch_size", _whole(self.batch_size) and self.batch_size >= 1, "a whole number >= 1"),
             ("bn_batches", _whole(self.bn_batches) and self.bn_batches >= 0, "a whole number >= 0"),
             ("concurrency", _whole(self.concurrency) and self.concurrency >= 1, "a whole number >= 1"),

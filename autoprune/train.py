@@ -83,6 +83,11 @@ class TrainConfig:
     Augmentation happens on each batch: ``augment`` pads by 4 pixels and crops at random, ``hflip``
     flips half the images left-right. Flipping is off by default because it harms digits and text.
 
+    ``distill`` > 0 adds knowledge distillation from a teacher (the unpruned model, passed to
+    :func:`train`): the loss is ``(1 - distill) * cross-entropy + distill * T^2 * KL(teacher || student)``
+    on logits softened by the temperature ``T = distill_temperature`` (Hinton et al., 2015). The
+    teacher sees the same augmented batch and is never updated.
+
     Example:
         >>> cfg = TrainConfig(epochs=2, lr=0.05, batch_size=64)
         >>> TrainConfig.from_dict(cfg.to_dict()) == cfg
@@ -99,6 +104,8 @@ class TrainConfig:
     augment: bool = True
     hflip: bool = False
     seed: int = 0
+    distill: float = 0.0
+    distill_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -110,6 +117,8 @@ class TrainConfig:
              "a whole number >= 1"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
             ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
+            ("distill", 0 <= self.distill <= 1, "in [0, 1]"),
+            ("distill_temperature", self.distill_temperature > 0, "> 0"),
         ]
         for field, ok, rule in checks:
             value = getattr(self, field)
@@ -184,6 +193,7 @@ def train(
     device: str | torch.device,
     val_ds: Dataset | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    teacher: nn.Module | None = None,
 ) -> list[dict]:
     """Train ``model`` in place on ``train_ds`` and return one log row per (possibly partial) epoch.
 
@@ -193,8 +203,12 @@ def train(
     from the random generators seeded with ``cfg.seed``; the caller's generator states are restored
     after, so training leaves no trace on the global RNG.
 
+    With ``cfg.distill > 0``, ``teacher`` (the unpruned model) is required; it is moved to
+    ``device`` and kept in eval mode, and the caller's model is not changed otherwise.
+
     Raises:
         FloatingPointError: the loss became NaN or infinite; the model's weights are then unusable.
+        ConfigError: ``cfg.distill > 0`` without a teacher.
 
     Example:
         >>> rows = train(model, splits.train, TrainConfig(epochs=2), device="cpu", val_ds=splits.val)
@@ -203,14 +217,26 @@ def train(
     dev = resolve_device(device)
     if len(train_ds) == 0:
         raise DataError("Cannot train on an empty dataset.")
+    if cfg.distill > 0 and teacher is None:
+        raise ConfigError(f"Distillation (distill={cfg.distill:g}) needs a teacher model; pass teacher=, "
+                          "or set distill=0.")
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
-        return _train(model, train_ds, cfg, dev, val_ds, on_epoch)
+        return _train(model, train_ds, cfg, dev, val_ds, on_epoch, teacher if cfg.distill > 0 else None)
+
+
+def _distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over the batch."""
+    t = temperature
+    return F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * t * t
 
 
 def _train(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, dev: torch.device, val_ds: Dataset | None,
-           on_epoch: Callable[[dict], None] | None) -> list[dict]:
+           on_epoch: Callable[[dict], None] | None, teacher: nn.Module | None = None) -> list[dict]:
     model.to(dev)
+    if teacher is not None:
+        teacher.to(dev).eval()
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)
     # Dropping the ragged last batch keeps BatchNorm away from tiny batches; a dataset smaller than
@@ -241,6 +267,11 @@ def _train(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, dev: torch.dev
             with _autocast(dev):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if teacher is not None:
+                with torch.no_grad(), _autocast(dev):
+                    soft = teacher(x)
+                loss = (1 - cfg.distill) * loss + cfg.distill * _distill_loss(logits.float(), soft.float(),
+                                                                              cfg.distill_temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -269,11 +300,12 @@ def _train(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, dev: torch.dev
 
 
 def finetune_pruned(model: nn.Module, splits, cfg: TrainConfig, *, device: str | torch.device, bn_batches: int,
-                    on_epoch: Callable[[dict], None] | None = None, test: bool = True) -> dict:
+                    on_epoch: Callable[[dict], None] | None = None, test: bool = True,
+                    teacher: nn.Module | None = None) -> dict:
     """The final recipe for a pruned model: BatchNorm recalibration, a finetune of ``cfg``, evaluation.
 
     ``apply`` and the benchmarks train every pruned model this way, so methods differ only in their
-    policy. Returns ``val_acc_bn`` (validation accuracy right after recalibration), ``val_acc``,
+    policy. ``teacher`` is the unpruned model when ``cfg.distill > 0``. Returns ``val_acc_bn`` (validation accuracy right after recalibration), ``val_acc``,
     ``test_acc`` (None with ``test=False``), ``seconds`` and the epoch ``log``.
 
     Example:
@@ -285,7 +317,7 @@ def finetune_pruned(model: nn.Module, splits, cfg: TrainConfig, *, device: str |
                        seed=cfg.seed)
     val_bn = evaluate(model, splits.val, device=device)
     log = train(model, splits.train, cfg, device=device, val_ds=splits.val if on_epoch else None,
-                on_epoch=on_epoch) if cfg.epochs > 0 else []
+                on_epoch=on_epoch, teacher=teacher) if cfg.epochs > 0 else []
     return {"val_acc_bn": val_bn, "val_acc": evaluate(model, splits.val, device=device),
             "test_acc": evaluate(model, splits.test, device=device) if test else None,
             "seconds": time.perf_counter() - start, "log": log}

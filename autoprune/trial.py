@@ -11,6 +11,7 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -122,6 +123,7 @@ class TrialContext:
         self.base_flops = self.costs.flops
         self.base_params = self.costs.params
         self.round_to = 8 if self.device.type == "cuda" else 1
+        self._teacher: nn.Module | None = None
 
     def fit(self, proposal: Mapping[str, float], importance: str | None = None, target: float | None = None) -> Policy:
         """Fit a proposal to the config's budgets (raises ``InfeasibleError`` when impossible).
@@ -151,6 +153,12 @@ class TrialContext:
         from .criteria import gradient_batch
 
         return gradient_batch(self.train_ds)
+
+    def teacher(self, device: torch.device) -> nn.Module:
+        """The unpruned model on ``device``, the teacher of distillation (moved there once per worker)."""
+        if self._teacher is None or next(self._teacher.parameters()).device != device:
+            self._teacher = self.model if device.type == "cpu" else copy.deepcopy(self.model).to(device)
+        return self._teacher.eval()
 
     def uniform(self, importance: str | None = None, target: float | None = None) -> Policy:
         return self.fit({g: 0.0 for g in self.group_names}, importance, target)
@@ -212,8 +220,8 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
         t = lap("bn_recalibration", t)
         if config.finetune_epochs > 0:
             cfg = TrainConfig(epochs=config.finetune_epochs, lr=config.finetune_lr, batch_size=config.batch_size,
-                              seed=config.seed + trial, warmup_epochs=0)
-            train(small, context.train_ds, cfg, device=dev)
+                              seed=config.seed + trial, warmup_epochs=0, distill=config.distill)
+            train(small, context.train_ds, cfg, device=dev, teacher=context.teacher(dev) if config.distill else None)
         t = lap("finetune", t)
         val_acc = evaluate(small, context.val_ds, device=dev)
         t = lap("evaluate", t)

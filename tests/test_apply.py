@@ -165,11 +165,12 @@ def test_apply_reads_the_test_split(applied):
 
 @pytest.fixture(scope="module")
 def compared(applied, run_path):
-    """A second apply of `best` (after `applied`), with the uniform policy trained alongside."""
+    """A second apply of `best` (after `applied`), distilled, with the uniform policy trained alongside."""
     first = run_path / "apply-best"
     before = {name: (first / name).read_bytes() for name in FILES}
     lines: list[str] = []
-    result = apply_run(run_path, pick="best", epochs=1, device="cpu", compare_uniform=True, log=lines.append)
+    result = apply_run(run_path, pick="best", epochs=1, device="cpu", compare_uniform=True, distill=0.5,
+                       log=lines.append)
     return result, lines, before
 
 
@@ -188,7 +189,7 @@ def test_compare_uniform_trains_both_with_the_same_recipe(compared, run_path):
     uni = result["uniform"]
     assert uni["trial"] == 0 and uni["pick"] == "uniform" and uni["path"] == str(run_path / "apply-uniform")
     assert all((run_path / "apply-uniform" / name).is_file() for name in FILES)
-    assert uni["recipe"] == result["recipe"] and uni["recipe"]["seed"] == 0
+    assert uni["recipe"] == result["recipe"] and uni["recipe"]["seed"] == 0 and uni["recipe"]["distill"] == 0.5
     cmp = result["comparison"]
     assert cmp["test_acc_diff_points"] == pytest.approx((result["test_acc"] - uni["test_acc"]) * 100)
     assert cmp["pick"]["trial"] == 1 and cmp["uniform"]["trial"] == 0
@@ -241,6 +242,7 @@ def test_bad_pick_is_one_line_from_the_cli(run_path, capsys, no_training, pick, 
     ({"epochs": 1.5}, "--epochs must be a whole number >= 1"),
     ({"lr": -1.0}, "--lr must be a number > 0"),
     ({"batch_size": 0}, "--batch-size must be a whole number >= 1"),
+    ({"distill": 2.0}, r"--distill must be a weight in \[0, 1\]"),
 ])
 def test_bad_numbers_fail_before_training(run_path, no_training, kwargs, words):
     with pytest.raises(ConfigError, match=words):

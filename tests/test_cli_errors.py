@@ -137,6 +137,7 @@ CASES = [
     C("trials-negative", lambda i: S + F50 + ["--trials", "-3"], "--trials", "got -3"),
     C("trials-fraction", lambda i: S + F50 + ["--trials", "2.5"], "--trials", "'2.5'", "--help", e2e=True),
     C("finetune-epochs-negative", lambda i: S + F50 + ["--finetune-epochs", "-1"], "--finetune-epochs", "-1.0"),
+    C("distill-above-1", lambda i: S + F50 + ["--distill", "1.5"], "--distill", "1.5", "[0, 1]"),
     C("gpus-negative", lambda i: S + F50 + ["--gpus-per-trial", "-0.5"], "--gpus-per-trial", "-0.5"),
     C("concurrency-0", lambda i: S + F50 + ["--concurrency", "0"], "--concurrency", "got 0"),
     C("sampler-cmaes", lambda i: S + F50 + ["--sampler", "cmaes"], "'cmaes'", "tpe, nsga2, random"),
@@ -187,6 +188,7 @@ CASES = [
     C("report-no-folder", lambda i: ["report"], "run", "--help"),
     C("apply-missing", lambda i: ["apply", "results/nosuchrun"], "'results/nosuchrun'", "does not exist"),
     C("apply-epochs-0", lambda i: ["apply", str(i.run), "--epochs", "0"], "--epochs", "0"),
+    C("apply-distill-negative", lambda i: ["apply", str(i.run), "--distill", "-0.2"], "--distill", "-0.2", "[0, 1]"),
     C("apply-pick-unknown", lambda i: ["apply", str(i.run), "--pick", "bestest"], "'bestest'", "uniform"),
     # train
     C("train-model-resnet5", lambda i: ["train", "--model", "resnet5"], "'resnet5'", "resnet56"),

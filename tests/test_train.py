@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -215,3 +216,47 @@ def test_cuda_bf16_channels_last(digits):
     assert evaluate(model, digits.val, device="cuda") > 0.75
     with pytest.raises(FloatingPointError):
         train(tiny_cnn(), digits.train, TrainConfig(epochs=1, lr=1e12), device="cuda")
+
+
+def _kl_to(teacher: nn.Module, student: nn.Module, ds: TensorData, temperature: float) -> float:
+    with torch.no_grad():
+        t, s = teacher.eval()(ds.x) / temperature, student.eval()(ds.x) / temperature
+    return torch.nn.functional.kl_div(s.log_softmax(1), t.log_softmax(1), reduction="batchmean",
+                                      log_target=True).item()
+
+
+def test_distillation_pulls_the_student_towards_its_teacher(trained, digits):
+    teacher = trained[0]
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cfg = TrainConfig(epochs=1, lr=0.02, batch_size=64, seed=1)
+    students = {}
+    for weight in (0.0, 1.0):
+        students[weight] = tiny_cnn()
+        torch.manual_seed(1)  # the same fresh start for both students, not the teacher's weights
+        for m in students[weight].modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        train(students[weight], digits.train, dataclasses.replace(cfg, distill=weight), device="cpu", teacher=teacher)
+    # Pure distillation (weight 1, no labels) follows the teacher's softened outputs more closely than
+    # cross-entropy on the labels does, from the same start and batches (0.0056 against 0.0115 here).
+    kl = {w: _kl_to(teacher, s, digits.val, cfg.distill_temperature) for w, s in students.items()}
+    assert kl[1.0] < 0.7 * kl[0.0], kl
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # never updated
+    assert not teacher.training
+
+
+def test_distillation_weight_zero_ignores_the_teacher(trained, digits):
+    cfg = TrainConfig(epochs=0.5, lr=0.02, batch_size=64, seed=2)
+    a, b = tiny_cnn(), tiny_cnn()
+    train(a, digits.train, cfg, device="cpu")
+    train(b, digits.train, cfg, device="cpu", teacher=trained[0])
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_distillation_needs_a_teacher_and_a_valid_weight(digits):
+    with pytest.raises(ConfigError, match="teacher"):
+        train(tiny_cnn(), digits.train, TrainConfig(epochs=0.1, distill=0.5), device="cpu")
+    with pytest.raises(ConfigError, match="distill must be in"):
+        TrainConfig(distill=1.5)
+    with pytest.raises(ConfigError, match="distill_temperature"):
+        TrainConfig(distill_temperature=0)

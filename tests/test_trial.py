@@ -139,3 +139,21 @@ def test_taylor_trial_on_cuda(context):
                        context.example, device=dev, groups=context.group_names)
     r = run_trial(context.config, uniform(ctx), ctx, importance="taylor")
     assert r.status == "ok", r.error
+
+
+def test_distilling_trial_consults_the_unpruned_model_on_every_finetune_step(context):
+    calls = []  # batch sizes the unpruned model itself saw (pruned copies inherit the hook; not counted)
+    hook = context.model.register_forward_hook(
+        lambda m, i, o: calls.append(i[0].shape[0]) if m is context.model else None)
+    try:
+        plain = run_trial(context.config, uniform(context), context, trial=5)
+        during_plain = len(calls)
+        distilled = run_trial(context.config.replace(distill=1.0), uniform(context), context, trial=5)
+    finally:
+        hook.remove()
+    assert plain.status == distilled.status == "ok"
+    steps = math.ceil(context.config.finetune_epochs * (len(context.train_ds) // context.config.batch_size))
+    # The teacher runs once per finetune step, on the step's batch, only when distilling.
+    assert calls[2 * during_plain:] == [context.config.batch_size] * steps, calls
+    assert not context.model.training
+    assert plain.val_acc != distilled.val_acc or plain.policy != distilled.policy
