@@ -32,7 +32,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -46,7 +46,9 @@ from .errors import ConfigError, RunError
 from .latency import relative_latency
 from .policy import Policy
 from .prune import apply_policy
-from .front import uniform_curve
+from .budget import Budget
+from .fit import fit_policy
+from .front import is_uniform, uniform_curve
 from .results import Run, load_run
 from .train import TrainConfig, evaluate, finetune_pruned, resolve_device
 
@@ -58,13 +60,16 @@ _SHOWN_TRIALS = 10  # ok trial numbers listed in a bad-pick message
 
 @dataclass(frozen=True)
 class _Choice:
-    """A resolved pick: the label of its folder (``best``, ``uniform``, ``7``) and the trial behind it."""
+    """A resolved pick: the label of its folder (``best``, ``uniform-l1``, ``7``) and the trial behind it
+    (None for a uniform policy fitted to the pick's size, which no trial measured)."""
 
     label: str
-    trial: int
+    trial: int | None
     policy: Policy
     search_val_acc: float | None
     search_flops: int | None
+    origin: str = ""
+    sizes: Mapping[str, float] = dataclasses.field(default_factory=dict)  # flops/params ratios in the search
 
 
 def apply_run(
@@ -94,7 +99,9 @@ def apply_run(
         batch_size: default the baseline recipe's.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; training and latency both run there.
         seed: seeds training (the same seed for the uniform comparison).
-        compare_uniform: also train the uniform policy with the identical recipe and compare.
+        compare_uniform: also train the uniform policy at the pick's size with the identical recipe and
+            seed, and compare: with the pick's criterion (like for like), and with the criterion that
+            scored best on the run's uniform curve at the nearest measured size (when it differs).
         onnx: also export ``model.onnx`` (needs the ``onnx`` package).
         distill: weight of distillation from the unpruned model during the finetune, in [0, 1]
             (0: off); the uniform comparison gets the same.
@@ -102,7 +109,8 @@ def apply_run(
 
     Returns:
         The pick's metrics (as in metrics.json) plus ``path``; with ``compare_uniform`` also
-        ``uniform`` (the uniform policy's metrics and path) and ``comparison``.
+        ``uniform`` (the uniform policy with the pick's criterion: metrics and path), ``uniform_best``
+        (with the run's best uniform criterion; the same dict when the criteria agree) and ``comparison``.
 
     Raises:
         RunError: the run folder is missing or the pick is not an ok trial of the run.
@@ -119,9 +127,11 @@ def apply_run(
         _check_onnx()
     dev = resolve_device(device)
     choice = _resolve_pick(run, pick)
-    uniform = _resolve_pick(run, "uniform") if compare_uniform else None
     exclude = tuple(run.config.space.exclude)
     config = run.config
+    base_model = run.model()
+    x = run.example_input()
+    uniforms = _uniform_choices(run, choice, base_model, x, exclude) if compare_uniform else []
 
     recipe = baseline_recipe(config.dataset, epochs, seed)
     cfg = dataclasses.replace(recipe, lr=lr if lr is not None else recipe.lr / 10,
@@ -134,8 +144,6 @@ def apply_run(
     if list(splits.input_shape) != shape:
         raise RunError(f"Dataset {config.dataset!r} now gives inputs of shape {list(splits.input_shape)}, but the "
                        f"run's baseline was searched at {shape}; was --image-size or the data changed?")
-    base_model = run.model()
-    x = run.example_input()
     log(f"apply: run {run.path}  model {config.model} on {config.dataset}  device {dev}")
     base = _measure_baseline(base_model, splits, x, dev)
     log(f"unpruned baseline: test_acc {base['test_acc']:.4f}  val_acc {base['val_acc']:.4f}  "
@@ -144,16 +152,55 @@ def apply_run(
     common = dict(run=run, splits=splits, base_model=base_model, x=x, dev=dev, cfg=cfg, base=base,
                   exclude=exclude, onnx=onnx, log=log)
     result = _apply_one(choice, **common)
-    if uniform is None:
+    if not uniforms:
         return result
-    if uniform.trial == choice.trial:
-        log(f"--compare-uniform: the pick is the uniform policy (trial {uniform.trial}); nothing else to train")
-        other = dict(result)
-    else:
-        other = _apply_one(uniform, **common)
-    result["uniform"] = other
-    result["comparison"] = _compare(result, other, log)
+    others = []
+    for u in uniforms:
+        if u is choice:
+            log(f"--compare-uniform: the pick is the uniform policy with its criterion ({u.policy.importance}); "
+                "nothing else to train for it")
+            others.append(dict(result))
+        else:
+            others.append(_apply_one(u, **common))
+    result["uniform"], result["uniform_best"] = others[0], others[-1]
+    result["comparison"] = _compare(result, others, log)
     return result
+
+
+def _uniform_choices(run: Run, choice: _Choice, model: nn.Module, x: torch.Tensor,
+                     exclude: tuple[str, ...]) -> list[_Choice]:
+    """The uniform policy at the pick's size: with the pick's criterion, then with the criterion that
+    scored best on the run's uniform curve at the measured size nearest the pick's (once if they agree).
+
+    The size is the pick's share of the unpruned model in the run's size measure (FLOPs under a
+    latency objective, so no timing noise enters the fit); the run's budgets still hold.
+    """
+    import pandas as pd
+
+    kind = "flops" if run.config.objective == "latency" else run.config.objective
+    size = choice.sizes.get(kind)
+    same = choice.policy.importance or run.config.importances[0]
+    criteria = [same]
+    curve = uniform_curve(run.trials, run.config.objective)
+    if len(curve) and size is not None:
+        nearest = curve.iloc[(curve["size"] - size).abs().argsort().iloc[0]]
+        if str(nearest["importance"]) not in criteria:
+            criteria.append(str(nearest["importance"]))
+    out = []
+    for criterion in criteria:
+        if is_uniform(pd.Series([choice.origin])).iloc[0] and criterion == same:
+            out.append(choice)  # the pick is this very policy
+            continue
+        if size is None:
+            raise RunError(f"--compare-uniform: trial {choice.trial} of run {run.path.name!r} has no {kind} "
+                           f"ratio to match; apply it without --compare-uniform.")
+        budgets = (*[b for b in run.budgets if b.kind != "latency"], Budget(kind, size, True, f"{size:.4g}"))
+        caps = {g: run.config.space.range_of(g)[1] for g in choice.policy.sparsity}
+        policy = fit_policy(model, x, {}, budgets, groups=list(choice.policy.sparsity), exclude=exclude,
+                            round_to=choice.policy.round_to, max_sparsity=caps, model_name=run.config.model)
+        out.append(_Choice(f"uniform-{criterion}", None, dataclasses.replace(policy, importance=criterion),
+                           None, None, "uniform"))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -238,7 +285,10 @@ def _resolve_pick(run: Run, pick: str | int) -> _Choice:
                            + f"; {_valid_picks(run)}.")
     rows = trials[trials["trial"] == trial] if len(trials) else trials
     row = rows.iloc[0] if len(rows) else run.pareto[run.pareto["trial"] == trial].iloc[0]
-    return _Choice(text, trial, run.policy(trial), _number(row.get("val_acc")), _number(row.get("flops")))
+    sizes = {k: float(row[f"{k}_ratio"]) for k in ("flops", "params")
+             if _number(row.get(f"{k}_ratio")) is not None}
+    return _Choice(text, trial, run.policy(trial), _number(row.get("val_acc")), _number(row.get("flops")),
+                   str(row.get("origin", "")), sizes)
 
 
 def _number(v: Any) -> Any:
@@ -266,7 +316,7 @@ def _prune(run: Run, choice: _Choice, model: nn.Module, x: torch.Tensor, splits,
     ranked = needs_gradients(importance) and not choice.policy.indices
     grad_batch = gradient_batch(splits.train) if ranked else None
     small = apply_policy(model, choice.policy, x, importance=importance, exclude=exclude,
-                         seed=config.seed + choice.trial, grad_batch=grad_batch)
+                         seed=config.seed + (choice.trial or 0), grad_batch=grad_batch)
     if choice.search_flops is not None and count_flops(small, x) != int(choice.search_flops):
         log(f"note: the pruned model has {count_flops(small, x):,} FLOPs, the search recorded "
             f"{int(choice.search_flops):,} for trial {choice.trial}")
@@ -278,7 +328,8 @@ def _apply_one(choice: _Choice, *, run: Run, splits, base_model: nn.Module, x: t
                log: Callable[[str], None]) -> dict:
     import pandas as pd
 
-    log(f"apply-{choice.label}: trial {choice.trial}"
+    log(f"apply-{choice.label}: " + (f"trial {choice.trial}" if choice.trial is not None else
+                                      f"fitted to the pick's size, criterion {choice.policy.importance}")
         + (f" (val_acc {choice.search_val_acc:.4f} in the search)" if choice.search_val_acc is not None else "")
         + f", {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, lr {cfg.lr:g}, batch {cfg.batch_size}, seed {cfg.seed}")
     small, round_to = _prune(run, choice, base_model, x, splits, exclude, log)
@@ -313,7 +364,7 @@ def _apply_one(choice: _Choice, *, run: Run, splits, base_model: nn.Module, x: t
     if out.name != f"apply-{choice.label}":
         log(f"apply-{choice.label}/ already exists and is kept; this apply is in {out.name}/")
     b = metrics["baseline"]
-    log(f"apply-{choice.label} (trial {choice.trial}): test_acc {test_acc:.4f} (unpruned {b['test_acc']:.4f}, "
+    log(f"apply-{choice.label}" + (f" (trial {choice.trial})" if choice.trial is not None else "") + f": test_acc {test_acc:.4f} (unpruned {b['test_acc']:.4f}, "
         f"{(test_acc - b['test_acc']) * 100:+.2f} points)  val_acc {val_acc:.4f}")
     log(f"  flops {flops:,} ({metrics['flops_ratio']:.3f}x)  params {params:,} ({metrics['params_ratio']:.3f}x)  "
         f"latency {latency_ms:.3f}ms vs {base_ms:.3f}ms ({metrics['latency_ratio']:.3f}x, {_where(dev)})  "
@@ -382,18 +433,27 @@ def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> str | None:
     return None
 
 
-def _compare(a: dict, b: dict, log: Callable[[str], None]) -> dict:
-    keys = ("test_acc", "flops_ratio", "params_ratio", "latency_ratio")
-    diff = (a["test_acc"] - b["test_acc"]) * 100
-    name_a, name_b = f"{a['pick']} (trial {a['trial']})", f"uniform (trial {b['trial']})"
-    width = max(len(name_a), len(name_b))
+def _compare(a: dict, others: list[dict], log: Callable[[str], None]) -> dict:
+    keys = ("test_acc", "val_acc", "flops_ratio", "params_ratio", "latency_ratio")
+
+    def name(r: dict) -> str:
+        return r["pick"] + (f" (trial {r['trial']})" if r.get("trial") is not None else "")
+
+    rows = [a] + [o for i, o in enumerate(others) if o["pick"] not in [p["pick"] for p in others[:i]] + [a["pick"]]]
+    width = max(len(name(r)) for r in rows)
     log("comparison, same recipe and seed (ratios against the unpruned model):")
     log(f"  {'':<{width}}  " + "  ".join(f"{k:>13}" for k in keys))
-    for name, r in ((name_a, a), (name_b, b)):
-        log(f"  {name:<{width}}  " + "  ".join(f"{r[k]:>13.4f}" for k in keys))
-    log(f"  {a['pick']} - uniform: {diff:+.2f} points of test accuracy")
-    return {"pick": {k: a[k] for k in ("trial", *keys)}, "uniform": {k: b[k] for k in ("trial", *keys)},
-            "test_acc_diff_points": diff}
+    for r in rows:
+        log(f"  {name(r):<{width}}  " + "  ".join(f"{r[k]:>13.4f}" for k in keys))
+    out = {"pick": {k: a[k] for k in ("trial", *keys)}}
+    for field, other in (("uniform", others[0]), ("uniform_best", others[-1])):
+        out[field] = {k: other[k] for k in ("pick", "trial", *keys)}
+    out["test_acc_diff_points"] = (a["test_acc"] - others[0]["test_acc"]) * 100
+    out["test_acc_diff_best_points"] = (a["test_acc"] - others[-1]["test_acc"]) * 100
+    for other in rows[1:]:
+        log(f"  {a['pick']} - {other['pick']}: {(a['test_acc'] - other['test_acc']) * 100:+.2f} points of test accuracy"
+            f" ({(a['val_acc'] - other['val_acc']) * 100:+.2f} on validation)")
+    return out
 
 
 # ------------------------------------------------------------------------------------------ loading

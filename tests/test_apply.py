@@ -1,6 +1,7 @@
 """autoprune apply: a tiny hand-made run folder (no Ray), resnet20 on 8x8 digits, one epoch per apply."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -32,8 +33,10 @@ METRIC_KEYS = {"test_acc", "val_acc", "flops", "flops_ratio", "params", "params_
 
 
 
-def make_run(root: Path) -> Path:
-    """A run folder as `autoprune search` writes it: uniform (0), a skewed policy (1), failed (2), infeasible (3)."""
+def make_run(root: Path, uniform_criterion: str = "l1") -> Path:
+    """A run folder as `autoprune search` writes it: uniform (0), a skewed policy (1), failed (2), infeasible (3).
+
+    The uniform trial ranks channels by ``uniform_criterion``; the skewed one by L1."""
     torch.manual_seed(0)
     model = create_model("resnet20", num_classes=10, in_channels=3).eval()
     x = torch.zeros(1, 3, SIZE, SIZE)
@@ -48,11 +51,12 @@ def make_run(root: Path) -> Path:
                 "flops": flops, "params": params, "val_acc": 0.1, "test_acc": None}
     run.write_baseline(baseline)
     budgets = config.budgets
-    uniform = uniform_policy(model, x, budgets, exclude=EXCLUDE)
+    uniform = dataclasses.replace(uniform_policy(model, x, budgets, exclude=EXCLUDE), importance=uniform_criterion)
     groups = prunable_groups(model, x, EXCLUDE)
     skewed = fit_policy(model, x, {g.name: 0.6 if i % 2 else 0.1 for i, g in enumerate(groups)}, budgets,
                         exclude=EXCLUDE)
-    for trial, origin, policy, val_acc in ((0, "uniform:l1@0.500", uniform, 0.40), (1, "optuna", skewed, 0.55)):
+    for trial, origin, policy, val_acc in ((0, f"uniform:{uniform_criterion}@0.500", uniform, 0.40),
+                                           (1, "optuna", skewed, 0.55)):
         small = apply_policy(model, policy, x, exclude=EXCLUDE)
         f, p = count_flops(small, x), count_params(small)
         run.append(TrialResult(trial=trial, status="ok", origin=origin, val_acc=val_acc, flops=f,
@@ -185,17 +189,36 @@ def test_a_second_apply_of_the_same_pick_keeps_the_first(compared, run_path):
 
 def test_compare_uniform_trains_both_with_the_same_recipe(compared, run_path):
     result, lines, _ = compared
-    assert result["pick"] == "best" and result["trial"] == 1
+    assert result["pick"] == "best" and result["trial"] == 1 and result["recipe"]["seed"] == 0
     uni = result["uniform"]
-    assert uni["trial"] == 0 and uni["pick"] == "uniform" and uni["path"] == str(run_path / "apply-uniform")
-    assert all((run_path / "apply-uniform" / name).is_file() for name in FILES)
+    # The uniform policy fitted to the pick's size, with the pick's criterion: no trial measured it.
+    assert uni["trial"] is None and uni["pick"] == "uniform-l1" and uni["path"] == str(run_path / "apply-uniform-l1")
+    assert json.loads((run_path / "apply-uniform-l1" / "policy.json").read_text())["importance"] == "l1"
+    assert result["flops_ratio"] - 0.02 < uni["flops_ratio"] <= result["flops_ratio"]
+    assert all((run_path / "apply-uniform-l1" / name).is_file() for name in FILES)
     assert uni["recipe"] == result["recipe"] and uni["recipe"]["seed"] == 0 and uni["recipe"]["distill"] == 0.5
+    assert result["uniform_best"] == uni  # the run's uniform curve has L1 only: one model trained
     cmp = result["comparison"]
     assert cmp["test_acc_diff_points"] == pytest.approx((result["test_acc"] - uni["test_acc"]) * 100)
-    assert cmp["pick"]["trial"] == 1 and cmp["uniform"]["trial"] == 0
-    for key in ("test_acc", "flops_ratio", "params_ratio", "latency_ratio"):
+    assert cmp["test_acc_diff_best_points"] == cmp["test_acc_diff_points"]
+    assert cmp["pick"]["trial"] == 1 and cmp["uniform"]["trial"] is None
+    for key in ("test_acc", "val_acc", "flops_ratio", "params_ratio", "latency_ratio"):
         assert cmp["pick"][key] == result[key] and cmp["uniform"][key] == uni[key]
-    assert any("best - uniform" in line and "points of test accuracy" in line for line in lines)
+    assert sum("best - uniform-l1" in line and "points of test accuracy" in line for line in lines) == 1
+
+
+def test_compare_uniform_also_trains_the_runs_best_uniform_criterion(tmp_path):
+    run_path = make_run(tmp_path, uniform_criterion="bn_scale")
+    lines: list[str] = []
+    result = apply_run(run_path, pick="best", epochs=1, device="cpu", compare_uniform=True, log=lines.append)
+    same, best = result["uniform"], result["uniform_best"]
+    assert (same["pick"], best["pick"]) == ("uniform-l1", "uniform-bn_scale")
+    assert json.loads((run_path / "apply-uniform-bn_scale" / "policy.json").read_text())["importance"] == "bn_scale"
+    assert same["flops_ratio"] == best["flops_ratio"] <= result["flops_ratio"]
+    assert same["recipe"] == best["recipe"] == result["recipe"]
+    cmp = result["comparison"]
+    assert cmp["test_acc_diff_best_points"] == pytest.approx((result["test_acc"] - best["test_acc"]) * 100)
+    assert sum(line.lstrip().startswith("epoch") for line in lines) == 3  # pick and both uniforms
 
 
 def test_compare_uniform_when_the_pick_is_the_uniform_policy(run_path):
