@@ -156,7 +156,8 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     a("--gpus-per-trial", type=float, default=None, help="fractions pack trials on a GPU, e.g. 0.25")
     a("--device", default=None, help="auto, cpu or cuda")
     a("--sampler", default=None, help="tpe (default), nsga2 or random")
-    a("--search-space", default=None, help="default, cifar_resnet, mobilenet, or a YAML file")
+    a("--search-space", default=None,
+      help="default, centred (shapes around the uniform policy), cifar_resnet, mobilenet, or a YAML file")
     a("--seed", type=int, default=None)
     a("--baseline-epochs", type=int, default=None, help="epochs of the cached baseline (default 15)")
     a("--split-seed", type=int, default=None, help="seed of the validation split carved from training data (default 0)")

@@ -62,7 +62,8 @@ class SearchOutcome:
 
 @dataclass(frozen=True)
 class WarmStart:
-    """A policy the search runs first: its origin label, group -> sparsity, criterion and target size."""
+    """A policy the search runs first: its origin label, its searched parameters (group -> sparsity, or
+    log keep multiplier in a space centred on uniform), criterion and target size."""
 
     origin: str
     point: Mapping[str, float]
@@ -134,14 +135,14 @@ def _candidate(cfg: Mapping, warm: tuple[WarmStart, ...], config: SearchConfig
                ) -> tuple[dict[str, float], str, float | None, str]:
     """(proposal, criterion, target size, origin) of a trial's Tune config; the origin is that of the
     warm start it matches, else ``optuna``."""
-    proposal = {g: float(v) for g, v in _flatten(cfg.get("s", {})).items()}
+    params = {g: float(v) for g, v in _flatten(cfg.get("s", {})).items()}
     importance = str(cfg.get(IMPORTANCE_PARAM) or config.importances[0])
     target = float(cfg[TARGET_PARAM]) if cfg.get(TARGET_PARAM) is not None else None
     origin = next((w.origin for w in warm if w.importance == importance
                    and (w.target is None or target is not None and math.isclose(w.target, target, abs_tol=1e-9))
-                   and all(math.isclose(proposal.get(g, -1.0), v, abs_tol=1e-9) for g, v in w.point.items())),
+                   and all(math.isclose(params.get(g, -1.0), v, abs_tol=1e-9) for g, v in w.point.items())),
                   "optuna")
-    return proposal, importance, target, origin
+    return config.space.to_proposal(params), importance, target, origin
 
 
 def _constraint(config: SearchConfig, result: TrialResult) -> float:
@@ -226,8 +227,7 @@ def _warm_starts(config: SearchConfig, ctx: TrialContext, done: pd.DataFrame, si
     which the fit scales to the size by one common factor."""
     from .fit import InfeasibleError
 
-    space = config.space
-    point = {g: space.snap(0.0, g) for g in ctx.group_names}
+    point = config.space.uniform_point(ctx.group_names)
     warm = []
     for size in sizes:
         missing = [imp for imp in config.importances
@@ -249,7 +249,7 @@ def _search_trials(prepared: Prepared, done: pd.DataFrame, remaining: int, *, lo
     t = time.perf_counter()
     config, run = prepared.config, prepared.run
     ctx = _context(prepared, driver=True)  # the driver's own copy: groups, uniform policy
-    ranges = config.space.ranges(ctx.group_names)
+    ranges = config.space.param_ranges(ctx.group_names)
     floor, top = size_range(prepared)
     # the budget first (the size the pick is judged at), then the floor, then the sizes between
     sizes = [round(float(v), 6) for v in np.linspace(floor, top, UNIFORM_SIZES)]

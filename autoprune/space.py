@@ -8,6 +8,14 @@ unpruned, and per-group overrides (fnmatch patterns on group names, first match 
     exclude: ["conv1"]      # layers (and the groups that set their width) never pruned
     overrides:
       "layer*.0.shortcut.0": [0.0, 0.6]
+    centre: none            # or uniform: search multipliers around the uniform policy (below)
+    spread: 2.0
+
+With ``centre: uniform`` a proposal is not a sparsity per group but a multiplier ``m`` on the share
+of channels each group keeps, searched on a log scale in ``[1/spread, spread]``. All multipliers 1
+is the uniform policy; the fit then scales every proposal to its target size, so the search refines
+the uniform shape instead of drawing shapes far from it. ``range`` and ``overrides`` still bound
+every group's sparsity.
 
 Example:
     >>> space = load_space("default")
@@ -36,7 +44,8 @@ _BUILTIN = "search_spaces"
 PARAM_PREFIX = "s/"  # Optuna parameter name = "s/<group>"; Ray nests it as config["s"][group]
 IMPORTANCE_PARAM = "importance"  # the searched channel-importance criterion, when there is a choice
 TARGET_PARAM = "target"  # the searched size, a share of the unpruned model in [floor, budget]
-_KEYS = ("range", "step", "exclude", "overrides", "description")
+_KEYS = ("range", "step", "exclude", "overrides", "description", "centre", "spread")
+CENTRES = ("none", "uniform")
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,8 @@ class SearchSpace:
     exclude: tuple[str, ...] = ()
     overrides: tuple[tuple[str, float, float], ...] = ()
     description: str = ""
+    centre: str = "none"  # "uniform": search keep multipliers around the uniform policy
+    spread: float = 2.0  # with centre uniform: multipliers in [1/spread, spread]
 
     def range_of(self, group: str) -> tuple[float, float]:
         for pattern, lo, hi in self.overrides:
@@ -74,11 +85,34 @@ class SearchSpace:
             value = min(hi, max(lo, round(value, 10)))
         return value
 
+    def param_ranges(self, groups: Sequence[str]) -> dict[str, tuple[float, float]]:
+        """The searched parameter's range per group: its sparsity range, or with ``centre: uniform``
+        the natural log of the keep multiplier, ``[-ln spread, ln spread]``."""
+        if self.centre == "uniform":
+            half = math.log(self.spread)
+            return {g: (-half, half) for g in groups}
+        return self.ranges(groups)
+
+    def uniform_point(self, groups: Sequence[str]) -> dict[str, float]:
+        """The parameters of the uniform shape (which the fit scales to any size)."""
+        if self.centre == "uniform":
+            return {g: 0.0 for g in groups}
+        return {g: self.snap(0.0, g) for g in groups}
+
+    def to_proposal(self, params: Mapping[str, float]) -> dict[str, float]:
+        """Group -> sparsity of searched parameters. A log multiplier ``v`` keeps the share
+        ``exp(v) / spread`` of the group's channels before the fit scales the whole shape."""
+        if self.centre == "uniform":
+            return {g: self.snap(1.0 - math.exp(float(v)) / self.spread, g) for g, v in params.items()}
+        return {g: float(v) for g, v in params.items()}
+
     def sampler(self, ranges: Mapping[str, tuple[float, float]], importances: Sequence[str] = (),
                 target: tuple[float, float] | None = None) -> "Sampler":
         """A define-by-run function: a ``target`` size in ``target`` (when given), a categorical
-        ``importance`` when there is more than one criterion, and one ``suggest_float`` per group."""
-        return Sampler(dict(ranges), self.step, tuple(importances), tuple(target) if target else None)
+        ``importance`` when there is more than one criterion, and one ``suggest_float`` per group
+        (``ranges`` from :meth:`param_ranges`)."""
+        step = self.step if self.centre == "none" else None
+        return Sampler(dict(ranges), step, tuple(importances), tuple(target) if target else None)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SearchSpace":
@@ -86,11 +120,12 @@ class SearchSpace:
         low, high = d.get("range", (0.0, 0.9))
         return cls(d.get("name", "default"), float(low), float(high), d.get("step"), tuple(d.get("exclude", ())),
                    tuple((p, float(lo), float(hi)) for p, (lo, hi) in d.get("overrides", {}).items()),
-                   d.get("description", ""))
+                   d.get("description", ""), str(d.get("centre", "none")), float(d.get("spread", 2.0)))
 
     def to_dict(self) -> dict:
         return {"name": self.name, "range": [self.low, self.high], "step": self.step, "exclude": list(self.exclude),
-                "overrides": {p: [lo, hi] for p, lo, hi in self.overrides}, "description": self.description}
+                "overrides": {p: [lo, hi] for p, lo, hi in self.overrides}, "description": self.description,
+                "centre": self.centre, "spread": self.spread}
 
 
 @dataclass(frozen=True)
@@ -171,8 +206,15 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     if not isinstance(overrides, dict):
         raise SearchSpaceError(f"Search space {where!r} key 'overrides' must map group patterns to [low, high].")
     parsed = tuple((str(p), *_range(r, where, f"overrides.{p}")) for p, r in overrides.items())
+    centre = data.get("centre", "none")
+    if centre not in CENTRES:
+        raise SearchSpaceError(f"Search space {where!r} key 'centre' must be one of {', '.join(CENTRES)}, "
+                               f"but got {centre!r}.")
+    spread = data.get("spread", 2.0)
+    if not _number(spread) or not 1 < spread <= 10:
+        raise SearchSpaceError(f"Search space {where!r} key 'spread' must be a number in (1, 10], but got {spread!r}.")
     return SearchSpace(stem, low, high, float(step) if step is not None else None, tuple(exclude), parsed,
-                       str(data.get("description", "")))
+                       str(data.get("description", "")), centre, float(spread))
 
 
 def _number(x: Any) -> bool:

@@ -113,3 +113,28 @@ def test_a_resumed_study_draws_new_proposals(tmp_path):
 
     first, second = session(3), session(3)
     assert not any(p in first for p in second)
+
+
+def test_a_centred_space_proposes_multipliers_and_names_its_uniform_start(tmp_path):
+    import math
+
+    from autoprune.search import _candidate
+    from autoprune.space import load_space
+
+    space = load_space("centred")
+    config = SearchConfig(budget_flops="50%", importance="l1", trials=10, space=space)
+    warm = (WarmStart("uniform:l1@0.500", space.uniform_point(GROUPS), "l1", 0.5),)
+    searcher = make_searcher(config, RunDir(tmp_path / "centred"), space.param_ranges(GROUPS), warm, offset=0,
+                             target=(0.125, 0.5))
+    candidates = []
+    for i in range(10):
+        cfg = searcher.suggest(f"t{i}")
+        candidates.append(_candidate(cfg, warm, config))
+        searcher.on_trial_complete(f"t{i}", result={**_ok(cfg), "flops_ratio": cfg["target"]})
+    proposal, importance, target, origin = candidates[0]
+    assert origin == "uniform:l1@0.500" and target == 0.5 and len(set(proposal.values())) == 1
+    assert all(c[3] == "optuna" for c in candidates[1:])
+    for proposal, *_ in candidates[1:]:
+        keep = [1 - s for s in proposal.values()]
+        assert max(keep) / min(keep) <= 4.0 + 1e-9  # within spread^2 = 4 of each other
+        assert len(set(proposal.values())) > 1

@@ -61,6 +61,8 @@ def test_sampler_chooses_the_criterion_only_when_there_is_a_choice():
     ("rnage: [0, 0.5]\n", "rnage"),
     ("range: [0, 0.5\n", "YAML"),
     ("- a\n- b\n", "mapping"),
+    ("centre: middle\n", "centre"),
+    ("centre: uniform\nspread: 1\n", "spread"),
 ])
 def test_malformed_files_name_file_and_key(tmp_path, text, key):
     path = tmp_path / "bad.yaml"
@@ -68,6 +70,29 @@ def test_malformed_files_name_file_and_key(tmp_path, text, key):
     with pytest.raises(SearchSpaceError) as e:
         load_space(path)
     assert str(path) in str(e.value) and key in str(e.value)
+
+
+def test_centred_space_searches_keep_multipliers_around_the_uniform_policy():
+    import math
+
+    import optuna
+
+    space = load_space("centred")
+    groups = ["conv1", "layer1.0.conv1", "layer2.0.conv1"]
+    assert space.centre == "uniform" and space.param_ranges(groups) == {g: (-math.log(2), math.log(2)) for g in groups}
+    uniform = space.to_proposal(space.uniform_point(groups))
+    assert len(set(uniform.values())) == 1  # one sparsity everywhere: the uniform shape
+    extremes = space.to_proposal({"conv1": math.log(2), "layer1.0.conv1": -math.log(2), "layer2.0.conv1": 0.0})
+    keep = {g: 1 - s for g, s in extremes.items()}
+    assert keep["conv1"] / keep["layer1.0.conv1"] == pytest.approx(4.0)  # spread squared, end to end
+    assert keep["conv1"] / keep["layer2.0.conv1"] == pytest.approx(2.0)
+    trial = optuna.create_study().ask()
+    space.sampler(space.param_ranges(groups))(trial)
+    assert all(-math.log(2) <= v <= math.log(2) for v in trial.params.values())
+    # a sparsity space is unchanged: its parameters are the sparsities
+    default = load_space("default")
+    assert default.to_proposal({"conv1": 0.3}) == {"conv1": 0.3}
+    assert default.uniform_point(groups) == {g: 0.0 for g in groups}
 
 
 def test_unknown_space_lists_choices():

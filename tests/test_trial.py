@@ -157,3 +157,15 @@ def test_distilling_trial_consults_the_unpruned_model_on_every_finetune_step(con
     assert calls[2 * during_plain:] == [context.config.batch_size] * steps, calls
     assert not context.model.training
     assert plain.val_acc != distilled.val_acc or plain.policy != distilled.policy
+
+
+def test_a_centred_space_starts_from_the_uniform_policy(context):
+    """With ``centre: uniform`` the all-ones multipliers are the uniform policy at any size, and a
+    proposal's kept shares stay within spread^2 of each other before the budget's scaling."""
+    from autoprune.space import load_space
+
+    space = load_space("centred")
+    groups = context.group_names
+    for target in (0.2, 0.4):
+        centred = context.fit(space.to_proposal(space.uniform_point(groups)), target=target)
+        assert centred.sparsity == pytest.approx(context.uniform(target=target).sparsity)
