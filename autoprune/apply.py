@@ -40,7 +40,7 @@ import torch.nn as nn
 from .atomic import write_json
 from .baseline import baseline_recipe
 from .costs import count_flops, count_params
-from .criteria import gradient_batch, needs_gradients
+from .criteria import IMPORTANCES, gradient_batch, needs_gradients
 from .data import load_dataset
 from .errors import ConfigError, RunError
 from .latency import relative_latency
@@ -181,11 +181,12 @@ def _uniform_choices(run: Run, choice: _Choice, model: nn.Module, x: torch.Tenso
     size = choice.sizes.get(kind)
     same = choice.policy.importance or run.config.importances[0]
     criteria = [same]
-    curve = uniform_curve(run.trials, run.config.objective)
+    curve = uniform_curve(run.trials, kind)
     if len(curve) and size is not None:
-        nearest = curve.iloc[(curve["size"] - size).abs().argsort().iloc[0]]
-        if str(nearest["importance"]) not in criteria:
-            criteria.append(str(nearest["importance"]))
+        nearest = curve.iloc[(curve["size"] - size).abs().argsort().iloc[0]]["importance"]
+        # Runs from before criteria were recorded have no importance column: compare with the pick's only.
+        if isinstance(nearest, str) and nearest in IMPORTANCES and nearest not in criteria:
+            criteria.append(nearest)
     out = []
     for criterion in criteria:
         if is_uniform(pd.Series([choice.origin])).iloc[0] and criterion == same:

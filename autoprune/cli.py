@@ -109,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap_.add_argument("--seed", type=int, default=0)
     ap_.add_argument("--compare-uniform", action="store_true", help="also train the uniform policy, same recipe")
     ap_.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the onnx package)")
-    ap_.add_argument("--distill", type=float, nargs="?", const=DISTILL, default=0.0, metavar="WEIGHT",
-                     help=f"distil from the unpruned model during the finetune (--distill alone: {DISTILL})")
+    ap_.add_argument("--distill", dest="distill_on", action="store_true",
+                     help="distil from the unpruned model during the finetune")
+    ap_.add_argument("--distill-weight", type=float, default=DISTILL, metavar="W",
+                     help=f"weight of the teacher's soft outputs with --distill (default {DISTILL})")
     return p
 
 
@@ -139,9 +141,10 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     a("--trials", type=int, default=None, help="number of trials, the uniform one included (default 24)")
     a("--finetune-epochs", type=float, default=None, help="finetune per trial, may be fractional; 0 = BN only")
     a("--finetune-lr", type=float, default=None)
-    a("--distill", type=float, nargs="?", const=DISTILL, default=None, metavar="WEIGHT",
-      help=f"distil from the unpruned model in each trial's finetune, with this weight on the teacher's soft "
-           f"outputs (--distill alone: {DISTILL}; default off)")
+    a("--distill", dest="distill_on", action="store_true", default=None,
+      help="distil from the unpruned model in each trial's finetune (default off)")
+    a("--distill-weight", type=float, default=None, metavar="W",
+      help=f"weight of the teacher's soft outputs with --distill (default {DISTILL})")
     a("--batch-size", type=int, default=None, help="finetune batch size per trial (default 64)")
     a("--bn-batches", type=int, default=None, help="batches of BatchNorm recalibration per trial (default 10)")
     a("--val-fraction", type=float, default=None, help="share of the training data held out to validate (default 0.1)")
@@ -191,6 +194,10 @@ def _search_config(args: argparse.Namespace):
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
+    if args.distill_on or args.distill_weight is not None:
+        if not args.distill_on:
+            raise ConfigError("--distill-weight needs --distill; give both, e.g. --distill --distill-weight 0.5.")
+        values["distill"] = DISTILL if args.distill_weight is None else args.distill_weight
     return SearchConfig.from_dict(values), values
 
 
@@ -317,7 +324,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
     apply_run(args.run, pick=args.pick, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
               device=args.device, seed=args.seed, compare_uniform=args.compare_uniform, onnx=args.onnx,
-              distill=args.distill, log=_log)
+              distill=args.distill_weight if args.distill_on else 0.0, log=_log)
     return 0
 
 

@@ -135,6 +135,10 @@ class SearchConfig:
             object.__setattr__(self, "space", load_space(self.search_space))
         elif isinstance(self.space, Mapping):
             object.__setattr__(self, "space", SearchSpace.from_dict(self.space))
+        if self.space.centre == "uniform" and not self.fill_budget:
+            # Its proposals are shapes around the uniform policy, meaningful only once scaled to their size.
+            raise ConfigError(f"--no-fill-budget cannot be used with search space {self.space.name!r} "
+                              "(centre: uniform): its proposals are shapes that must be scaled to their target size.")
 
     @property
     def budgets(self) -> tuple[Budget, ...]:

@@ -223,8 +223,9 @@ def size_range(prepared: Prepared) -> tuple[float, float]:
 def _warm_starts(config: SearchConfig, ctx: TrialContext, done: pd.DataFrame, sizes: Sequence[float],
                  log) -> tuple[WarmStart, ...]:
     """The uniform policy at each of ``sizes``, once per criterion (origin ``uniform:<criterion>@<size>``),
-    unless a row of that origin exists already. A uniform shape: every group at its lowest sparsity,
-    which the fit scales to the size by one common factor."""
+    unless a row of that origin exists already. A uniform shape (every group at its lowest sparsity,
+    or all multipliers 1 in a space centred on uniform) is scaled by the fit to each size by one
+    common factor."""
     from .fit import InfeasibleError
 
     point = config.space.uniform_point(ctx.group_names)

@@ -62,6 +62,15 @@ class SearchSpace:
     centre: str = "none"  # "uniform": search keep multipliers around the uniform policy
     spread: float = 2.0  # with centre uniform: multipliers in [1/spread, spread]
 
+    def __post_init__(self) -> None:
+        # load_space names the file; this also guards spaces read back from a run or a --config file.
+        if self.centre not in CENTRES:
+            raise SearchSpaceError(f"Search space {self.name!r} key 'centre' must be one of {', '.join(CENTRES)}, "
+                                   f"but got {self.centre!r}.")
+        if not _number(self.spread) or not 1 < self.spread <= 10:
+            raise SearchSpaceError(f"Search space {self.name!r} key 'spread' must be a number in (1, 10], "
+                                   f"but got {self.spread!r}.")
+
     def range_of(self, group: str) -> tuple[float, float]:
         for pattern, lo, hi in self.overrides:
             if fnmatch.fnmatch(group, pattern):
@@ -103,7 +112,9 @@ class SearchSpace:
         """Group -> sparsity of searched parameters. A log multiplier ``v`` keeps the share
         ``exp(v) / spread`` of the group's channels before the fit scales the whole shape."""
         if self.centre == "uniform":
-            return {g: self.snap(1.0 - math.exp(float(v)) / self.spread, g) for g, v in params.items()}
+            # Not clipped to the group's range here: clipping before the fit scales the shape would
+            # flatten it (and make the all-ones point non-uniform); the fit applies the caps after.
+            return {g: 1.0 - math.exp(float(v)) / self.spread for g, v in params.items()}
         return {g: float(v) for g, v in params.items()}
 
     def sampler(self, ranges: Mapping[str, tuple[float, float]], importances: Sequence[str] = (),
@@ -165,7 +176,7 @@ def builtin_space_text(name: str) -> str:
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
-    """A built-in space by name (``default``, ``cifar_resnet``, ``mobilenet``) or a YAML file."""
+    """A built-in space by name (``default``, ``centred``, ``cifar_resnet``, ``mobilenet``) or a YAML file."""
     path = Path(name_or_path)
     if path.is_file():
         where, stem = str(path), path.stem

@@ -124,6 +124,7 @@ class TrialContext:
         self.base_params = self.costs.params
         self.round_to = 8 if self.device.type == "cuda" else 1
         self._teacher: nn.Module | None = None
+        self._teacher_key = ""
 
     def fit(self, proposal: Mapping[str, float], importance: str | None = None, target: float | None = None) -> Policy:
         """Fit a proposal to the config's budgets (raises ``InfeasibleError`` when impossible).
@@ -156,8 +157,10 @@ class TrialContext:
 
     def teacher(self, device: torch.device) -> nn.Module:
         """The unpruned model on ``device``, the teacher of distillation (moved there once per worker)."""
-        if self._teacher is None or next(self._teacher.parameters()).device != device:
+        key = str(device)
+        if self._teacher is None or self._teacher_key != key:
             self._teacher = self.model if device.type == "cpu" else copy.deepcopy(self.model).to(device)
+            self._teacher_key = key
         return self._teacher.eval()
 
     def uniform(self, importance: str | None = None, target: float | None = None) -> Policy:

@@ -298,3 +298,14 @@ def test_pick_by_size_resolves_to_the_best_front_point_under_it(run_path, no_tra
     assert run.pick(small + 1e-4)["trial"] == apply_mod._resolve_pick(run, f"{small * 100 + 0.01:.2f}%").trial
     with pytest.raises(RunError, match="no front point at or under 1%"):
         apply_mod._resolve_pick(run, "1%")
+
+
+def test_compare_uniform_on_a_run_without_recorded_criteria(tmp_path):
+    """Runs from before criteria were recorded (no importance column) compare with the pick's criterion only."""
+    run_path = make_run(tmp_path)
+    trials = run_path / "trials.csv"
+    import pandas as pd
+
+    pd.read_csv(trials).drop(columns=["importance"]).to_csv(trials, index=False)
+    result = apply_run(run_path, pick="best", epochs=1, device="cpu", compare_uniform=True, log=lambda line: None)
+    assert result["uniform"]["pick"] == result["uniform_best"]["pick"] == "uniform-l1"

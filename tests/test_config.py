@@ -93,13 +93,15 @@ def test_resume_accepts_the_same_values_written_differently():
 
 
 def test_every_field_is_a_search_flag():
-    """Fields map one-to-one to `autoprune search` flags (the resolved space is the flag's result)."""
+    """Fields map one-to-one to `autoprune search` flags (the resolved space is the flag's result;
+    ``distill``, the weight, is ``--distill`` with ``--distill-weight``)."""
     from autoprune.cli import build_parser
 
     parser = build_parser()
     search = next(a for a in parser._actions if a.dest == "command").choices["search"]
     dests = {a.dest for a in search._actions}
-    assert {f.name for f in dataclasses.fields(SearchConfig)} - {"space"} <= dests
+    assert {f.name for f in dataclasses.fields(SearchConfig)} - {"space", "distill"} <= dests
+    assert {"distill_on", "distill_weight"} <= dests
 
 
 def test_the_front_spans_from_a_floor_to_the_budget():
@@ -128,3 +130,25 @@ def test_resume_keeps_a_latency_budget_on_its_device():
     assert resume_config(saved, {"concurrency": 4}).concurrency == 4
     with pytest.raises(ConfigError, match="latency budget"):
         resume_config(saved, {"gpus_per_trial": 1.0})
+
+
+def test_a_space_centred_on_uniform_needs_proposals_scaled_to_their_size():
+    from autoprune.space import load_space
+
+    with pytest.raises(ConfigError, match="--no-fill-budget.*centre: uniform"):
+        SearchConfig(budget_flops="50%", search_space="centred", fill_budget=False)
+    space = load_space("centred").to_dict()
+    with pytest.raises(SearchSpaceError, match="'centre' must be one of none, uniform, but got 'Uniform'"):
+        SearchConfig(budget_flops="50%", space={**space, "centre": "Uniform"})
+    with pytest.raises(SearchSpaceError, match="'spread' must be a number in \\(1, 10\\], but got 0.5"):
+        SearchConfig(budget_flops="50%", space={**space, "spread": 0.5})
+
+
+def test_distill_flags_set_the_weight():
+    from autoprune.cli import DISTILL, _search_config, build_parser
+
+    parser = build_parser()
+    base = ["search", "--budget-flops", "50%"]
+    assert _search_config(parser.parse_args(base))[0].distill == 0.0
+    assert _search_config(parser.parse_args(base + ["--distill"]))[0].distill == DISTILL
+    assert _search_config(parser.parse_args(base + ["--distill", "--distill-weight", "0.3"]))[0].distill == 0.3

@@ -83,6 +83,7 @@ def test_centred_space_searches_keep_multipliers_around_the_uniform_policy():
     uniform = space.to_proposal(space.uniform_point(groups))
     assert len(set(uniform.values())) == 1  # one sparsity everywhere: the uniform shape
     extremes = space.to_proposal({"conv1": math.log(2), "layer1.0.conv1": -math.log(2), "layer2.0.conv1": 0.0})
+    assert extremes["conv1"] == 0.0 and extremes["layer1.0.conv1"] == pytest.approx(0.75)  # not clipped before the fit
     keep = {g: 1 - s for g, s in extremes.items()}
     assert keep["conv1"] / keep["layer1.0.conv1"] == pytest.approx(4.0)  # spread squared, end to end
     assert keep["conv1"] / keep["layer2.0.conv1"] == pytest.approx(2.0)
