@@ -141,6 +141,10 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     a("--trials", type=int, default=None, help="number of trials, the uniform one included (default 24)")
     a("--finetune-epochs", type=float, default=None, help="finetune per trial, may be fractional; 0 = BN only")
     a("--finetune-lr", type=float, default=None)
+    a("--rungs", default=None, metavar="E[,E...]",
+      help="multi-fidelity: finetune epochs of promotion rungs, e.g. 0.5; each rung reruns the best "
+           "1/--reduction of the rung below (by gain over the uniform curve) and the uniform curve's points")
+    a("--reduction", type=int, default=None, help="share kept per rung is 1/reduction (default 3)")
     a("--distill", dest="distill_on", action="store_true", default=None,
       help="distil from the unpruned model in each trial's finetune (default off)")
     a("--distill-weight", type=float, default=None, metavar="W",
@@ -223,9 +227,15 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
             _err(f"interrupted while preparing run {config.name!r}, before anything was saved; nothing to resume, "
                  "start the search again")
         return 130
+    from .front import proposed_count
+
     counts = outcome.counts
+    promoted = len(outcome.trials) - proposed_count(outcome.trials)
     _log(f"\n{len(outcome.trials)} trials ({counts['ok']} ok, {counts['infeasible']} infeasible, "
          f"{counts['failed']} failed) in {outcome.seconds:.0f}s")
+    if promoted:
+        _log(f"{promoted} of them reran a trial's policy with a longer finetune (--rungs); the front and the pick "
+             "use only the longest")
     _log("Pareto front (validation accuracy, sizes relative to the unpruned model):")
     _log(front_table(outcome.front))
     best = outcome.best
@@ -236,7 +246,8 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _log(f"written: {outcome.path}/trials.csv, pareto.csv, pareto.png, policies/")
     if not outcome.finished:
         where = f" --results-dir {config.results_dir}" if config.results_dir != "results" else ""
-        _err(f"the run stopped after {len(outcome.trials)} of {outcome.requested} trials (finished ones are kept); "
+        _err(f"the run stopped after {proposed_count(outcome.trials)} of {outcome.requested} trials"
+             + (f" and {promoted} promotions" if promoted else "") + " (finished ones are kept); "
              f"continue with: autoprune search --resume --name {outcome.path.name}{where}")
         return 1
     if counts["ok"] == 0:

@@ -64,6 +64,8 @@ class SearchConfig:
     finetune_epochs: float = 2.0
     finetune_lr: float = 0.01
     distill: float = 0.0  # weight of distillation from the unpruned model in trial finetunes; 0 = off
+    rungs: str | None = None  # finetune epochs of promotion rungs after the trials' own, e.g. "0.5" or "0.3,1"
+    reduction: int = 3  # a rung keeps the best 1/reduction of the candidates below it (and the uniform curve)
     batch_size: int = 64
     bn_batches: int = 10
     importance: str = "auto"  # a criterion, a comma-separated list to search over, or auto
@@ -100,6 +102,7 @@ class SearchConfig:
             ("val_fraction", _finite(self.val_fraction) and 0 < self.val_fraction < 1, "in (0, 1)"),
             ("baseline_epochs", _whole(self.baseline_epochs) and self.baseline_epochs >= 1, "a whole number >= 1"),
             ("latency_batch", _whole(self.latency_batch) and self.latency_batch >= 1, "a whole number >= 1"),
+            ("reduction", _whole(self.reduction) and self.reduction >= 2, "a whole number >= 2"),
         ]
         for name, ok, rule in rules:
             if not ok:
@@ -122,6 +125,7 @@ class SearchConfig:
         object.__setattr__(self, "_budgets",
                            tuple(Budget.parse(kind, text) for kind, text in texts.items() if text is not None))
         object.__setattr__(self, "_importances", parse_importances(self.importance))
+        object.__setattr__(self, "_rungs", _parse_rungs(self.rungs, self.finetune_epochs))
         floor = None
         if self.front_from is not None:
             floor = Budget.parse(self.objective, self.front_from)
@@ -149,6 +153,11 @@ class SearchConfig:
     def importances(self) -> tuple[str, ...]:
         """The criteria the search chooses among (one: no choice); ``auto`` is ``AUTO_IMPORTANCES``."""
         return self._importances
+
+    @property
+    def rung_epochs(self) -> tuple[float, ...]:
+        """Finetune epochs of each rung: the trials' own (``finetune_epochs``), then each of ``rungs``."""
+        return (float(self.finetune_epochs), *self._rungs)
 
     @property
     def objective(self) -> str:
@@ -196,6 +205,20 @@ class SearchConfig:
         if "search_space" in changes and "space" not in changes:
             changes["space"] = None  # re-resolve the new space
         return dataclasses.replace(self, **changes)
+
+
+def _parse_rungs(text: str | None, first: float) -> tuple[float, ...]:
+    if text is None or str(text).strip() == "":
+        return ()
+    try:
+        rungs = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        rungs = ()
+    epochs = (float(first), *rungs)
+    if not rungs or not all(math.isfinite(e) for e in rungs) or any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise ConfigError(f"--rungs must be finetune epochs rising above --finetune-epochs {first:g}, "
+                          f"comma-separated (e.g. {first * 5:g} or {first * 3:g},{first * 10:g}), but got {text!r}.")
+    return rungs
 
 
 def resume_config(saved: SearchConfig, given: Mapping[str, Any]) -> SearchConfig:

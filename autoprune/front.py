@@ -21,7 +21,7 @@ import pandas as pd
 from .atomic import atomic_path
 from .budget import Budget
 
-__all__ = ["pareto_front", "best_trial", "pick_trial", "front_table", "plot_front", "uniform_curve",
+__all__ = ["proposed_count", "top_rung", "promotions", "pareto_front", "best_trial", "pick_trial", "front_table", "plot_front", "uniform_curve",
            "gain_vs_uniform", "hypervolume", "hypervolume_column", "last_growth", "uniform_origin", "is_uniform"]
 
 GROWTH = 0.01  # "the front grew": its hypervolume rose by more than this share
@@ -47,11 +47,70 @@ def _ok(trials: pd.DataFrame, col: str) -> pd.DataFrame:
     return trials[(trials["status"] == "ok") & trials["val_acc"].notna() & trials[col].notna()]
 
 
+def _epochs(trials: pd.DataFrame) -> pd.Series:
+    if "epochs" not in trials:
+        return pd.Series(math.nan, index=trials.index, dtype=float)
+    return pd.to_numeric(trials["epochs"], errors="coerce")
+
+
+def _is_promotion(trials: pd.DataFrame) -> pd.Series:
+    if "parent" not in trials:
+        return pd.Series(False, index=trials.index)
+    return pd.to_numeric(trials["parent"], errors="coerce").notna()
+
+
+def proposed_count(trials: pd.DataFrame) -> int:
+    """Trials the search proposed (what ``--trials`` counts); promotions rerun some of them."""
+    return int((~_is_promotion(trials)).sum()) if len(trials) else 0
+
+
+def top_rung(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials at the highest fidelity (``epochs``) any ok trial reached: the front and the pick
+    use only these. A run without promotions (or from before the column) is returned whole."""
+    if trials.empty or not _is_promotion(trials).any():
+        return trials
+    epochs = _epochs(trials)
+    top = epochs[trials["status"] == "ok"].max()
+    return trials if math.isnan(top) else trials[np.isclose(epochs, top)]
+
+
+def promotions(trials: pd.DataFrame, objective: str, rung_epochs: Sequence[float], reduction: int
+               ) -> tuple[float, list[int]] | None:
+    """The next rung that lacks trials, and the trials (numbers) to rerun there; None when all are done.
+
+    Rung ``r`` (finetune epochs ``rung_epochs[r]``) takes from the ok trials of rung ``r - 1``: the
+    uniform curve's points (best criterion per size, so the gain can be measured at every rung),
+    and the best ``ceil(n / reduction)`` of the ``n`` others by their gain over that rung's uniform
+    curve at the same size, never by raw accuracy, which would always promote the largest. Ties
+    (or no uniform point to measure against) go to the earlier trial. Trials already rerun at a
+    rung are not asked again.
+    """
+    epochs = _epochs(trials)
+    ok = (trials["status"] == "ok") if len(trials) else pd.Series(dtype=bool)
+    for prev, cur in zip(rung_epochs, rung_epochs[1:]):
+        below = trials[ok & np.isclose(epochs, prev)] if len(trials) else trials
+        curve = uniform_curve(below, objective)
+        keep = [int(t) for t in curve["trial"]]
+        others = below[~is_uniform(below["origin"])] if len(below) else below
+        if len(others):
+            gain = gain_vs_uniform(others, curve, objective).fillna(-math.inf)
+            ranked = others.assign(_gain=gain).sort_values(["_gain", "trial"], ascending=[False, True], kind="stable")
+            keep += [int(t) for t in ranked["trial"].head(math.ceil(len(others) / reduction))]
+        at = trials[np.isclose(epochs, cur) & _is_promotion(trials)] if len(trials) else trials
+        done = {int(p) for p in pd.to_numeric(at.get("parent", pd.Series(dtype=float)), errors="coerce").dropna()}
+        todo = [t for t in keep if t not in done]
+        if todo:
+            return float(cur), todo
+    return None
+
+
 def pareto_front(trials: pd.DataFrame, objective: str = "flops") -> pd.DataFrame:
     """The ok trials that no other ok trial beats on both val_acc (up) and ``objective`` (down).
 
-    Sorted by the objective ascending. Ties on both keep the earliest trial.
+    Sorted by the objective ascending. Ties on both keep the earliest trial. With promotions, only
+    the trials at the highest fidelity reached count (:func:`top_rung`).
     """
+    trials = top_rung(trials)
     col = _size(trials, objective)
     ok = _ok(trials, col).sort_values([col, "val_acc", "trial"], ascending=[True, False, True], kind="stable")
     keep, best = [], -math.inf
@@ -83,6 +142,7 @@ def uniform_curve(trials: pd.DataFrame, objective: str) -> pd.DataFrame:
     Columns ``size``, ``val_acc``, ``trial``, ``importance``, sorted by size. Uniform trials of one
     target size (``target_ratio``) form one point, at the size the best of them measured.
     """
+    trials = top_rung(trials)
     col = _size(trials, objective)
     ok = _ok(trials, col)
     ok = ok[is_uniform(ok["origin"])] if len(ok) else ok
@@ -125,11 +185,19 @@ def hypervolume(points: Sequence[tuple[float, float]], reference: float) -> floa
 
 
 def hypervolume_column(trials: pd.DataFrame, objective: str, reference: float) -> list[float]:
-    """The hypervolume of the front after each trial, in trial order (a trial not yet ok adds nothing)."""
+    """The hypervolume of the front after each trial, in trial order (a trial not yet ok adds nothing).
+
+    It measures the search's progress at the trials' own fidelity: promotions (reruns at a longer
+    finetune) get NaN and add nothing.
+    """
     col = _size(trials, objective)
     ordered = trials.sort_values("trial", kind="stable")
+    promoted = _is_promotion(ordered)
     out, points = {}, []
     for idx, row in ordered.iterrows():
+        if promoted[idx]:
+            out[idx] = math.nan
+            continue
         ok = row["status"] == "ok" and pd.notna(row.get("val_acc")) and pd.notna(row.get(col))
         if ok:
             points.append((float(row[col]), float(row["val_acc"])))
@@ -142,6 +210,7 @@ def last_growth(trials: pd.DataFrame, share: float = GROWTH) -> tuple[int, int] 
     if "hypervolume" not in trials or trials.empty:
         return None
     ordered = trials.sort_values("trial", kind="stable")
+    ordered = ordered[~_is_promotion(ordered)]
     last, before = None, 0.0
     for count, (_, row) in enumerate(ordered.iterrows(), start=1):
         hv = float(row["hypervolume"]) if pd.notna(row["hypervolume"]) else before
@@ -152,8 +221,9 @@ def last_growth(trials: pd.DataFrame, share: float = GROWTH) -> tuple[int, int] 
 
 
 def front_table(front: pd.DataFrame) -> str:
-    cols = [c for c in ("trial", "origin", "importance", "val_acc", "gain_vs_uniform", "target_ratio", "flops_ratio",
-                        "params_ratio", "latency_ratio", "trial_s")
+    rungs = ("parent", "epochs") if _is_promotion(front).any() else ()  # with promotions: which trial, how long
+    cols = [c for c in ("trial", *rungs, "origin", "importance", "val_acc", "gain_vs_uniform", "target_ratio",
+                        "flops_ratio", "params_ratio", "latency_ratio", "trial_s")
             if c in front and front[c].notna().any()]
     if front.empty:
         return "(no feasible trial)"

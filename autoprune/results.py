@@ -31,7 +31,8 @@ from .atomic import atomic_path, write_json, write_text
 from .budget import Budget
 from .config import SearchConfig, resume_config
 from .errors import CheckpointError, ConfigError, ModelError, RunError
-from .front import gain_vs_uniform, hypervolume_column, pareto_front, pick_trial, plot_front, uniform_curve
+from .front import (gain_vs_uniform, hypervolume_column, pareto_front, pick_trial, plot_front, proposed_count,
+                    uniform_curve)
 from .policy import Policy
 from .trial import TRIAL_COLUMNS, TrialResult
 
@@ -108,7 +109,8 @@ class RunDir:
         self._write_trials(df)
 
     def _write_trials(self, df: pd.DataFrame) -> None:
-        head = [c for c in list(TRIAL_COLUMNS) + ["error", "importance", "target_ratio", "hypervolume"]
+        head = [c for c in list(TRIAL_COLUMNS) + ["error", "importance", "target_ratio", "epochs", "parent",
+                                                   "hypervolume"]
                 if c in df.columns]
         df = df[head + sorted(c for c in df.columns if c not in head)]
         buf = io.StringIO()

@@ -25,7 +25,7 @@ import torch
 from .cluster import RayStarter
 from .config import UNIFORM_SIZES, SearchConfig
 from .data import memory_bytes
-from .front import best_trial, uniform_origin
+from .front import best_trial, promotions, proposed_count, uniform_origin
 from .results import Prepared, prepare_run, unpruned_size
 from .searcher import close_stale_trials, make_searcher
 from .space import IMPORTANCE_PARAM, TARGET_PARAM
@@ -100,15 +100,17 @@ def _context(prepared: Prepared, *, driver: bool = False) -> TrialContext:
     return _CONTEXTS[key]
 
 
-def _trainable(cfg: dict, prepared: Prepared, warm: tuple[WarmStart, ...], faults: Mapping[str, int]) -> None:
-    from ray import tune
-
-    config = prepared.config
+def _threads(config: SearchConfig) -> None:
     threads = max(1, int(config.cpus_per_trial))
     if torch.get_num_threads() != threads:
         # Trials side by side must not fight over cores. Set once per process: changing the
         # thread pool again from a later trial's thread has crashed workers (munmap_chunk).
         torch.set_num_threads(threads)
+
+
+def _trainable(cfg: dict, prepared: Prepared, warm: tuple[WarmStart, ...], faults: Mapping[str, int]) -> None:
+    config = prepared.config
+    _threads(config)
     proposal, importance, target, origin = _candidate(cfg, warm, config)
     trial = int(cfg["trial"])
     if faults.get("fail_on_trial") == trial:  # fault injection for tests
@@ -117,6 +119,33 @@ def _trainable(cfg: dict, prepared: Prepared, warm: tuple[WarmStart, ...], fault
     ctx = _context(prepared)
     context_s = time.perf_counter() - start  # non-zero only on a worker's first trial
     result = run_trial(config, proposal, ctx, trial=trial, origin=origin, importance=importance, target=target)
+    _report(config, result, context_s, faults)
+
+
+def _promoted_trainable(cfg: dict, prepared: Prepared, plan: Mapping[int, Mapping[str, Any]], epochs: float,
+                        faults: Mapping[str, int]) -> None:
+    """A promotion: the parent trial's policy (the channels it kept) rerun with a longer finetune."""
+    from .policy import Policy
+
+    config = prepared.config.replace(finetune_epochs=epochs, rungs=None)  # this rung's finetune
+    _threads(config)
+    trial = int(cfg["trial"])
+    item = plan[trial]
+    if faults.get("fail_on_trial") == trial:
+        raise RuntimeError(f"injected failure in trial {trial}")
+    policy = Policy.load(prepared.run.path / "policies" / f"{item['parent']}.json")
+    start = time.perf_counter()
+    ctx = _context(prepared)
+    context_s = time.perf_counter() - start
+    result = run_trial(config, {}, ctx, trial=trial, origin=item["origin"], importance=policy.importance,
+                       target=item["target"], policy=policy)
+    _report(config, result.replace(parent=int(item["parent"])), context_s, faults)
+
+
+def _report(config: SearchConfig, result: TrialResult, context_s: float, faults: Mapping[str, int]) -> None:
+    from ray import tune
+
+    trial = result.trial
     result = result.replace(trial_s=result.trial_s + context_s, timings={"context": context_s, **result.timings})
     if faults.get("nan_on_trial") == trial:  # fault injection for tests: a NaN metric
         result = result.replace(val_acc=float("nan"))
@@ -196,10 +225,12 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
         config, run = prepared.config, prepared.run
         timings["prepare"] = time.perf_counter() - start
         done = run.read_trials()
-        remaining = config.trials - len(done)
+        remaining = config.trials - proposed_count(done)
         if remaining > 0:
             _search_trials(prepared, done, remaining, log=log, faults=faults or {}, timings=timings,
                            ray_starter=ray_starter)
+        if config.rungs and proposed_count(run.read_trials()) >= config.trials:
+            _promote(prepared, log=log, faults=faults or {}, timings=timings, ray_starter=ray_starter)
     finally:
         t = time.perf_counter()
         ray_starter.close()  # shuts down the Ray this search started, whatever happened
@@ -207,11 +238,51 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
     t = time.perf_counter()
     trials = run.read_trials()
     front = run.write_front(config, prepared.baseline)
-    finished = len(trials) >= config.trials
+    finished = proposed_count(trials) >= config.trials and (
+        not config.rungs or promotions(trials, config.objective, config.rung_epochs, config.reduction) is None)
     run.write_state(finished=finished)
     timings["front"] = time.perf_counter() - t
     return SearchOutcome(run.path, trials, front, config.trials, finished, time.perf_counter() - start,
                          prepared.baseline, timings, prepared.left_out, config.objective)
+
+
+def _promote(prepared: Prepared, *, log: Callable[[str], None], faults: Mapping[str, int], timings: dict,
+             ray_starter: RayStarter) -> None:
+    """Fill each promotion rung in turn: the candidates ``front.promotions`` names, rerun at its epochs."""
+    config, run = prepared.config, prepared.run
+    floor, top = size_range(prepared)
+    last = None
+    while True:
+        trials = run.read_trials()
+        step = promotions(trials, config.objective, config.rung_epochs, config.reduction)
+        if step is None:
+            return
+        if step == last:  # every one of them ended without a row at its rung: never ask again
+            raise RuntimeError(f"promotions to the {step[0]:g}-epoch rung did not record their trials {step[1]}")
+        last = step
+        epochs, parents = step
+        t = time.perf_counter()
+        ray_starter.wait(config, memory_bytes(prepared.state_dict.values(), prepared.train, prepared.val))
+        _lap(timings, "ray_start", t)
+        log(f"promoting {len(parents)} trial(s) to a {epochs:g}-epoch finetune: {', '.join(map(str, parents))}")
+        rows = trials.set_index("trial")
+        offset = int(trials["trial"].max()) + 1
+        plan = {offset + i: {"parent": p, "origin": str(rows.loc[p, "origin"]),
+                             "target": _number_or_none(rows.loc[p].get("target_ratio"))}
+                for i, p in enumerate(parents)}
+        t = time.perf_counter()
+        try:
+            _run_promotions(prepared, plan, epochs, faults, (config.objective, top), log=log)
+        finally:
+            _lap(timings, "tuner", t)
+
+
+def _number_or_none(v: Any) -> float | None:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
 
 
 def size_range(prepared: Prepared) -> tuple[float, float]:
@@ -276,21 +347,18 @@ def _lap(timings: dict, part: str, t0: float) -> float:
     return now
 
 
-def _run_tuner(prepared: Prepared, ranges: dict, warm: tuple[WarmStart, ...], offset: int, remaining: int,
-               faults: Mapping[str, int], target: tuple[float, float], *, log) -> None:
+def _row_writer(run, config: SearchConfig, reference: tuple[str, float], log, describe):
+    """A Tune callback that appends each finished trial to trials.csv (driver side, one writer) and
+    logs a line. ``describe(trial_config)`` gives (number, origin, target, parent, epochs) for a trial
+    whose worker died before it could report."""
     from ray import tune
 
-    config, run = prepared.config, prepared.run
-    searcher = make_searcher(config, run, ranges, warm, offset, target)
-    reference = (config.objective, target[1])
     objective = f"{config.objective}_ratio"
     known = run.read_trials()
     ok = known[known["status"] == "ok"] if len(known) else known
     best = {"val_acc": float(ok["val_acc"].max()) if len(ok) else -1.0}
 
     class RowWriter(tune.Callback):
-        """Appends each finished trial to trials.csv (driver side, one writer) and logs a line."""
-
         def on_trial_result(self, iteration, trials, trial, result, **info):
             r = TrialResult.from_json(result["result"])
             run.append(r, reference)
@@ -299,28 +367,75 @@ def _run_tuner(prepared: Prepared, ranges: dict, warm: tuple[WarmStart, ...], of
             ratio = getattr(r, objective)
             line = (f"trial {r.trial:>3} {r.origin:<8} {r.status:<10} "
                     + (f"val_acc {r.val_acc:.4f}  {objective} {ratio:.3f}  " if r.val_acc is not None else "")
-                    + f"best {best['val_acc']:.4f}  {r.trial_s:.1f}s" + (f"  ({r.error})" if r.error else ""))
+                    + f"best {best['val_acc']:.4f}  {r.trial_s:.1f}s"
+                    + (f"  (rerun of {r.parent}, {r.epochs:g} epochs)" if r.parent is not None else "")
+                    + (f"  ({r.error})" if r.error else ""))
             log(line)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            number = int(trial.config.get("trial", -1))
-            _, _, target_size, origin = _candidate(trial.config, warm, config)
+            number, origin, target_size, parent, epochs = describe(trial.config)
             message = "the trial's worker raised or died"
             if getattr(trial, "error_file", None) and os.path.isfile(trial.error_file):
                 lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
                 message = lines[-1][:300] if lines else message
             run.append(TrialResult(trial=number, status="failed", origin=origin, error=message,
-                                   target_ratio=target_size), reference)
+                                   target_ratio=target_size, parent=parent, epochs=epochs), reference)
             log(f"trial {number:>3} failed: {message}")
 
+    return RowWriter()
+
+
+def _run_config(run, name: str, callback):
+    from ray import tune
+
+    return tune.RunConfig(name=name, storage_path=str(run.path / "ray"), callbacks=[callback], verbose=0,
+                          failure_config=tune.FailureConfig(max_failures=0),
+                          checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False))
+
+
+def _run_tuner(prepared: Prepared, ranges: dict, warm: tuple[WarmStart, ...], offset: int, remaining: int,
+               faults: Mapping[str, int], target: tuple[float, float], *, log) -> None:
+    from ray import tune
+
+    config, run = prepared.config, prepared.run
+    searcher = make_searcher(config, run, ranges, warm, offset, target)
+
+    def describe(cfg):
+        _, _, target_size, origin = _candidate(cfg, warm, config)
+        return int(cfg.get("trial", -1)), origin, target_size, None, float(config.finetune_epochs)
+
+    writer = _row_writer(run, config, (config.objective, target[1]), log, describe)
     trainable = tune.with_resources(tune.with_parameters(_trainable, prepared=prepared, warm=warm, faults=dict(faults)),
                                     {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
                                     max_concurrent_trials=config.concurrency, reuse_actors=True),
-        run_config=tune.RunConfig(name=f"tune-{offset}", storage_path=str(run.path / "ray"), callbacks=[RowWriter()],
-                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0),
-                                  checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)),
+        run_config=_run_config(run, f"tune-{offset}", writer),
+    )
+    tuner.fit()
+
+
+def _run_promotions(prepared: Prepared, plan: Mapping[int, Mapping[str, Any]], epochs: float,
+                    faults: Mapping[str, int], reference: tuple[str, float], *, log) -> None:
+    """One Tune run over fixed trials (no searcher): each reruns its parent's policy at ``epochs``."""
+    from ray import tune
+
+    config, run = prepared.config, prepared.run
+
+    def describe(cfg):
+        item = plan[int(cfg["trial"])]
+        return int(cfg["trial"]), item["origin"], item["target"], int(item["parent"]), float(epochs)
+
+    writer = _row_writer(run, config, reference, log, describe)
+    trainable = tune.with_resources(
+        tune.with_parameters(_promoted_trainable, prepared=prepared, plan=dict(plan), epochs=float(epochs),
+                             faults=dict(faults)),
+        {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(sorted(plan))},
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=config.concurrency, reuse_actors=True),
+        run_config=_run_config(run, f"tune-{min(plan)}", writer),
     )
     tuner.fit()

@@ -54,6 +54,8 @@ class TrialResult:
     error: str = ""
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds per part, for overhead studies
     target_ratio: float | None = None  # the size the candidate was scaled to, a share of the unpruned model
+    epochs: float | None = None  # finetune epochs the trial trained: its fidelity (0 = BatchNorm only)
+    parent: int | None = None  # the trial this one reruns at a longer finetune (a promotion), if any
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -69,6 +71,8 @@ class TrialResult:
         row["error"] = self.error
         row["importance"] = self.policy.importance if self.policy is not None else ""
         row["target_ratio"] = self.target_ratio
+        row["epochs"] = self.epochs
+        row["parent"] = self.parent
         if self.policy is not None:
             row.update({f"s:{g}": s for g, s in self.policy.sparsity.items()})
         # Seconds per part (fit, prune, count, bn_recalibration, finetune, evaluate, ...), for overhead studies.
@@ -168,7 +172,8 @@ class TrialContext:
 
 
 def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: TrialContext, *, trial: int = 0,
-              origin: str = "optuna", importance: str | None = None, target: float | None = None) -> TrialResult:
+              origin: str = "optuna", importance: str | None = None, target: float | None = None,
+              policy: Policy | None = None) -> TrialResult:
     """Fit ``proposal`` to the budgets, prune, recalibrate BatchNorm, finetune, evaluate on validation, measure.
 
     Never raises for a bad candidate: a proposal that cannot meet the budgets, or a latency budget
@@ -178,6 +183,8 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
     Args:
         importance: the channel criterion (default: the config's first).
         target: the size to scale the proposal to, a share of the unpruned model (default: the budget).
+        policy: an already fitted policy to run instead of fitting ``proposal`` (a promotion reruns
+            its parent's policy, with the channels it kept, at a longer finetune).
     """
     from .criteria import needs_gradients
     from .costs import count_flops, count_params
@@ -187,7 +194,8 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
 
     start = time.perf_counter()
     timings: dict[str, float] = {}
-    base: dict[str, Any] = {"trial": trial, "origin": origin, "target_ratio": target}
+    base: dict[str, Any] = {"trial": trial, "origin": origin, "target_ratio": target,
+                            "epochs": float(config.finetune_epochs)}
 
     def lap(part: str, t0: float) -> float:
         now = time.perf_counter()
@@ -199,11 +207,12 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
 
     try:
         t = time.perf_counter()
-        try:
-            policy = context.fit(proposal, importance, target)
-        except InfeasibleError as e:
-            lap("fit", t)
-            return end(status="infeasible", error=str(e))
+        if policy is None:
+            try:
+                policy = context.fit(proposal, importance, target)
+            except InfeasibleError as e:
+                lap("fit", t)
+                return end(status="infeasible", error=str(e))
         t = lap("fit", t)
         base["policy"] = policy
         dev = context.device

@@ -133,12 +133,14 @@ def _search(model_name: str, checkpoint: str, budget: float, seed: int, args, n_
 
 
 def _search_images(run, n_train: int) -> int:
-    """Training images the search processed: every trial's finetune, BatchNorm recalibration and Taylor batch."""
+    """Training images the search processed: every ok trial's finetune (at its own epochs, promotions
+    included), BatchNorm recalibration and Taylor batch."""
     c = run.config
     ok = run.trials[run.trials["status"] == "ok"]
-    per_trial = math.ceil(c.finetune_epochs * (n_train // c.batch_size)) * c.batch_size + c.bn_batches * c.batch_size
+    epochs = ok["epochs"].fillna(c.finetune_epochs) if "epochs" in ok else [c.finetune_epochs] * len(ok)
+    finetune = sum(math.ceil(float(e) * (n_train // c.batch_size)) * c.batch_size for e in epochs)
     taylor = int((ok.get("importance") == "taylor").sum()) * 64
-    return len(ok) * per_trial + taylor
+    return finetune + len(ok) * c.bn_batches * c.batch_size + taylor
 
 
 def _baseline(model_name: str, splits, args) -> tuple[torch.nn.Module, str]:

@@ -14,6 +14,8 @@ from autoprune.front import (
     last_growth,
     pareto_front,
     pick_trial,
+    promotions,
+    top_rung,
     uniform_curve,
     uniform_origin,
 )
@@ -87,3 +89,57 @@ def test_uniform_curve_takes_the_best_criterion_at_each_size_and_gain_interpolat
     assert at[4] == pytest.approx(0.85 - (0.70 + (0.375 - 0.250) / (0.499 - 0.250) * 0.20))
     assert at[1] == pytest.approx(0.0)
     assert math.isnan(gain_vs_uniform(front, curve.iloc[0:0], "flops").iloc[0])
+
+
+RUNG_COLS = ("trial", "status", "origin", "val_acc", "flops_ratio", "target_ratio", "importance", "epochs", "parent")
+
+
+def _rung0():
+    """Rung 0 (0.1 epoch): the uniform curve at two sizes, two criteria each, and six Optuna trials."""
+    return [
+        (0, "ok", uniform_origin("l1", 0.5), 0.80, 0.50, 0.5, "l1", 0.1, None),
+        (1, "ok", uniform_origin("bn_scale", 0.5), 0.78, 0.50, 0.5, "bn_scale", 0.1, None),
+        (2, "ok", uniform_origin("l1", 0.25), 0.60, 0.25, 0.25, "l1", 0.1, None),
+        (3, "ok", uniform_origin("bn_scale", 0.25), 0.65, 0.25, 0.25, "bn_scale", 0.1, None),
+        (4, "ok", "optuna", 0.79, 0.50, 0.5, "l1", 0.1, None),     # largest and most accurate, gain -0.01
+        (5, "ok", "optuna", 0.70, 0.30, 0.3, "l1", 0.1, None),     # small, gain +0.02 (curve 0.68)
+        (6, "ok", "optuna", 0.75, 0.40, 0.4, "l1", 0.1, None),     # gain +0.01
+        (7, "ok", "optuna", 0.60, 0.30, 0.3, "l1", 0.1, None),     # gain -0.08
+        (8, "infeasible", "optuna", None, None, 0.3, "l1", 0.1, None),
+        (9, "ok", "optuna", 0.71, 0.35, 0.35, "l1", 0.1, None),    # gain 0.00
+    ]
+
+
+def test_promotion_ranks_by_gain_over_the_uniform_curve_not_by_accuracy():
+    t = _trials(_rung0(), RUNG_COLS)
+    # five ok Optuna trials, reduction 3: the best ceil(5 / 3) = 2 by gain (5, then 6), never trial 4,
+    # the most accurate; and the uniform curve's points at both sizes (3, then 0)
+    assert promotions(t, "flops", (0.1, 0.5), 3) == (0.5, [3, 0, 5, 6])
+    assert promotions(t, "flops", (0.1,), 3) is None  # no rung above the trials' own
+
+
+def test_promotion_resumes_where_it_stopped_and_climbs_rung_by_rung():
+    rows = _rung0() + [(10, "ok", uniform_origin("bn_scale", 0.25), 0.70, 0.25, 0.25, "bn_scale", 0.5, 3),
+                       (11, "failed", uniform_origin("l1", 0.5), None, None, 0.5, "l1", 0.5, 0)]
+    t = _trials(rows, RUNG_COLS)
+    assert promotions(t, "flops", (0.1, 0.5, 1.0), 3) == (0.5, [5, 6])  # 3 and 0 were run (0 failed)
+    rows += [(12, "ok", "optuna", 0.74, 0.30, 0.3, "l1", 0.5, 5), (13, "ok", "optuna", 0.80, 0.40, 0.4, "l1", 0.5, 6)]
+    t = _trials(rows, RUNG_COLS)
+    # rung 2 draws on rung 1's ok trials: the curve is the uniform point 10 alone (flat), so the gain
+    # favours 13 (0.80) over 12 (0.74); ceil(2 / 3) = 1 of them
+    assert promotions(t, "flops", (0.1, 0.5, 1.0), 3) == (1.0, [10, 13])
+    top = top_rung(t)
+    assert set(top["trial"]) == {10, 11, 12, 13}  # the highest fidelity any ok trial reached
+    front = pareto_front(t, "flops")
+    assert set(front["trial"]) <= {10, 12, 13} and 4 not in set(front["trial"])
+    assert uniform_curve(t, "flops")["trial"].tolist() == [10]
+
+
+def test_promotions_add_nothing_to_the_hypervolume():
+    rows = _rung0() + [(10, "ok", "optuna", 0.99, 0.25, 0.25, "l1", 0.5, 5)]
+    t = _trials(rows, RUNG_COLS)
+    hv = hypervolume_column(t, "flops", 0.5)
+    assert math.isnan(hv[-1]) and hv[-2] == pytest.approx(hypervolume_column(t.iloc[:-1], "flops", 0.5)[-1])
+    t["hypervolume"] = hv
+    assert last_growth(t)[1] != 10
+    assert top_rung(t.iloc[:-1]).equals(t.iloc[:-1])  # no promotion: the whole table

@@ -344,3 +344,35 @@ def test_concat_into_grouped_conv_model_searches_with_its_unsafe_groups_left_out
     assert set(yaml.safe_load((outcome.path / "config.yaml").read_text())["left_out"]) == {"branch_a.0",
                                                                                           "branch_b.0"}
     assert not [c for c in outcome.trials.columns if c.startswith("s:branch")]
+
+
+def test_multi_fidelity_promotes_by_gain_and_the_front_uses_the_top_rung(small_config):
+    """--rungs: every trial at its own finetune, then the uniform curve's points and the best third of
+    the rest (by gain over that curve) rerun with their parents' channels at the longer finetune."""
+    config = small_config(trials=6, importance="l1", rungs="0.3", reduction=3)
+    outcome = search(config, log=lambda line: None)
+    t = outcome.trials.set_index("trial")
+    base, promoted = t[t["parent"].isna()], t[t["parent"].notna()]
+    assert len(base) == 6 and (base["epochs"] == 0.1).all()
+    assert len(promoted) >= 1 and (promoted["epochs"] == 0.3).all()
+    expected = ap.front.promotions(outcome.trials[outcome.trials["parent"].isna()], "flops", (0.1, 0.3), 3)
+    assert sorted(promoted["parent"].astype(int)) == sorted(expected[1])
+    run = ap.load_run(outcome.path)
+    for trial, row in promoted.iterrows():
+        parent = int(row["parent"])
+        assert row["origin"] == t.loc[parent, "origin"] and row["flops"] == t.loc[parent, "flops"]
+        assert run.policy(trial).indices == run.policy(parent).indices  # the parent's own channels
+    assert set(outcome.front["trial"]) <= set(promoted.index)  # the front and the pick: top rung only
+    assert int(outcome.best["trial"]) in promoted.index
+    assert promoted["hypervolume"].isna().all() and base["hypervolume"].notna().all()
+    assert json.loads((outcome.path / "state.json").read_text())["finished"] is True
+    # Killed after the first promotion: a resume runs exactly the missing ones, the rows before stay.
+    table = pd.read_csv(outcome.path / "trials.csv")
+    first = int(promoted.index[0])
+    table[table["parent"].isna() | (table["trial"] == first)].to_csv(outcome.path / "trials.csv", index=False)
+    (outcome.path / "state.json").write_text(json.dumps({"finished": False}))
+    again = search(config, resume=True, given={}, log=lambda line: None)
+    after = again.trials.set_index("trial")
+    assert sorted(after.loc[after["parent"].notna(), "parent"].astype(int)) == sorted(expected[1])
+    assert after.loc[first].equals(t.loc[first]) and after[after["parent"].isna()].equals(base)
+    assert json.loads((outcome.path / "state.json").read_text())["finished"] is True
