@@ -145,6 +145,9 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
       help="multi-fidelity: finetune epochs of promotion rungs, e.g. 0.5; each rung reruns the best "
            "1/--reduction of the rung below (by gain over the uniform curve) and the uniform curve's points")
     a("--reduction", type=int, default=None, help="share kept per rung is 1/reduction (default 3)")
+    a("--sensitivity", action="store_true", default=None,
+      help="one more warm start at the budget: a shape that keeps more of the groups whose pruning alone "
+           "costs the most validation accuracy (measured once, BatchNorm recalibration only)")
     a("--distill", dest="distill_on", action="store_true", default=None,
       help="distil from the unpruned model in each trial's finetune (default off)")
     a("--distill-weight", type=float, default=None, metavar="W",

@@ -66,6 +66,7 @@ class SearchConfig:
     distill: float = 0.0  # weight of distillation from the unpruned model in trial finetunes; 0 = off
     rungs: str | None = None  # finetune epochs of promotion rungs after the trials' own, e.g. "0.5" or "0.3,1"
     reduction: int = 3  # a rung keeps the best 1/reduction of the candidates below it (and the uniform curve)
+    sensitivity: bool = False  # also warm-start from each group's pruning sensitivity (measured in the driver)
     batch_size: int = 64
     bn_batches: int = 10
     importance: str = "auto"  # a criterion, a comma-separated list to search over, or auto

@@ -312,7 +312,34 @@ def _warm_starts(config: SearchConfig, ctx: TrialContext, done: pd.DataFrame, si
             log(f"note: the uniform policy cannot reach {size:.3g} of the model ({e})")
             continue
         warm.extend(WarmStart(uniform_origin(imp, size), point, imp, float(size)) for imp in missing)
+    if config.sensitivity and sizes:
+        warm.extend(_sensitivity_start(config, ctx, done, float(sizes[0]), log))
     return tuple(warm)
+
+
+def _sensitivity_start(config: SearchConfig, ctx: TrialContext, done: pd.DataFrame, size: float,
+                       log) -> list[WarmStart]:
+    """The shape that keeps more of the sensitive groups, at ``size`` with the first criterion; each
+    group is pruned alone by the uniform policy's sparsity at that size to measure it."""
+    from .fit import InfeasibleError
+    from .sensitivity import group_sensitivity, sensitivity_shape
+
+    origin = f"sensitivity@{size:.3f}"
+    if len(done) and (done["origin"] == origin).any():
+        return []
+    try:
+        uniform = ctx.uniform(None, size)
+    except InfeasibleError:
+        return []
+    sparsity = sum(uniform.sparsity.values()) / max(1, len(uniform.sparsity))
+    start = time.perf_counter()
+    acc = group_sensitivity(ctx.model, ctx.example, ctx.group_names, ctx.train_ds, ctx.val_ds, sparsity=sparsity,
+                            device=ctx.device, exclude=ctx.exclude, batch_size=config.batch_size, seed=config.seed)
+    shape = sensitivity_shape(acc)
+    log(f"sensitivity: each group pruned alone by {sparsity:.2f} ({time.perf_counter() - start:.0f}s); most "
+        f"sensitive {min(acc, key=acc.get)} ({min(acc.values()):.3f}), least {max(acc, key=acc.get)} "
+        f"({max(acc.values()):.3f})")
+    return [WarmStart(origin, config.space.point_of(shape), config.importances[0], size)]
 
 
 def _search_trials(prepared: Prepared, done: pd.DataFrame, remaining: int, *, log: Callable[[str], None],

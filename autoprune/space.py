@@ -117,6 +117,15 @@ class SearchSpace:
             return {g: 1.0 - math.exp(float(v)) / self.spread for g, v in params.items()}
         return {g: float(v) for g, v in params.items()}
 
+    def point_of(self, proposal: Mapping[str, float]) -> dict[str, float]:
+        """The searched parameters of a sparsity proposal (the inverse of :meth:`to_proposal`, within
+        the parameters' range): a warm start given as sparsities."""
+        if self.centre == "uniform":
+            half = math.log(self.spread)
+            return {g: min(half, max(-half, math.log(max(1e-9, self.spread * (1.0 - float(s))))))
+                    for g, s in proposal.items()}
+        return {g: self.snap(float(s), g) for g, s in proposal.items()}
+
     def sampler(self, ranges: Mapping[str, tuple[float, float]], importances: Sequence[str] = (),
                 target: tuple[float, float] | None = None) -> "Sampler":
         """A define-by-run function: a ``target`` size in ``target`` (when given), a categorical

@@ -376,3 +376,13 @@ def test_multi_fidelity_promotes_by_gain_and_the_front_uses_the_top_rung(small_c
     assert sorted(after.loc[after["parent"].notna(), "parent"].astype(int)) == sorted(expected[1])
     assert after.loc[first].equals(t.loc[first]) and after[after["parent"].isna()].equals(base)
     assert json.loads((outcome.path / "state.json").read_text())["finished"] is True
+
+
+def test_sensitivity_adds_one_non_uniform_warm_start_at_the_budget(small_config):
+    outcome = search(small_config(trials=4, importance="l1", sensitivity=True), log=lambda line: None)
+    t = outcome.trials.set_index("trial")
+    assert list(t["origin"]) == ["uniform:l1@0.500", "uniform:l1@0.125", "uniform:l1@0.312", "sensitivity@0.500"]
+    row = t.loc[3]
+    assert row["status"] == "ok" and abs(row["flops_ratio"] - 0.5) <= 0.01
+    shape = row[[c for c in t.columns if c.startswith("s:")]].astype(float)
+    assert shape.max() - shape.min() > 0.1  # not the uniform shape

@@ -90,6 +90,8 @@ def test_centred_space_searches_keep_multipliers_around_the_uniform_policy():
     trial = optuna.create_study().ask()
     space.sampler(space.param_ranges(groups))(trial)
     assert all(-math.log(2) <= v <= math.log(2) for v in trial.params.values())
+    wanted = {"conv1": 0.0, "layer1.0.conv1": 0.75, "layer2.0.conv1": 0.3}  # a warm start given as sparsities
+    assert space.to_proposal(space.point_of(wanted)) == pytest.approx(wanted)
     # a sparsity space is unchanged: its parameters are the sparsities
     default = load_space("default")
     assert default.to_proposal({"conv1": 0.3}) == {"conv1": 0.3}
