@@ -156,6 +156,9 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     a("--bn-batches", type=int, default=None, help="batches of BatchNorm recalibration per trial (default 10)")
     a("--val-fraction", type=float, default=None, help="share of the training data held out to validate (default 0.1)")
     a("--latency-batch", type=int, default=None, help="batch size latency is measured at (default 1)")
+    a("--round-to", type=int, default=None, metavar="N",
+      help="keep each group's channel count a multiple of N, in fitting, pruning and costs (default: 8 when "
+           "trials run on a GPU, else 1); recorded in each policy")
     a("--importance", default=None,
       help="channel criterion: auto (default: search l1, bn_scale and taylor per trial), one of l1, l2, "
            "bn_scale, taylor, random, or a comma-separated list to search over")

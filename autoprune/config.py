@@ -67,6 +67,7 @@ class SearchConfig:
     rungs: str | None = None  # finetune epochs of promotion rungs after the trials' own, e.g. "0.5" or "0.3,1"
     reduction: int = 3  # a rung keeps the best 1/reduction of the candidates below it (and the uniform curve)
     sensitivity: bool = False  # also warm-start from each group's pruning sensitivity (measured in the driver)
+    round_to: int | None = None  # kept channels per group in multiples of this; None: 8 on a GPU, 1 on the CPU
     batch_size: int = 64
     bn_batches: int = 10
     importance: str = "auto"  # a criterion, a comma-separated list to search over, or auto
@@ -117,6 +118,9 @@ class SearchConfig:
             # Ray hides the GPUs from a trial that asks for none: every trial would fail.
             raise ConfigError("--device cuda needs --gpus-per-trial (1 for a GPU per trial, 0.25 to share one "
                               "between four), but got 0.")
+        if self.round_to is not None and (not _whole(self.round_to) or not 1 <= self.round_to <= 256):
+            raise ConfigError(f"--round-to must be a whole number in [1, 256] (8 suits GPU and many CPU kernels), "
+                              f"but got {self.round_to!r}.")
         if self.image_size is not None and (not _whole(self.image_size) or self.image_size < 8):
             raise ConfigError(f"--image-size must be a whole number >= 8, but got {self.image_size!r}.")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):

@@ -126,7 +126,7 @@ class TrialContext:
         self.group_names = list(groups)
         self.base_flops = self.costs.flops
         self.base_params = self.costs.params
-        self.round_to = 8 if self.device.type == "cuda" else 1
+        self.round_to = config.round_to or (8 if self.device.type == "cuda" else 1)
         self._teacher: nn.Module | None = None
         self._teacher_key = ""
 
@@ -217,7 +217,7 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
         base["policy"] = policy
         dev = context.device
         importance = policy.importance
-        small = apply_policy(context.model, policy, context.example, round_to=context.round_to,
+        small = apply_policy(context.model, policy, context.example, round_to=policy.round_to,
                              exclude=context.exclude, seed=config.seed + trial,
                              grad_batch=context.gradient_batch if needs_gradients(importance) else None)
         base["policy"] = small.autoprune_policy

@@ -169,3 +169,15 @@ def test_a_centred_space_starts_from_the_uniform_policy(context):
     for target in (0.2, 0.4):
         centred = context.fit(space.to_proposal(space.uniform_point(groups)), target=target)
         assert centred.sparsity == pytest.approx(context.uniform(target=target).sparsity)
+
+
+def test_round_to_keeps_every_group_a_multiple_and_the_budget(context):
+    cfg = context.config.replace(round_to=8)
+    ctx = TrialContext(cfg, context.model, context.train_ds, context.val_ds, context.example, device="cpu")
+    r = run_trial(cfg, {g: 0.3 if i % 2 else 0.6 for i, g in enumerate(ctx.group_names)}, ctx, trial=2)
+    assert r.status == "ok" and r.policy.round_to == 8 and r.flops_ratio <= 0.5
+    kept = {g: len(ix) for g, ix in r.policy.indices.items()}
+    assert kept and all(n % 8 == 0 for n in kept.values()), kept
+    plain = run_trial(context.config, {g: 0.3 if i % 2 else 0.6 for i, g in enumerate(context.group_names)},
+                      context, trial=2)
+    assert any(len(ix) % 8 for ix in plain.policy.indices.values())  # without it, counts are free
