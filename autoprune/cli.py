@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     lm = sub.add_parser("list-models", help="list the model names autoprune knows")
-    lm.add_argument("pattern", nargs="?", default=None, help="glob filter, e.g. 'resnet*'")
+    lm.add_argument("pattern", nargs="?", default=None,
+                    help="glob filter, e.g. 'resnet*'; 'timm:*' lists timm's models (pip install timm)")
     ld = sub.add_parser("list-datasets", help="list the dataset names autoprune knows")
     ld.add_argument("pattern", nargs="?", default=None)
 

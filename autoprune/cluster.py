@@ -73,7 +73,7 @@ def _user_code_paths(config: SearchConfig) -> list[tuple[str, bool]]:
     """
     paths: list[tuple[str, bool]] = []
     for spec in (config.model, config.dataset):
-        if ":" not in spec:
+        if ":" not in spec or spec.startswith("timm:"):  # timm models come from the installed package
             continue
         top = spec.partition(":")[0].split(".")[0]
         file = getattr(sys.modules.get(top), "__file__", None)

@@ -1,4 +1,4 @@
-"""Model registry: CIFAR-style ResNets, every torchvision classifier, and ``package.module:function``.
+"""Model registry: CIFAR-style ResNets, every torchvision classifier, ``timm:<name>`` and ``package.module:function``.
 
 Example:
     >>> m = create_model("resnet20", num_classes=10, in_channels=3)
@@ -144,8 +144,38 @@ def _build_torchvision(name: str, num_classes: int, in_channels: int) -> nn.Modu
     return model
 
 
+# ---------------------------------------------------------------------------------------------
+# timm models (``timm:<name>``, the optional extra autoprune[timm]), built without weights.
+
+TIMM_PREFIX = "timm:"
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise ModelError("timm models need the timm package: pip install timm (or pip install 'autoprune[timm]')."
+                         ) from None
+    return timm
+
+
+def _build_timm(spec: str, num_classes: int, in_channels: int) -> nn.Module:
+    timm = _timm()
+    name = spec[len(TIMM_PREFIX):]
+    if not timm.is_model(name):
+        raise ModelError(f"Unknown timm model {name!r}; choose one of "
+                         f"{close_matches(name, timm.list_models())} (see `autoprune list-models 'timm:*'`).")
+    # No download: the weights come from --checkpoint (or a baseline autoprune trains).
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+
+
 def list_models(pattern: str | None = None) -> list[str]:
-    """Registered model names (CIFAR ResNets first, then torchvision), filtered by a glob pattern."""
+    """Registered model names (CIFAR ResNets first, then torchvision), filtered by a glob pattern.
+
+    A pattern starting ``timm:`` lists timm's models instead (``timm:resnet*``), as ``timm:<name>``.
+    """
+    if pattern is not None and pattern.startswith(TIMM_PREFIX):
+        return [TIMM_PREFIX + n for n in _timm().list_models(pattern[len(TIMM_PREFIX):] or "*")]
     names = list(MODELS) + [n for n in _torchvision_names() if n not in MODELS]
     return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
 
@@ -165,7 +195,7 @@ def _from_spec(spec: str, num_classes: int, in_channels: int) -> nn.Module:
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3, *, seed: int | None = None) -> nn.Module:
-    """Build a model by registered name, torchvision name, or ``package.module:function``.
+    """Build a model by registered name, torchvision name, ``timm:<name>`` or ``package.module:function``.
 
     With ``seed`` the initial weights are drawn from a generator seeded with it (the caller's random
     state is left as it was), so a baseline trained from them is reproducible.
@@ -177,7 +207,9 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, *, seed
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return create_model(name, num_classes, in_channels)
-    if ":" in name:
+    if name.startswith(TIMM_PREFIX):
+        model = _build_timm(name, num_classes, in_channels)
+    elif ":" in name:
         model = _from_spec(name, num_classes, in_channels)
     elif name in MODELS:
         model = MODELS[name](num_classes=num_classes, in_channels=in_channels)

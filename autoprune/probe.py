@@ -35,18 +35,21 @@ def left_out_groups(model: nn.Module, x: torch.Tensor, exclude: Sequence[str] = 
     channels' inputs to every consumer zeroed (which is what removing them means; skipped where a
     layer normalises across channels); the params must be those the cost model predicts, and so must
     the FLOPs at the end. A group that fails is left out and the probe starts again without it, so
-    the groups that remain were verified together.
+    the groups that remain were verified together. The whole probe then runs again at half the
+    sparsity: some operations (a fixed slice after a concatenation, as in GhostNet) go wrong only
+    when enough channels remain for them to cut.
     """
     key = ("probe", tuple(x.shape), tuple(exclude), float(max_sparsity))
     per_model = _CACHE.setdefault(model, {})
     if key not in per_model:
         cm = cost_model(model, x, exclude)
         left: dict[str, str] = {}
-        while True:  # each failure costs one more pass, on a fresh copy without that group
-            failure = _probe_once(model, x, exclude, cm, {g: max_sparsity for g in cm.channels if g not in left})
-            if failure is None:
-                break
-            left[failure[0]] = failure[1]
+        for level in (max_sparsity, max_sparsity / 2):
+            while True:  # each failure costs one more pass, on a fresh copy without that group
+                failure = _probe_once(model, x, exclude, cm, {g: level for g in cm.channels if g not in left})
+                if failure is None:
+                    break
+                left[failure[0]] = failure[1]
         per_model[key] = left
     return dict(per_model[key])
 

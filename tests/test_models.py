@@ -11,10 +11,10 @@ import torch.nn as nn
 from autoprune import models
 from autoprune.errors import CheckpointError, ModelError
 from autoprune.models import create_model, list_models, load_checkpoint, register_model
-from helpers_registry import small_models
+from helpers_registry import small_models, timm_models
 
 CIFAR = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
-NAMES = small_models()
+NAMES = small_models() + timm_models()
 HERE = Path(__file__).resolve().parent
 
 
@@ -44,7 +44,7 @@ def test_list_models():
     assert "resnet56" in names and "mobilenet_v2" in names
     assert len(names) == len(set(names))
     assert names[: len(CIFAR)] == CIFAR  # the CIFAR ResNets come first
-    assert set(NAMES) <= set(names)
+    assert set(NAMES) - set(timm_models()) <= set(names)  # timm models are listed on request only
 
 
 def test_list_models_pattern():
@@ -54,6 +54,24 @@ def test_list_models_pattern():
     assert "resnet20" not in found
     assert list_models("resnet2*") == ["resnet20"]
     assert list_models("no_such_model*") == []
+
+
+def test_timm_models_build_without_weights_and_are_listed_on_request(monkeypatch):
+    pytest.importorskip("timm")
+    import timm
+
+    def no_download(*a, **k):
+        raise AssertionError("timm tried to fetch weights")
+
+    monkeypatch.setattr(timm.models, "load_pretrained", no_download, raising=False)
+    model = create_model("timm:resnet10t", num_classes=7, in_channels=1)
+    assert model.autoprune_name == "timm:resnet10t"
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 7)
+    found = list_models("timm:resnet1*")
+    assert "timm:resnet10t" in found and all(n.startswith("timm:resnet1") for n in found)
+    assert "timm:resnet10t" not in list_models()
+    with pytest.raises(ModelError, match="Unknown timm model 'resnet10x'.*timm:\\*"):
+        create_model("timm:resnet10x")
 
 
 @pytest.mark.parametrize("bad, near", [("resnet5", ("resnet56", "resnet50")), ("mobilenetv2", ("mobilenet_v2",))])

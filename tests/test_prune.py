@@ -19,13 +19,13 @@ from autoprune.models import create_model
 from autoprune.policy import Policy
 from autoprune.probe import left_out_groups, prunable_groups
 from autoprune.prune import apply_policy, cost_model
-from helpers_registry import small_models
+from helpers_registry import small_models, timm_models
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Torch-Pruning warns on unwrapped params
 
 HERE = Path(__file__).resolve().parent
 HALF = Budget.parse("flops", "50%")
-NAMES = small_models()
+NAMES = small_models() + timm_models()
 
 
 def flops_by_torch(model: nn.Module, x: torch.Tensor) -> int:
