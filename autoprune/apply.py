@@ -43,7 +43,7 @@ from .costs import count_flops, count_params
 from .criteria import IMPORTANCES, gradient_batch, needs_gradients
 from .data import load_dataset
 from .errors import ConfigError, RunError
-from .latency import relative_latency
+from .latency import check_backend, relative_latency
 from .policy import Policy
 from .prune import apply_policy
 from .budget import Budget
@@ -84,6 +84,8 @@ def apply_run(
     compare_uniform: bool = False,
     onnx: bool = False,
     distill: float = 0.0,
+    latency_backend: str | None = None,
+    latency_threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Finetune one policy of a run fully, report test accuracy against the baseline, save the model.
@@ -105,6 +107,8 @@ def apply_run(
         onnx: also export ``model.onnx`` (needs the ``onnx`` package).
         distill: weight of distillation from the unpruned model during the finetune, in [0, 1]
             (0: off); the uniform comparison gets the same.
+        latency_backend, latency_threads: how latency is timed (``torch`` on ``device``, or
+            ``onnxruntime`` on the CPU); default: as the run's search timed it.
         log: receives one line per epoch and the summary; this module never prints.
 
     Returns:
@@ -123,6 +127,12 @@ def apply_run(
     """
     run = run if isinstance(run, Run) else load_run(run)
     _check_numbers(epochs, lr, batch_size, distill)
+    latency = {"backend": latency_backend or run.config.latency_backend,
+               "threads": latency_threads if latency_threads is not None else run.config.latency_threads}
+    check_backend(latency["backend"])
+    if latency["threads"] is not None and (isinstance(latency["threads"], bool) or not isinstance(latency["threads"], int)
+                                           or latency["threads"] < 1):
+        raise ConfigError(f"--latency-threads must be a whole number >= 1, but got {latency['threads']!r}.")
     if onnx:
         _check_onnx()
     dev = resolve_device(device)
@@ -150,7 +160,7 @@ def apply_run(
         f"flops {base['flops']:,}  params {base['params']:,}")
 
     common = dict(run=run, splits=splits, base_model=base_model, x=x, dev=dev, cfg=cfg, base=base,
-                  exclude=exclude, onnx=onnx, log=log)
+                  exclude=exclude, onnx=onnx, latency=latency, log=log)
     result = _apply_one(choice, **common)
     if not uniforms:
         return result
@@ -325,7 +335,7 @@ def _prune(run: Run, choice: _Choice, model: nn.Module, x: torch.Tensor, splits,
 
 
 def _apply_one(choice: _Choice, *, run: Run, splits, base_model: nn.Module, x: torch.Tensor, dev: torch.device,
-               cfg: TrainConfig, base: dict, exclude: tuple[str, ...], onnx: bool,
+               cfg: TrainConfig, base: dict, exclude: tuple[str, ...], onnx: bool, latency: Mapping[str, Any],
                log: Callable[[str], None]) -> dict:
     import pandas as pd
 
@@ -344,15 +354,17 @@ def _apply_one(choice: _Choice, *, run: Run, splits, base_model: nn.Module, x: t
                            teacher=base_model if cfg.distill else None)
     rows, seconds, test_acc, val_acc = done["log"], done["seconds"], done["test_acc"], done["val_acc"]
     # Pruned and unpruned are timed side by side (interleaved) so machine drift cancels in the ratio.
-    latency_ms, base_ms = relative_latency(small, base_model, x, device=dev, batch_size=1)
+    latency_ms, base_ms = relative_latency(small, base_model, x, device=dev, batch_size=1, **latency)
     small.cpu().eval()
     base_model.cpu().eval()
     flops, params = count_flops(small, x), count_params(small)
     metrics = {
         "pick": choice.label, "trial": choice.trial, "test_acc": test_acc, "val_acc": val_acc,
         "flops": flops, "flops_ratio": flops / base["flops"], "params": params, "params_ratio": params / base["params"],
-        "latency_ms": latency_ms, "latency_ratio": latency_ms / base_ms, "latency_device": str(dev),
-        "latency_batch": 1, "latency_threads": torch.get_num_threads() if dev.type == "cpu" else None,
+        "latency_ms": latency_ms, "latency_ratio": latency_ms / base_ms,
+        "latency_device": str(dev) if latency["backend"] == "torch" else "onnxruntime-cpu",
+        "latency_backend": latency["backend"],
+        "latency_batch": 1, "latency_threads": _threads(dev, latency),
         "input_size": list(x.shape[1:]), "epochs": cfg.epochs, "seconds": round(seconds, 2),
         "search_val_acc": choice.search_val_acc, "round_to": round_to, "recipe": cfg.to_dict(),
         "model": run.config.model, "dataset": run.config.dataset, "run": str(run.path),
@@ -368,7 +380,7 @@ def _apply_one(choice: _Choice, *, run: Run, splits, base_model: nn.Module, x: t
     log(f"apply-{choice.label}" + (f" (trial {choice.trial})" if choice.trial is not None else "") + f": test_acc {test_acc:.4f} (unpruned {b['test_acc']:.4f}, "
         f"{(test_acc - b['test_acc']) * 100:+.2f} points)  val_acc {val_acc:.4f}")
     log(f"  flops {flops:,} ({metrics['flops_ratio']:.3f}x)  params {params:,} ({metrics['params_ratio']:.3f}x)  "
-        f"latency {latency_ms:.3f}ms vs {base_ms:.3f}ms ({metrics['latency_ratio']:.3f}x, {_where(dev)})  "
+        f"latency {latency_ms:.3f}ms vs {base_ms:.3f}ms ({metrics['latency_ratio']:.3f}x, {_where(dev, latency)})  "
         f"trained in {seconds:.0f}s")
     files = "model.pt, policy.json, metrics.json, log.csv" + (", model.onnx" if onnx and not onnx_error else "")
     log(f"  written: {out}/ {files}")
@@ -377,9 +389,17 @@ def _apply_one(choice: _Choice, *, run: Run, splits, base_model: nn.Module, x: t
     return {**metrics, "path": str(out), **({"onnx_error": onnx_error} if onnx_error else {})}
 
 
-def _where(dev: torch.device) -> str:
+def _threads(dev: torch.device, latency: Mapping[str, Any]) -> int | None:
+    if latency["backend"] == "onnxruntime":
+        return latency["threads"] or 1
+    return (latency["threads"] or torch.get_num_threads()) if dev.type == "cpu" else None
+
+
+def _where(dev: torch.device, latency: Mapping[str, Any]) -> str:
     # CPU timings depend on the thread count, and on a shared machine on what else is running.
-    return f"cpu batch 1, {torch.get_num_threads()} threads" if dev.type == "cpu" else f"{dev} batch 1"
+    if latency["backend"] == "onnxruntime":
+        return f"onnxruntime cpu batch 1, {_threads(dev, latency)} thread(s)"
+    return f"cpu batch 1, {_threads(dev, latency)} threads" if dev.type == "cpu" else f"{dev} batch 1"
 
 
 # ------------------------------------------------------------------------------------------- output

@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap_.add_argument("--seed", type=int, default=0)
     ap_.add_argument("--compare-uniform", action="store_true", help="also train the uniform policy, same recipe")
     ap_.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the onnx package)")
+    ap_.add_argument("--latency-backend", default=None,
+                     help="torch or onnxruntime, for the reported latency (default: the run's)")
+    ap_.add_argument("--latency-threads", type=int, default=None, help="(default: the run's)")
     ap_.add_argument("--distill", dest="distill_on", action="store_true",
                      help="distil from the unpruned model during the finetune")
     ap_.add_argument("--distill-weight", type=float, default=DISTILL, metavar="W",
@@ -157,6 +160,11 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     a("--bn-batches", type=int, default=None, help="batches of BatchNorm recalibration per trial (default 10)")
     a("--val-fraction", type=float, default=None, help="share of the training data held out to validate (default 0.1)")
     a("--latency-batch", type=int, default=None, help="batch size latency is measured at (default 1)")
+    a("--latency-backend", default=None,
+      help="torch (eager on the trial device, default) or onnxruntime (exported to ONNX, CPU execution "
+           "provider; pip install 'autoprune[onnx]')")
+    a("--latency-threads", type=int, default=None, metavar="N",
+      help="intra-op threads when timing latency (default: torch's own; 1 for onnxruntime)")
     a("--round-to", type=int, default=None, metavar="N",
       help="keep each group's channel count a multiple of N, in fitting, pruning and costs (default: 8 when "
            "trials run on a GPU, else 1); recorded in each policy")
@@ -342,7 +350,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
     apply_run(args.run, pick=args.pick, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
               device=args.device, seed=args.seed, compare_uniform=args.compare_uniform, onnx=args.onnx,
-              distill=args.distill_weight if args.distill_on else 0.0, log=_log)
+              distill=args.distill_weight if args.distill_on else 0.0, latency_backend=args.latency_backend,
+              latency_threads=args.latency_threads, log=_log)
     return 0
 
 

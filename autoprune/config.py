@@ -28,6 +28,7 @@ from .space import SearchSpace, load_space
 __all__ = ["SearchConfig", "SAMPLERS", "DEVICES", "RESUMABLE", "FRONT_FROM", "UNIFORM_SIZES", "resume_config"]
 
 SAMPLERS = ("tpe", "nsga2", "random")
+LATENCY_BACKENDS = ("torch", "onnxruntime")
 # Without --front-from the front spans [FRONT_FROM x budget, budget]: at 50% FLOPs, 12.5% to 50%. On
 # the demo (24 trials), a floor at half the budget gave a front of 4 points, one at a quarter gave 7
 # spread over the whole range: validation accuracy must differ across sizes for points to stand apart.
@@ -84,6 +85,8 @@ class SearchConfig:
     image_size: int | None = None
     baseline_epochs: int = 15
     latency_batch: int = 1
+    latency_backend: str = "torch"  # torch (eager, on the trial device) or onnxruntime (CPU, exported)
+    latency_threads: int | None = None  # intra-op threads of latency timing; None: torch's, or 1 for onnxruntime
     results_dir: str = "results"
     name: str | None = None
     address: str | None = None
@@ -109,15 +112,24 @@ class SearchConfig:
         for name, ok, rule in rules:
             if not ok:
                 raise ConfigError(f"--{name.replace('_', '-')} must be {rule}, but got {getattr(self, name)!r}.")
-        for name, value, choices in (("sampler", self.sampler, SAMPLERS), ("device", self.device, DEVICES)):
+        for name, value, choices in (("sampler", self.sampler, SAMPLERS), ("device", self.device, DEVICES),
+                                     ("latency_backend", self.latency_backend, LATENCY_BACKENDS)):
             if value not in choices:
-                raise ConfigError(f"Unknown --{name} {value!r}; choose one of {', '.join(choices)}.")
+                raise ConfigError(f"Unknown --{name.replace('_', '-')} {value!r}; choose one of {', '.join(choices)}.")
         if self.gpus_per_trial > 0 and self.device == "cpu":
             raise ConfigError(f"--gpus-per-trial {self.gpus_per_trial} needs --device auto or cuda, not cpu.")
         if self.device == "cuda" and self.gpus_per_trial == 0:
             # Ray hides the GPUs from a trial that asks for none: every trial would fail.
             raise ConfigError("--device cuda needs --gpus-per-trial (1 for a GPU per trial, 0.25 to share one "
                               "between four), but got 0.")
+        if self.latency_threads is not None and (not _whole(self.latency_threads) or self.latency_threads < 1):
+            raise ConfigError(f"--latency-threads must be a whole number >= 1, but got {self.latency_threads!r}.")
+        if self.latency_backend == "onnxruntime":
+            import importlib.util
+
+            if not all(importlib.util.find_spec(p) for p in ("onnx", "onnxruntime")):
+                raise ConfigError("--latency-backend onnxruntime needs the onnx and onnxruntime packages: "
+                                  "pip install onnx onnxruntime (or pip install 'autoprune[onnx]').")
         if self.round_to is not None and (not _whole(self.round_to) or not 1 <= self.round_to <= 256):
             raise ConfigError(f"--round-to must be a whole number in [1, 256] (8 suits GPU and many CPU kernels), "
                               f"but got {self.round_to!r}.")

@@ -55,6 +55,8 @@ def fit_policy(
     max_sparsity: float | Mapping[str, float] = 0.99,
     device: str | torch.device = "cpu",
     latency_batch: int = 1,
+    latency_backend: str = "torch",
+    latency_threads: int | None = None,
     max_measurements: int = 6,
     model_name: str | None = None,
     fill: bool = False,
@@ -64,8 +66,9 @@ def fit_policy(
     A proposal within every budget is kept. One over budget keeps the share ``beta * (1 - s)`` of
     each group's channels, with the largest common ``beta`` that meets every FLOPs and params budget
     (bisection on the cost model: no pruning, no training). A latency budget is fitted through a
-    FLOPs proxy, then measured on ``device`` against the unpruned model and tightened until it holds,
-    with at most ``max_measurements`` measurements. With ``fill=True`` a proposal under every budget
+    FLOPs proxy, then measured on ``device`` (or in ONNX Runtime, ``latency_backend``) against the
+    unpruned model and tightened until it holds, with at most ``max_measurements`` measurements;
+    measurements are cached by the kept channel counts, so a size measured once is not timed again. With ``fill=True`` a proposal under every budget
     is scaled up to the tightest one, so the proposal sets the shape and the budget sets the size.
 
     Args:
@@ -92,26 +95,41 @@ def fit_policy(
     if latency:
         fitted = _fit_latency(model, x, cm, fitted, limits, latency, channels, round_to=round_to,
                               max_sparsity=max_sparsity, device=device, batch=latency_batch,
+                              backend=latency_backend, threads=latency_threads,
                               max_measurements=max_measurements, name=name, exclude=exclude, fill=fill)
     return Policy(name, fitted, channels, round_to)
 
 
+def _measured(model, x, policy: Policy, *, exclude, device, batch, backend, threads) -> tuple[float, float]:
+    """(pruned ms, unpruned ms) of ``policy``, timed side by side once per kept channel counts."""
+    from .latency import relative_latency
+    from .prune import _CACHE
+
+    key = ("latency", backend, threads, batch, str(device), tuple(sorted(policy.kept().items())))
+    cache = _CACHE.setdefault(model, {})
+    if key not in cache:
+        small = apply_policy(model, policy, x, exclude=exclude)
+        cache[key] = relative_latency(small, model, x, device=device, batch_size=batch, backend=backend,
+                                      threads=threads)
+    return cache[key]
+
+
 def _fit_latency(model, x, cm, fitted, limits, latency_budgets, channels, *, round_to, max_sparsity, device, batch,
-                 max_measurements, name, exclude, fill=False) -> dict[str, float]:
-    from .latency import measure_latency, relative_latency
+                 max_measurements, name, exclude, fill=False, backend="torch", threads=None) -> dict[str, float]:
+    from .latency import measure_latency
 
     proxy = dict(limits)
     base_ms = None
     if any(not b.relative for b in latency_budgets):
-        base_ms = measure_latency(model, x, device=device, batch_size=batch)
+        base_ms = measure_latency(model, x, device=device, batch_size=batch, backend=backend, threads=threads)
     # First guess: the latency share as a FLOPs share (latency falls slower, so it is refined below).
     share = min(b.cap(base_ms) / base_ms if not b.relative else b.value for b in latency_budgets)
     proxy["flops"] = min(proxy.get("flops", float("inf")), share * cm.flops)
     current = _fit_static(cm, fitted, proxy, round_to, max_sparsity, fill)
     worst = float("inf")
     for _ in range(max_measurements):
-        small = apply_policy(model, Policy(name, current, channels, round_to), x, exclude=exclude)
-        pruned_ms, base_ms = relative_latency(small, model, x, device=device, batch_size=batch)
+        pruned_ms, base_ms = _measured(model, x, Policy(name, current, channels, round_to), exclude=exclude,
+                                       device=device, batch=batch, backend=backend, threads=threads)
         worst = max(pruned_ms / b.cap(base_ms) for b in latency_budgets)
         if worst <= 1.0:
             return current
@@ -121,7 +139,7 @@ def _fit_latency(model, x, cm, fitted, limits, latency_budgets, channels, *, rou
         current = _fit_static(cm, current, proxy, round_to, max_sparsity)
     raise InfeasibleError(
         f"Latency budget {', '.join(b.describe() for b in latency_budgets)} not met after "
-        f"{max_measurements} measurements on {device} (last: {worst:.2f}x the limit)."
+        f"{max_measurements} measurements on {device if backend == 'torch' else backend} (last: {worst:.2f}x the limit)."
     )
 
 

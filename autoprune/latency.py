@@ -9,27 +9,48 @@ affects both models alike and cancels in the ratio.
 Measuring never moves or switches the mode of the caller's model: a model on another device is
 timed as a copy on ``device``.
 
+``backend="onnxruntime"`` times the model where many users deploy it: exported to ONNX (in memory)
+and run by ONNX Runtime's CPU execution provider with ``threads`` intra-op threads (default 1),
+at a fixed batch size. It needs the ``onnx`` and ``onnxruntime`` packages (``autoprune[onnx]``).
+
 Example:
     >>> pruned_ms, base_ms = relative_latency(small, model, torch.randn(1, 3, 32, 32), device="cpu")
+    >>> relative_latency(small, model, x, backend="onnxruntime", threads=1)
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
+import io
 import logging
 import statistics
+import time
+import warnings
 from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
 
-__all__ = ["measure_latency", "relative_latency"]
+from .config import LATENCY_BACKENDS as BACKENDS
+from .errors import ConfigError
+
+__all__ = ["measure_latency", "relative_latency", "BACKENDS", "check_backend"]
 
 _SAMPLE_MS = 20.0  # one timed sample lasts about this long, so timer resolution is < 1% of it
 
 
-def _timer(stmt: str, **names: Any):
-    """A ``torch.utils.benchmark.Timer`` at the caller's thread count."""
+def check_backend(backend: str) -> None:
+    """Raise ConfigError for an unknown backend, or for onnxruntime without its packages."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"Unknown --latency-backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    if backend == "onnxruntime" and not all(importlib.util.find_spec(p) for p in ("onnx", "onnxruntime")):
+        raise ConfigError("--latency-backend onnxruntime needs the onnx and onnxruntime packages: "
+                          "pip install onnx onnxruntime (or pip install 'autoprune[onnx]').")
+
+
+def _timer(stmt: str, threads: int | None = None, **names: Any):
+    """A ``torch.utils.benchmark.Timer`` at ``threads`` threads (default: the caller's thread count)."""
     # Importing the benchmark utilities imports torch.utils.cpp_extension, which warns on a CPU
     # machine that has a CUDA toolkit but no GPU; that warning means nothing for timing.
     log = logging.getLogger("torch.utils.cpp_extension")
@@ -39,7 +60,7 @@ def _timer(stmt: str, **names: Any):
         from torch.utils import benchmark
     finally:
         log.setLevel(level)
-    return benchmark.Timer(stmt=stmt, globals=names, num_threads=torch.get_num_threads())
+    return benchmark.Timer(stmt=stmt, globals=names, num_threads=threads or torch.get_num_threads())
 
 
 def _device_of(model: nn.Module) -> torch.device | None:
@@ -49,13 +70,17 @@ def _device_of(model: nn.Module) -> torch.device | None:
 
 
 @contextlib.contextmanager
-def _timed_copy(model: nn.Module, x: torch.Tensor, device: str | torch.device,
-                batch_size: int) -> Iterator[tuple[Any, int]]:
+def _timed_copy(model: nn.Module, x: torch.Tensor, device: str | torch.device, batch_size: int,
+                threads: int | None = None, backend: str = "torch") -> Iterator[tuple[Any, int]]:
     """A Timer of one forward pass in eval mode on ``device``, and how many passes make one sample.
 
     The caller's model is used as it is when it already lives on ``device`` (its train/eval mode is
     restored after), and copied there otherwise.
     """
+    if backend == "onnxruntime":
+        with _ort_timer(model, x, batch_size, threads) as timed:
+            yield timed
+        return
     device = torch.device(device)
     here = _device_of(model)
     same = here is None or (here.type == device.type and (device.index is None or here.index == device.index))
@@ -63,11 +88,55 @@ def _timed_copy(model: nn.Module, x: torch.Tensor, device: str | torch.device,
     was_training = model.training
     net.eval()
     inp = x[:1].to(device).expand(batch_size, *x.shape[1:]).contiguous()
-    timer = _timer("net(inp)", net=net, inp=inp)
+    timer = _timer("net(inp)", threads, net=net, inp=inp)
     try:
         with torch.no_grad():
             one = timer.timeit(1).median * 1000.0  # also warms up (the Timer runs 2 passes first)
             yield timer, max(1, min(100, int(_SAMPLE_MS / max(one, 1e-3))))
+    finally:
+        model.train(was_training)
+
+
+class _OrtTimer:
+    """The Timer interface (``timeit(n).median`` in seconds) over an ONNX Runtime session."""
+
+    def __init__(self, session: Any, feed: dict) -> None:
+        self.session, self.feed = session, feed
+
+    def timeit(self, number: int) -> Any:
+        start = time.perf_counter()
+        for _ in range(number):
+            self.session.run(None, self.feed)
+        return _Measured((time.perf_counter() - start) / max(1, number))
+
+
+class _Measured:
+    def __init__(self, seconds: float) -> None:
+        self.median = seconds
+
+
+@contextlib.contextmanager
+def _ort_timer(model: nn.Module, x: torch.Tensor, batch_size: int, threads: int | None) -> Iterator[tuple[Any, int]]:
+    """Export a CPU copy of ``model`` to ONNX in memory; time it in an ONNX Runtime CPU session."""
+    check_backend("onnxruntime")
+    import onnxruntime as ort
+
+    was_training = model.training
+    net = copy.deepcopy(model).cpu().eval()
+    inp = x[:1].detach().cpu().expand(batch_size, *x.shape[1:]).contiguous()
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+            torch.onnx.export(net, (inp,), buf, dynamo=False, input_names=["x"], output_names=["y"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+        timer = _OrtTimer(session, {"x": inp.numpy()})
+        one = timer.timeit(3).median * 1000.0
+        yield timer, max(1, min(100, int(_SAMPLE_MS / max(one, 1e-3))))
     finally:
         model.train(was_training)
 
@@ -78,19 +147,25 @@ def _sample_ms(timer: Any, runs: int) -> float:
 
 @torch.no_grad()
 def measure_latency(model: nn.Module, x: torch.Tensor, device: str | torch.device = "cpu", batch_size: int = 1,
-                    *, warmup: int = 5, repeats: int = 15) -> float:
-    """Median milliseconds of one forward pass of a batch of ``batch_size`` copies of ``x[:1]``."""
-    with _timed_copy(model, x, device, batch_size) as (timer, runs):
+                    *, warmup: int = 5, repeats: int = 15, backend: str = "torch",
+                    threads: int | None = None) -> float:
+    """Median milliseconds of one forward pass of a batch of ``batch_size`` copies of ``x[:1]``.
+
+    ``backend`` ``torch`` (eager, on ``device``) or ``onnxruntime`` (CPU); ``threads`` intra-op
+    threads (default: the caller's for torch, 1 for ONNX Runtime).
+    """
+    with _timed_copy(model, x, device, batch_size, threads, backend) as (timer, runs):
         timer.timeit(warmup)
         return statistics.median(_sample_ms(timer, runs) for _ in range(repeats))
 
 
 @torch.no_grad()
 def relative_latency(pruned: nn.Module, original: nn.Module, x: torch.Tensor, device: str | torch.device = "cpu",
-                     batch_size: int = 1, *, warmup: int = 5, repeats: int = 15) -> tuple[float, float]:
+                     batch_size: int = 1, *, warmup: int = 5, repeats: int = 15, backend: str = "torch",
+                     threads: int | None = None) -> tuple[float, float]:
     """(pruned ms, original ms): medians of interleaved timing samples in this process."""
-    with _timed_copy(pruned, x, device, batch_size) as (ta, runs_a), \
-            _timed_copy(original, x, device, batch_size) as (tb, runs_b):
+    with _timed_copy(pruned, x, device, batch_size, threads, backend) as (ta, runs_a), \
+            _timed_copy(original, x, device, batch_size, threads, backend) as (tb, runs_b):
         ta.timeit(warmup)
         tb.timeit(warmup)
         a, b = [], []

@@ -321,7 +321,9 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
 
             trial_device = resolve_device(config.trial_device)  # where the trials run and measure
             sizes["latency_ms"] = measure_latency(model, example, device=trial_device,
-                                                  batch_size=config.latency_batch)
+                                                  batch_size=config.latency_batch, backend=config.latency_backend,
+                                                  threads=config.latency_threads)
+            sizes["latency_backend"] = config.latency_backend
             sizes["latency_device"] = str(trial_device)
         for b in config.budgets:  # an absolute budget above the unpruned model fails before any training
             if b.kind in ("flops", "params"):

@@ -139,6 +139,8 @@ CASES = [
     C("finetune-epochs-negative", lambda i: S + F50 + ["--finetune-epochs", "-1"], "--finetune-epochs", "-1.0"),
     C("distill-above-1", lambda i: S + F50 + ["--distill", "--distill-weight", "1.5"], "--distill", "1.5", "[0, 1]"),
     C("distill-weight-alone", lambda i: S + F50 + ["--distill-weight", "0.5"], "--distill-weight", "--distill"),
+    C("latency-backend-tensorrt", lambda i: S + F50 + ["--latency-backend", "tensorrt"], "'tensorrt'",
+      "torch, onnxruntime"),
     C("round-to-0", lambda i: S + F50 + ["--round-to", "0"], "--round-to", "got 0", "[1, 256]"),
     C("gpus-negative", lambda i: S + F50 + ["--gpus-per-trial", "-0.5"], "--gpus-per-trial", "-0.5"),
     C("concurrency-0", lambda i: S + F50 + ["--concurrency", "0"], "--concurrency", "got 0"),

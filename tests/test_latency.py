@@ -105,3 +105,56 @@ def test_absolute_latency_budget_survives_a_noisy_remeasurement(monkeypatch):
     monkeypatch.setattr(autoprune.latency, "relative_latency", lambda small, base, *a, **k: (3.5, 3.9))
     policy = uniform_policy(model, x, [Budget.parse("latency", "4ms")])
     assert policy.sparsity
+
+
+def test_onnxruntime_times_an_exported_copy_and_leaves_the_model_alone(resnet56):
+    pytest.importorskip("onnxruntime")
+    model, x = resnet56
+    model.train()
+    try:
+        small = apply_policy(model, uniform_policy(model, x, [Budget.parse("flops", "25%")]), x)
+        pruned_ms, base_ms = relative_latency(small, model, x, batch_size=4, warmup=1, repeats=3,
+                                              backend="onnxruntime", threads=1)
+        assert 0 < pruned_ms and 0 < base_ms and math.isfinite(pruned_ms / base_ms)
+        assert model.training  # the caller's mode, as it was
+    finally:
+        model.eval()
+
+
+def test_a_latency_fit_times_each_kept_size_once(monkeypatch):
+    import autoprune.latency
+
+    calls = []
+    fake = _fake_timer(lambda f: f ** 0.5)
+
+    def counting(*a, **k):
+        calls.append(k.get("backend"))
+        return fake(*a, **k)
+
+    monkeypatch.setattr(autoprune.latency, "relative_latency", counting)
+    model, x = create_model("resnet20").eval(), torch.randn(1, 3, 32, 32)
+    budget = [Budget.parse("latency", "60%")]
+    first = uniform_policy(model, x, budget, latency_backend="onnxruntime", latency_threads=1)
+    measured = len(calls)
+    assert measured >= 1 and set(calls) == {"onnxruntime"}
+    again = uniform_policy(model, x, budget, latency_backend="onnxruntime", latency_threads=1)
+    assert again.sparsity == first.sparsity and len(calls) == measured  # every size came from the cache
+    uniform_policy(model, x, budget, latency_backend="torch")
+    assert len(calls) > measured  # another backend is another measurement
+
+
+def test_unknown_latency_backend_is_one_clear_error(monkeypatch):
+    from autoprune.config import SearchConfig
+    from autoprune.errors import ConfigError
+    from autoprune.latency import check_backend
+
+    with pytest.raises(ConfigError, match="'tensorrt'; choose one of torch, onnxruntime"):
+        check_backend("tensorrt")
+    with pytest.raises(ConfigError, match="Unknown --latency-backend 'tensorrt'; choose one of torch, onnxruntime"):
+        SearchConfig(budget_latency="60%", latency_backend="tensorrt")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(ConfigError, match="pip install onnx onnxruntime"):
+        SearchConfig(budget_latency="60%", latency_backend="onnxruntime")
