@@ -274,7 +274,7 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .front import front_table, last_growth, uniform_curve
+    from .front import front_table, last_growth, proposed_count, uniform_curve
     from .results import RunDir, load_run
 
     run = load_run(args.run)
@@ -282,7 +282,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
         _log(f"{run.path}: no finished trial yet")
         return 0
     front = RunDir(run.path).write_front(run.config, run.baseline)
-    _log(f"run {run.path}  ({len(run.trials)} trials, budgets: {', '.join(b.describe() for b in run.budgets)})")
+    promoted = len(run.trials) - proposed_count(run.trials)
+    _log(f"run {run.path}  ({proposed_count(run.trials)} trials"
+         + (f" and {promoted} reruns at longer finetunes; the front uses the longest" if promoted else "")
+         + f", budgets: {', '.join(b.describe() for b in run.budgets)})")
     _log(f"unpruned: val_acc {run.baseline.get('val_acc', float('nan')):.4f}  flops {run.baseline.get('flops', 0):,}"
          f"  params {run.baseline.get('params', 0):,}")
     if run.left_out:
@@ -304,7 +307,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     grown = last_growth(RunDir(run.path).read_trials())
     if grown is not None:
         _log(f"convergence: the front's hypervolume last grew by more than 1% after {grown[0]} of "
-             f"{len(run.trials)} trials (trial {grown[1]})")
+             f"{proposed_count(run.trials)} trials (trial {grown[1]})")
     _log(f"plot: {run.path / 'pareto.png'}")
     return 0
 

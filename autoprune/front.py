@@ -234,7 +234,8 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, path: Path, *, budgets
                objective: str, baseline: Mapping[str, Any], curve: pd.DataFrame | None = None,
                floor: float | None = None) -> None:
     """Accuracy against the size ratio: every trial, the front, the uniform curve, the unpruned model,
-    the budget (and the floor of the searched sizes)."""
+    the budget (and the floor of the searched sizes). With promotions, the trials at the top rung
+    are drawn as trials, and those of the shorter rungs lighter (their accuracies are not comparable)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,7 +243,12 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, path: Path, *, budgets
 
     col = _size(trials, objective)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    everything = _ok(trials, col)
+    trials = top_rung(trials)
     ok = _ok(trials, col)
+    lower = everything.loc[everything.index.difference(ok.index)]
+    if len(lower):
+        ax.scatter(lower[col], lower["val_acc"], s=10, c="0.85", label=f"shorter rungs ({len(lower)} ok)")
     # Zoom on the searched sizes and the accuracies that matter: the front, the uniform curve and the
     # unpruned model (drawn as a line, not at 1.0x far to the right). Trials below are counted.
     main = [*front["val_acc"], *([] if curve is None else curve["val_acc"])]

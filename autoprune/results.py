@@ -249,7 +249,7 @@ def prepare_run(config: SearchConfig, *, resume: bool, given: Mapping[str, Any] 
             given = {k: v for k, v in config.to_dict().items() if k != "space" and v != getattr(default, k)}
         config = resume_config(run.saved_config(), {**given, "results_dir": config.results_dir,
                                                     "name": config.name})
-        if run.is_finished() and ("trials" not in given or len(run.read_trials()) >= config.trials):
+        if run.is_finished() and ("trials" not in given or proposed_count(run.read_trials()) >= config.trials):
             raise RunError(f"Run {str(run.path)!r} is already finished; nothing to resume "
                            f"(give a larger --trials to run more).")
     else:

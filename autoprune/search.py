@@ -133,7 +133,7 @@ def _promoted_trainable(cfg: dict, prepared: Prepared, plan: Mapping[int, Mappin
     item = plan[trial]
     if faults.get("fail_on_trial") == trial:
         raise RuntimeError(f"injected failure in trial {trial}")
-    policy = Policy.load(prepared.run.path / "policies" / f"{item['parent']}.json")
+    policy = Policy.from_dict(item["policy"])
     start = time.perf_counter()
     ctx = _context(prepared)
     context_s = time.perf_counter() - start
@@ -251,15 +251,11 @@ def _promote(prepared: Prepared, *, log: Callable[[str], None], faults: Mapping[
     """Fill each promotion rung in turn: the candidates ``front.promotions`` names, rerun at its epochs."""
     config, run = prepared.config, prepared.run
     floor, top = size_range(prepared)
-    last = None
     while True:
         trials = run.read_trials()
         step = promotions(trials, config.objective, config.rung_epochs, config.reduction)
         if step is None:
             return
-        if step == last:  # every one of them ended without a row at its rung: never ask again
-            raise RuntimeError(f"promotions to the {step[0]:g}-epoch rung did not record their trials {step[1]}")
-        last = step
         epochs, parents = step
         t = time.perf_counter()
         ray_starter.wait(config, memory_bytes(prepared.state_dict.values(), prepared.train, prepared.val))
@@ -267,14 +263,29 @@ def _promote(prepared: Prepared, *, log: Callable[[str], None], faults: Mapping[
         log(f"promoting {len(parents)} trial(s) to a {epochs:g}-epoch finetune: {', '.join(map(str, parents))}")
         rows = trials.set_index("trial")
         offset = int(trials["trial"].max()) + 1
+        # The parents' policies travel with the plan: a worker on another machine has no run folder.
         plan = {offset + i: {"parent": p, "origin": str(rows.loc[p, "origin"]),
-                             "target": _number_or_none(rows.loc[p].get("target_ratio"))}
+                             "target": _number_or_none(rows.loc[p].get("target_ratio")),
+                             "policy": run_policy(run, p).to_dict()}
                 for i, p in enumerate(parents)}
         t = time.perf_counter()
         try:
             _run_promotions(prepared, plan, epochs, faults, (config.objective, top), log=log)
         finally:
             _lap(timings, "tuner", t)
+        after = run.read_trials()
+        if not set(plan) <= set(after["trial"].astype(int)):
+            # Interrupted (Ctrl-C ends Tune's run early) or lost: stop here, the run stays unfinished
+            # and a resume promotes the rest.
+            log(f"promotions stopped with {len(set(plan) - set(after['trial'].astype(int)))} of {len(plan)} "
+                "not recorded; resume the run to finish them")
+            return
+
+
+def run_policy(run, trial: int):
+    from .policy import Policy
+
+    return Policy.load(run.path / "policies" / f"{int(trial)}.json")
 
 
 def _number_or_none(v: Any) -> float | None:
@@ -331,14 +342,22 @@ def _sensitivity_start(config: SearchConfig, ctx: TrialContext, done: pd.DataFra
         uniform = ctx.uniform(None, size)
     except InfeasibleError:
         return []
-    sparsity = sum(uniform.sparsity.values()) / max(1, len(uniform.sparsity))
     start = time.perf_counter()
-    acc = group_sensitivity(ctx.model, ctx.example, ctx.group_names, ctx.train_ds, ctx.val_ds, sparsity=sparsity,
-                            device=ctx.device, exclude=ctx.exclude, batch_size=config.batch_size, seed=config.seed)
+    acc = group_sensitivity(ctx.model, ctx.example, ctx.group_names, ctx.train_ds, ctx.val_ds,
+                            sparsity=uniform.sparsity, device=ctx.device, exclude=ctx.exclude,
+                            batch_size=config.batch_size, seed=config.seed, round_to=ctx.round_to)
+    if len(acc) < 2:
+        log("sensitivity: fewer than two groups could be measured; no sensitivity warm start")
+        return []
     shape = sensitivity_shape(acc)
-    log(f"sensitivity: each group pruned alone by {sparsity:.2f} ({time.perf_counter() - start:.0f}s); most "
-        f"sensitive {min(acc, key=acc.get)} ({min(acc.values()):.3f}), least {max(acc, key=acc.get)} "
-        f"({max(acc.values()):.3f})")
+    log(f"sensitivity: each group pruned alone as the uniform policy at {size:.3g} prunes it "
+        f"({time.perf_counter() - start:.0f}s); most sensitive {min(acc, key=acc.get)} ({min(acc.values()):.3f}), "
+        f"least {max(acc, key=acc.get)} ({max(acc.values()):.3f})"
+        + (f"; not measured: {', '.join(g for g in ctx.group_names if g not in acc)}" if len(acc) < len(ctx.group_names)
+           else ""))
+    # Groups that could not be measured keep the middle of the shape.
+    middle = sorted(shape.values())[len(shape) // 2]
+    shape = {g: shape.get(g, middle) for g in ctx.group_names}
     return [WarmStart(origin, config.space.point_of(shape), config.importances[0], size)]
 
 

@@ -14,6 +14,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import torch
@@ -26,12 +27,13 @@ __all__ = ["group_sensitivity", "sensitivity_shape"]
 
 
 def group_sensitivity(model: nn.Module, x: torch.Tensor, groups: Sequence[str], train_ds, val_ds, *,
-                      sparsity: float, device: str | torch.device = "cpu", exclude: Sequence[str] = (),
-                      bn_batches: int = 5, batch_size: int = 64, val_images: int = 1000,
-                      seed: int = 0) -> dict[str, float]:
+                      sparsity: float | Mapping[str, float], device: str | torch.device = "cpu",
+                      exclude: Sequence[str] = (), bn_batches: int = 5, batch_size: int = 64, val_images: int = 1000,
+                      seed: int = 0, round_to: int = 1) -> dict[str, float]:
     """Validation accuracy (on the first ``val_images`` of ``val_ds``) with each group alone pruned
-    by ``sparsity`` (L1 ranking), after ``bn_batches`` of BatchNorm recalibration; ``model`` is left
-    untouched."""
+    by ``sparsity`` (one for all, or one per group; L1 ranking), after ``bn_batches`` of BatchNorm
+    recalibration; ``model`` is left untouched. A group whose pruning fails, or gives a non-finite
+    accuracy, is left out of the result."""
     from .data import TensorData
     from .train import evaluate, recalibrate_bn
 
@@ -39,12 +41,18 @@ def group_sensitivity(model: nn.Module, x: torch.Tensor, groups: Sequence[str], 
     subset = val_ds.take(torch.arange(min(val_images, len(val_ds)))) if isinstance(val_ds, TensorData) else val_ds
     out = {}
     for g in groups:
-        policy = Policy(getattr(model, "autoprune_name", type(model).__name__), {g: sparsity},
-                        {g: channels[g]}, importance="l1")
-        small = apply_policy(model, policy, x, exclude=exclude)
-        if bn_batches:
-            recalibrate_bn(small, train_ds, device=device, batches=bn_batches, batch_size=batch_size, seed=seed)
-        out[g] = evaluate(small, subset, device=device)
+        s = float(sparsity[g] if isinstance(sparsity, Mapping) else sparsity)
+        policy = Policy(getattr(model, "autoprune_name", type(model).__name__), {g: s}, {g: channels[g]},
+                        round_to, importance="l1")
+        try:
+            small = apply_policy(model, policy, x, exclude=exclude)
+            if bn_batches:
+                recalibrate_bn(small, train_ds, device=device, batches=bn_batches, batch_size=batch_size, seed=seed)
+            acc = evaluate(small, subset, device=device)
+        except Exception:  # noqa: BLE001 - one group that cannot be measured must not stop the others
+            continue
+        if math.isfinite(acc):
+            out[g] = acc
     return out
 
 

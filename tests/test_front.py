@@ -15,6 +15,7 @@ from autoprune.front import (
     pareto_front,
     pick_trial,
     promotions,
+    proposed_count,
     top_rung,
     uniform_curve,
     uniform_origin,
@@ -135,11 +136,15 @@ def test_promotion_resumes_where_it_stopped_and_climbs_rung_by_rung():
     assert uniform_curve(t, "flops")["trial"].tolist() == [10]
 
 
-def test_promotions_add_nothing_to_the_hypervolume():
-    rows = _rung0() + [(10, "ok", "optuna", 0.99, 0.25, 0.25, "l1", 0.5, 5)]
+def test_promotions_add_nothing_to_the_hypervolume_nor_to_the_trial_count():
+    # a rerun (10), then one more searched trial (11, after a resume with a larger --trials) that grows the front
+    rows = _rung0() + [(10, "ok", "optuna", 0.99, 0.25, 0.25, "l1", 0.5, 5),
+                       (11, "ok", "optuna", 0.95, 0.20, 0.2, "l1", 0.1, None)]
     t = _trials(rows, RUNG_COLS)
     hv = hypervolume_column(t, "flops", 0.5)
-    assert math.isnan(hv[-1]) and hv[-2] == pytest.approx(hypervolume_column(t.iloc[:-1], "flops", 0.5)[-1])
+    assert math.isnan(hv[10]) and hv[9] == pytest.approx(hypervolume_column(t.iloc[:10], "flops", 0.5)[-1])
+    assert hv[11] > hv[9] * 1.01
     t["hypervolume"] = hv
-    assert last_growth(t)[1] != 10
-    assert top_rung(t.iloc[:-1]).equals(t.iloc[:-1])  # no promotion: the whole table
+    assert last_growth(t) == (11, 11)  # the 11th searched trial: the rerun is not counted
+    assert proposed_count(t) == 11
+    assert top_rung(t.iloc[:10]).equals(t.iloc[:10])  # no promotion: the whole table

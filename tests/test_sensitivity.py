@@ -48,3 +48,22 @@ def test_each_group_is_measured_alone_and_the_model_is_untouched(trained):
     recalibrate_bn(whole, splits.train, device="cpu", batches=5, batch_size=64, seed=0)
     assert all(v == pytest.approx(evaluate(whole, splits.val, device="cpu")) for v in none.values())
     assert min(kept.values()) < min(none.values())  # removing 90% of a group's channels costs accuracy
+
+
+def test_a_group_that_cannot_be_measured_is_left_out(trained, monkeypatch):
+    import autoprune.sensitivity as sens
+
+    model, splits = trained
+    x = splits.example_input()
+    groups = [g.name for g in prunable_groups(model, x)]
+    real = sens.apply_policy
+
+    def broken(m, policy, *a, **k):
+        if groups[0] in policy.sparsity:
+            raise RuntimeError("this group breaks the pruner")
+        return real(m, policy, *a, **k)
+
+    monkeypatch.setattr(sens, "apply_policy", broken)
+    kept = group_sensitivity(model, x, groups, splits.train, splits.val, sparsity={g: 0.5 for g in groups},
+                             device="cpu")
+    assert set(kept) == set(groups[1:])
