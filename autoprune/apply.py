@@ -49,7 +49,7 @@ from .prune import apply_policy
 from .budget import Budget
 from .fit import fit_policy
 from .front import is_uniform, uniform_curve
-from .results import Run, load_run
+from .results import Run, load_run, number_or_none
 from .train import TrainConfig, evaluate, finetune_pruned, resolve_device
 
 __all__ = ["apply_run", "load_pruned"]
@@ -297,17 +297,10 @@ def _resolve_pick(run: Run, pick: str | int) -> _Choice:
     rows = trials[trials["trial"] == trial] if len(trials) else trials
     row = rows.iloc[0] if len(rows) else run.pareto[run.pareto["trial"] == trial].iloc[0]
     sizes = {k: float(row[f"{k}_ratio"]) for k in ("flops", "params")
-             if _number(row.get(f"{k}_ratio")) is not None}
-    return _Choice(text, trial, run.policy(trial), _number(row.get("val_acc")), _number(row.get("flops")),
+             if number_or_none(row.get(f"{k}_ratio")) is not None}
+    return _Choice(text, trial, run.policy(trial), number_or_none(row.get("val_acc")),
+                   number_or_none(row.get("flops")),
                    str(row.get("origin", "")), sizes)
-
-
-def _number(v: Any) -> Any:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 # ----------------------------------------------------------------------------------------- training

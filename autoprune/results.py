@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -132,6 +133,15 @@ class RunDir:
         plot_front(trials, front, self.path / "pareto.png", budgets=config.budgets, objective=objective,
                    baseline=baseline, curve=curve, floor=floor)
         return front
+
+
+def number_or_none(v: Any) -> float | None:
+    """A trials.csv cell as a finite float, or None (empty, NaN, text)."""
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
 
 
 def unpruned_size(baseline: Mapping[str, Any], objective: str) -> float | None:

@@ -26,7 +26,7 @@ from .cluster import RayStarter
 from .config import UNIFORM_SIZES, SearchConfig
 from .data import memory_bytes
 from .front import best_trial, promotions, proposed_count, uniform_origin
-from .results import Prepared, prepare_run, unpruned_size
+from .results import Prepared, number_or_none, prepare_run, unpruned_size
 from .searcher import close_stale_trials, make_searcher
 from .space import IMPORTANCE_PARAM, TARGET_PARAM
 from .trial import TrialContext, TrialResult, run_trial
@@ -265,7 +265,7 @@ def _promote(prepared: Prepared, *, log: Callable[[str], None], faults: Mapping[
         offset = int(trials["trial"].max()) + 1
         # The parents' policies travel with the plan: a worker on another machine has no run folder.
         plan = {offset + i: {"parent": p, "origin": str(rows.loc[p, "origin"]),
-                             "target": _number_or_none(rows.loc[p].get("target_ratio")),
+                             "target": number_or_none(rows.loc[p].get("target_ratio")),
                              "policy": run_policy(run, p).to_dict()}
                 for i, p in enumerate(parents)}
         t = time.perf_counter()
@@ -286,14 +286,6 @@ def run_policy(run, trial: int):
     from .policy import Policy
 
     return Policy.load(run.path / "policies" / f"{int(trial)}.json")
-
-
-def _number_or_none(v: Any) -> float | None:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def size_range(prepared: Prepared) -> tuple[float, float]:
