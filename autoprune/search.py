@@ -27,7 +27,7 @@ from .config import UNIFORM_SIZES, SearchConfig
 from .data import memory_bytes
 from .front import best_trial, promotions, proposed_count, uniform_origin
 from .results import Prepared, number_or_none, prepare_run, unpruned_size
-from .searcher import close_stale_trials, make_searcher
+from .searcher import close_stale_trials, constraint, make_searcher
 from .space import IMPORTANCE_PARAM, TARGET_PARAM
 from .trial import TrialContext, TrialResult, run_trial
 
@@ -156,7 +156,7 @@ def _report(config: SearchConfig, result: TrialResult, context_s: float, faults:
     # turns status "failed" into an Optuna FAIL instead of these placeholder values.
     size = getattr(result, objective)
     tune.report({"val_acc": result.val_acc if _finite(result.val_acc) else 0.0,
-                 objective: size if _finite(size) else 1.0, "constraint": _constraint(config, result),
+                 objective: size if _finite(size) else 1.0, "constraint": constraint(config, result.status, result.latency_ms, result.latency_ratio),
                  "status": result.status, "result": result.to_json()})
 
 
@@ -172,17 +172,6 @@ def _candidate(cfg: Mapping, warm: tuple[WarmStart, ...], config: SearchConfig
                    and all(math.isclose(params.get(g, -1.0), v, abs_tol=1e-9) for g, v in w.point.items())),
                   "optuna")
     return config.space.to_proposal(params), importance, target, origin
-
-
-def _constraint(config: SearchConfig, result: TrialResult) -> float:
-    """Optuna's constraint value: <= 0 within every budget, else how far over (1.0 when unmeasured)."""
-    if result.status == "ok":
-        return 0.0
-    budget = config.budget("latency")
-    if budget is not None and _finite(result.latency_ms) and _finite(result.latency_ratio) and result.latency_ratio:
-        limit = budget.cap(result.latency_ms / result.latency_ratio)
-        return max(1e-3, result.latency_ms / limit - 1.0)
-    return 1.0
 
 
 def _flatten(d: Mapping, prefix: str = "") -> dict:
@@ -365,7 +354,9 @@ def _search_trials(prepared: Prepared, done: pd.DataFrame, remaining: int, *, lo
     sizes = [round(float(v), 6) for v in np.linspace(floor, top, UNIFORM_SIZES)]
     sizes = [sizes[-1], sizes[0], *sizes[1:-1]]
     warm = _warm_starts(config, ctx, done, sizes, log)
-    stale = close_stale_trials(run)
+    told, stale = close_stale_trials(run, config)
+    if told:
+        log(f"resume: told Optuna {told} trial(s) whose results were recorded before the search stopped")
     if stale:
         log(f"resume: marked {stale} interrupted Optuna trial(s) as failed")
     offset = int(done["trial"].max()) + 1 if len(done) else 0

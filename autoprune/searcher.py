@@ -15,13 +15,25 @@ from .config import SearchConfig
 from .results import RunDir
 from .space import IMPORTANCE_PARAM, PARAM_PREFIX, TARGET_PARAM
 
-__all__ = ["make_searcher", "close_stale_trials", "study_storage", "STUDY_NAME"]
+__all__ = ["make_searcher", "close_stale_trials", "constraint", "study_storage", "STUDY_NAME"]
 
 STUDY_NAME = "autoprune"
+TRIAL_ATTR = "autoprune_trial"  # the Optuna trial's user attribute: the trial's number in trials.csv
 
 
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def constraint(config: SearchConfig, status: str, latency_ms: Any = None, latency_ratio: Any = None) -> float:
+    """Optuna's constraint value: <= 0 within every budget, else how far over (1.0 when unmeasured)."""
+    if status == "ok":
+        return 0.0
+    budget = config.budget("latency")
+    if budget is not None and _finite(latency_ms) and _finite(latency_ratio) and latency_ratio:
+        limit = budget.cap(latency_ms / latency_ratio)
+        return max(1e-3, latency_ms / limit - 1.0)
+    return 1.0
 
 
 def _sampler(config: SearchConfig, seed: int):
@@ -78,6 +90,8 @@ def make_searcher(config: SearchConfig, run: RunDir, ranges: dict, warm: Sequenc
             cfg = super().suggest(trial_id)
             if isinstance(cfg, dict):
                 cfg["trial"] = self.next_number
+                # so that a resume can tell a trial whose row was written before a kill (close_stale_trials)
+                self._ot_trials[trial_id].set_user_attr(TRIAL_ATTR, self.next_number)
                 self.next_number += 1
             return cfg
 
@@ -105,23 +119,41 @@ def make_searcher(config: SearchConfig, run: RunDir, ranges: dict, warm: Sequenc
                                    study_name=STUDY_NAME, storage=study_storage(run), seed=seed)
 
 
-def close_stale_trials(run: RunDir) -> int:
-    """A killed search leaves Optuna trials RUNNING; mark them FAIL so the sampler ignores them."""
+def close_stale_trials(run: RunDir, config: SearchConfig) -> tuple[int, int]:
+    """Repair the study a killed search left behind; returns (trials told from trials.csv, trials failed).
+
+    trials.csv is written before Optuna is told, so a kill in between leaves a trial RUNNING whose
+    row exists: it is told now with that row's result, as the search would have told it. Other RUNNING
+    trials never finished and become FAIL, so the sampler ignores them.
+    """
     import optuna
     from optuna.trial import TrialState
 
     if not (run.study_dir / "journal.log").is_file():
-        return 0
+        return 0, 0
     try:
         study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run))
     except KeyError:
-        return 0
-    stale = study.get_trials(deepcopy=False, states=[TrialState.RUNNING])
-    for t in stale:
-        study.tell(t.number, state=TrialState.FAIL)
+        return 0, 0
+    rows = run.read_trials()
+    rows = {int(r["trial"]): r for _, r in rows.iterrows()} if len(rows) else {}
+    objective = f"{config.objective}_ratio"
+    told = failed = 0
+    for t in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
+        row = rows.get(t.user_attrs.get(TRIAL_ATTR, -1))
+        if row is None or row["status"] not in ("ok", "infeasible"):
+            study.tell(t.number, state=TrialState.FAIL)
+            failed += 1
+            continue
+        values = [float(row["val_acc"]), float(row.get(objective))]
+        values = [values[0] if _finite(values[0]) else 0.0, values[1] if _finite(values[1]) else 1.0]
+        optuna.Trial(study, t._trial_id).set_constraint(
+            "budget", constraint(config, row["status"], row.get("latency_ms"), row.get("latency_ratio")))
+        study.tell(t.number, values)
+        told += 1
     # Enqueued warm starts that never ran: the resumed search enqueues the missing ones again, so
     # these are asked out (WAITING cannot be told) and failed rather than run twice.
     waiting = len(study.get_trials(deepcopy=False, states=[TrialState.WAITING]))
     for _ in range(waiting):
         study.tell(study.ask(), state=TrialState.FAIL)
-    return len(stale) + waiting
+    return told, failed + waiting

@@ -78,9 +78,33 @@ def test_resume_fails_trials_a_killed_search_left_running_or_waiting(tmp_path):
     study.enqueue_trial({"s/g0": 0.3})
     study.enqueue_trial({"s/g0": 0.4})
     study.ask()  # the first warm start was running when the search was killed; the second never ran
-    assert close_stale_trials(run) == 2
+    assert close_stale_trials(run, SearchConfig(budget_flops="50%")) == (0, 2)
     states = [t.state.name for t in optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run)).get_trials()]
     assert states == ["FAIL", "FAIL"]
+
+
+def test_resume_tells_optuna_the_trials_recorded_before_a_kill(tmp_path):
+    """trials.csv is written before Optuna is told: a kill in between leaves the trial RUNNING with
+    its row on disk. A resume tells Optuna that row's result (an infeasible one with its constraint),
+    and fails only the trials that have no row."""
+    import optuna
+
+    from autoprune.searcher import close_stale_trials, study_storage
+    from autoprune.trial import TrialResult
+
+    config = SearchConfig(budget_flops="50%", trials=4)
+    run = RunDir(tmp_path / "killed")
+    searcher = make_searcher(config, run, config.space.ranges(GROUPS), (), offset=5)
+    numbers = [searcher.suggest(f"t{i}")["trial"] for i in range(4)]  # all four RUNNING when killed
+    assert numbers == [5, 6, 7, 8]
+    run.append(TrialResult(trial=5, origin="optuna", status="ok", val_acc=0.75, flops_ratio=0.42, flops=1, params=1))
+    run.append(TrialResult(trial=6, origin="optuna", status="infeasible", val_acc=0.9, flops_ratio=0.61, flops=1, params=1))
+    run.append(TrialResult(trial=7, origin="optuna", status="failed", error="boom"))
+    assert close_stale_trials(run, config) == (2, 2)
+    trials = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run)).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+    assert [t.values for t in trials[:2]] == [[0.75, 0.42], [0.9, 0.61]]
+    assert [t.constraints for t in trials[:2]] == [{"budget": 0.0}, {"budget": 1.0}]
 
 
 def test_the_size_is_searched_between_the_floor_and_the_budget(tmp_path):
@@ -116,8 +140,6 @@ def test_a_resumed_study_draws_new_proposals(tmp_path):
 
 
 def test_a_centred_space_proposes_multipliers_and_names_its_uniform_start(tmp_path):
-    import math
-
     from autoprune.search import _candidate
     from autoprune.space import load_space
 
