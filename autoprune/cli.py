@@ -149,6 +149,11 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
       help="multi-fidelity: finetune epochs of promotion rungs, e.g. 0.5; each rung reruns the best "
            "1/--reduction of the rung below (by gain over the uniform curve) and the uniform curve's points")
     a("--reduction", type=int, default=None, help="share kept per rung is 1/reduction (default 3)")
+    a("--confirm", type=int, default=None, metavar="K",
+      help="before naming best, rerun the K best candidates and the uniform policy at the budget with a longer "
+           "finetune; best is then the best of these (default 0: off)")
+    a("--confirm-epochs", type=float, default=None, metavar="E",
+      help="the confirmation finetune (default 5x the longest finetune of the search)")
     a("--sensitivity", action="store_true", default=None,
       help="one more warm start at the budget: a shape that keeps more of the groups whose pruning alone "
            "costs the most validation accuracy (measured once, BatchNorm recalibration only)")
@@ -249,14 +254,15 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _log(f"\n{len(outcome.trials)} trials ({counts['ok']} ok, {counts['infeasible']} infeasible, "
          f"{counts['failed']} failed) in {outcome.seconds:.0f}s")
     if promoted:
-        _log(f"{promoted} of them reran a trial's policy with a longer finetune (--rungs); the front and the pick "
-             "use only the longest")
+        _log(f"{promoted} of them reran a trial's policy with a longer finetune (--rungs, --confirm); the front "
+             "uses the longest rung")
     _log("Pareto front (validation accuracy, sizes relative to the unpruned model):")
     _log(front_table(outcome.front))
+    _log_confirmed(outcome.trials, outcome.objective)
     best = outcome.best
     if best is not None:
         size = f"{outcome.objective}_ratio"
-        _log(f"best within budget: trial {int(best['trial'])} val_acc {best['val_acc']:.4f} "
+        _log(f"best within budget{_confirmed_note(best)}: trial {int(best['trial'])} val_acc {best['val_acc']:.4f} "
              f"{size} {best[size]:.3f}  (unpruned val_acc {outcome.baseline.get('val_acc', float('nan')):.4f})")
     _log(f"written: {outcome.path}/trials.csv, pareto.csv, pareto.png, policies/")
     if not outcome.finished:
@@ -271,6 +277,22 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
         _err(f"every trial failed or was infeasible; first reason: {reason}")
         return 1
     return 0
+
+
+def _confirmed_note(best) -> str:
+    from .front import CONFIRM_PREFIX
+
+    confirmed = str(best.get("origin", "")).startswith(CONFIRM_PREFIX)
+    return f" (confirmed: trial {int(best['parent'])} rerun)" if confirmed else ""
+
+
+def _log_confirmed(trials, objective: str) -> None:
+    from .front import confirmation_table, is_confirmation
+
+    if len(trials) and is_confirmation(trials).any():
+        _log("confirmed (--confirm): each candidate's score in the search and after the longer finetune; "
+             "best is the best confirmed")
+        _log(confirmation_table(trials, objective))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -294,9 +316,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     size = f"{run.config.objective}_ratio"
     _log(f"Pareto front (validation accuracy; gain_vs_uniform: over the uniform curve at the same {size}):")
     _log(front_table(front))
+    _log_confirmed(run.trials, run.config.objective)
     best = run.best()
     if best is not None:
-        _log(f"best within budget: trial {int(best['trial'])} (val_acc {best['val_acc']:.4f}, "
+        _log(f"best within budget{_confirmed_note(best)}: trial {int(best['trial'])} (val_acc {best['val_acc']:.4f}, "
              f"{size} {best[size]:.3f}); apply it with: autoprune apply {run.path} --pick {int(best['trial'])}"
              f" (or --pick 30% for the best at or under a size)")
     curve = uniform_curve(run.trials, run.config.objective)

@@ -33,6 +33,7 @@ LATENCY_BACKENDS = ("torch", "onnxruntime")
 # the demo (24 trials), a floor at half the budget gave a front of 4 points, one at a quarter gave 7
 # spread over the whole range: validation accuracy must differ across sizes for points to stand apart.
 FRONT_FROM = 0.25
+CONFIRM_FACTOR = 5  # --confirm's finetune without --confirm-epochs: this many times the longest rung's
 UNIFORM_SIZES = 3  # sizes the uniform policy is measured at: the floor, the budget, and evenly between
 DEVICES = ("auto", "cpu", "cuda")
 # What a resumed run may change: how much more to run and where, never what is searched or how a
@@ -67,6 +68,8 @@ class SearchConfig:
     distill: float = 0.0  # weight of distillation from the unpruned model in trial finetunes; 0 = off
     rungs: str | None = None  # finetune epochs of promotion rungs after the trials' own, e.g. "0.5" or "0.3,1"
     reduction: int = 3  # a rung keeps the best 1/reduction of the candidates below it (and the uniform curve)
+    confirm: int = 0  # rerun this many best candidates and the uniform policy at the budget before naming best
+    confirm_epochs: float | None = None  # their finetune; None: CONFIRM_FACTOR x the longest rung's
     sensitivity: bool = False  # also warm-start from each group's pruning sensitivity (measured in the driver)
     round_to: int | None = None  # kept channels per group in multiples of this; None: 8 on a GPU, 1 on the CPU
     batch_size: int = 64
@@ -108,6 +111,7 @@ class SearchConfig:
             ("baseline_epochs", _whole(self.baseline_epochs) and self.baseline_epochs >= 1, "a whole number >= 1"),
             ("latency_batch", _whole(self.latency_batch) and self.latency_batch >= 1, "a whole number >= 1"),
             ("reduction", _whole(self.reduction) and self.reduction >= 2, "a whole number >= 2"),
+            ("confirm", _whole(self.confirm) and self.confirm >= 0, "a whole number >= 0 (0 = off)"),
         ]
         for name, ok, rule in rules:
             if not ok:
@@ -143,6 +147,13 @@ class SearchConfig:
                            tuple(Budget.parse(kind, text) for kind, text in texts.items() if text is not None))
         object.__setattr__(self, "_importances", parse_importances(self.importance))
         object.__setattr__(self, "_rungs", _parse_rungs(self.rungs, self.finetune_epochs))
+        if self.confirm_epochs is not None and not (
+                _finite(self.confirm_epochs) and self.confirm_epochs > self.rung_epochs[-1]):
+            raise ConfigError(f"--confirm-epochs must be more than the longest finetune of the search "
+                              f"({self.rung_epochs[-1]:g} epochs), but got {self.confirm_epochs!r}.")
+        if self.confirm and self.confirm_at <= 0:
+            raise ConfigError("--confirm needs a finetune to confirm with: give --confirm-epochs (e.g. 1), "
+                              "since --finetune-epochs is 0.")
         floor = None
         if self.front_from is not None:
             floor = Budget.parse(self.objective, self.front_from)
@@ -175,6 +186,13 @@ class SearchConfig:
     def rung_epochs(self) -> tuple[float, ...]:
         """Finetune epochs of each rung: the trials' own (``finetune_epochs``), then each of ``rungs``."""
         return (float(self.finetune_epochs), *self._rungs)
+
+    @property
+    def confirm_at(self) -> float:
+        """The confirmation finetune's epochs (``--confirm-epochs``, else CONFIRM_FACTOR x the longest rung's)."""
+        if self.confirm_epochs is not None:
+            return float(self.confirm_epochs)
+        return CONFIRM_FACTOR * self.rung_epochs[-1]
 
     @property
     def objective(self) -> str:

@@ -21,10 +21,13 @@ import pandas as pd
 from .atomic import atomic_path
 from .budget import Budget
 
-__all__ = ["proposed_count", "top_rung", "promotions", "pareto_front", "best_trial", "pick_trial", "front_table", "plot_front", "uniform_curve",
-           "gain_vs_uniform", "hypervolume", "hypervolume_column", "last_growth", "uniform_origin", "is_uniform"]
+__all__ = ["proposed_count", "top_rung", "promotions", "pareto_front", "best_trial", "pick_trial", "front_table",
+           "plot_front", "uniform_curve", "gain_vs_uniform", "hypervolume", "hypervolume_column", "last_growth",
+           "uniform_origin", "is_uniform", "CONFIRM_PREFIX", "is_confirmation", "confirmations_due",
+           "confirmed_best", "confirmation_table"]
 
 GROWTH = 0.01  # "the front grew": its hypervolume rose by more than this share
+CONFIRM_PREFIX = "confirm:"  # the origin of a confirmation rerun: confirm:<its parent's origin>
 
 
 def uniform_origin(criterion: str, target: float) -> str:
@@ -59,6 +62,19 @@ def _is_promotion(trials: pd.DataFrame) -> pd.Series:
     return pd.to_numeric(trials["parent"], errors="coerce").notna()
 
 
+def is_confirmation(trials: pd.DataFrame) -> pd.Series:
+    """Which rows confirm a candidate (``--confirm``): reruns at the confirmation finetune."""
+    if trials.empty or "origin" not in trials:
+        return pd.Series(False, index=trials.index)
+    return trials["origin"].astype(str).str.startswith(CONFIRM_PREFIX)
+
+
+def _searched(trials: pd.DataFrame) -> pd.DataFrame:
+    """The search's own trials and rung promotions: the front, the uniform curve and the rungs never
+    see the confirmation reruns."""
+    return trials[~is_confirmation(trials)] if len(trials) else trials
+
+
 def proposed_count(trials: pd.DataFrame) -> int:
     """Trials the search proposed (what ``--trials`` counts); promotions rerun some of them."""
     return int((~_is_promotion(trials)).sum()) if len(trials) else 0
@@ -66,7 +82,9 @@ def proposed_count(trials: pd.DataFrame) -> int:
 
 def top_rung(trials: pd.DataFrame) -> pd.DataFrame:
     """The trials at the highest fidelity (``epochs``) any ok trial reached: the front and the pick
-    use only these. A run without promotions (or from before the column) is returned whole."""
+    use only these. A run without promotions (or from before the column) is returned whole.
+    Confirmation reruns are never part of it."""
+    trials = _searched(trials)
     if trials.empty or not _is_promotion(trials).any():
         return trials
     epochs = _epochs(trials)
@@ -85,6 +103,7 @@ def promotions(trials: pd.DataFrame, objective: str, rung_epochs: Sequence[float
     (or no uniform point to measure against) go to the earlier trial. Trials already rerun at a
     rung are not asked again.
     """
+    trials = _searched(trials)
     epochs = _epochs(trials)
     ok = (trials["status"] == "ok") if len(trials) else pd.Series(dtype=bool)
     for prev, cur in zip(rung_epochs, rung_epochs[1:]):
@@ -102,6 +121,55 @@ def promotions(trials: pd.DataFrame, objective: str, rung_epochs: Sequence[float
         if todo:
             return float(cur), todo
     return None
+
+
+def confirmations_due(trials: pd.DataFrame, objective: str, count: int) -> list[int]:
+    """The trials (numbers) still to confirm: the uniform curve's point at its largest size (the
+    budget, best criterion) and the ``count`` best other candidates by validation accuracy, all at
+    the top rung, less those already confirmed. A candidate that beats the confirmed uniform is at
+    least as small and better."""
+    if count <= 0 or trials.empty:
+        return []
+    searched = top_rung(trials)
+    ok = _ok(searched, _size(searched, objective))
+    curve = uniform_curve(trials, objective)
+    picks = [int(curve.iloc[-1]["trial"])] if len(curve) else []
+    others = ok[~is_uniform(ok["origin"])].sort_values(["val_acc", "trial"], ascending=[False, True], kind="stable")
+    picks += [int(t) for t in others["trial"].head(count)]
+    done = trials[is_confirmation(trials)]
+    done = {int(p) for p in pd.to_numeric(done.get("parent", pd.Series(dtype=float)), errors="coerce").dropna()}
+    return [t for t in picks if t not in done]
+
+
+def confirmed_best(trials: pd.DataFrame) -> pd.Series | None:
+    """The confirmation rerun with the highest validation accuracy (None without any): once a run
+    has confirmed its candidates, this is ``best``."""
+    conf = trials[is_confirmation(trials)] if len(trials) else trials
+    conf = conf[(conf["status"] == "ok") & conf["val_acc"].notna()] if len(conf) else conf
+    if conf.empty:
+        return None
+    return conf.sort_values(["val_acc", "trial"], ascending=[False, True], kind="stable").iloc[0]
+
+
+def confirmation_table(trials: pd.DataFrame, objective: str) -> str:
+    """Each confirmed candidate: its score in the search and after the confirmation finetune."""
+    conf = trials[is_confirmation(trials)] if len(trials) else trials
+    if conf.empty:
+        return "(no confirmation)"
+    rows = trials.set_index("trial")
+    col = _size(trials, objective)
+    out = pd.DataFrame({
+        "trial": conf["trial"].astype(int),
+        "parent": pd.to_numeric(conf["parent"], errors="coerce").astype("Int64"),
+        "origin": conf["origin"].astype(str).str.removeprefix(CONFIRM_PREFIX),
+        "epochs": _epochs(conf),
+        col: conf[col],
+        "search_val_acc": [rows.loc[int(p), "val_acc"] if pd.notna(p) and int(p) in rows.index else math.nan
+                           for p in pd.to_numeric(conf["parent"], errors="coerce")],
+        "confirmed_val_acc": conf["val_acc"],
+    })
+    out = out.sort_values(["confirmed_val_acc", "trial"], ascending=[False, True], kind="stable")
+    return out.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
 def pareto_front(trials: pd.DataFrame, objective: str = "flops") -> pd.DataFrame:
@@ -243,7 +311,8 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, path: Path, *, budgets
 
     col = _size(trials, objective)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    everything = _ok(trials, col)
+    confirmed = _ok(trials[is_confirmation(trials)], col)
+    everything = _ok(_searched(trials), col)
     trials = top_rung(trials)
     ok = _ok(trials, col)
     lower = everything.loc[everything.index.difference(ok.index)]
@@ -251,7 +320,7 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, path: Path, *, budgets
         ax.scatter(lower[col], lower["val_acc"], s=10, c="0.85", label=f"shorter rungs ({len(lower)} ok)")
     # Zoom on the searched sizes and the accuracies that matter: the front, the uniform curve and the
     # unpruned model (drawn as a line, not at 1.0x far to the right). Trials below are counted.
-    main = [*front["val_acc"], *([] if curve is None else curve["val_acc"])]
+    main = [*front["val_acc"], *([] if curve is None else curve["val_acc"]), *confirmed["val_acc"]]
     if baseline.get("val_acc") is not None:
         main.append(baseline["val_acc"])
     if main:
@@ -266,6 +335,9 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, path: Path, *, budgets
     ax.scatter(ok[col], ok["val_acc"], s=18, c="0.6", label=label)
     if not front.empty:
         ax.plot(front[col], front["val_acc"], "o-", c="C0", drawstyle="steps-post", label="Pareto front")
+    if len(confirmed):
+        ax.scatter(confirmed[col], confirmed["val_acc"], s=90, marker="*", c="C1", zorder=5,
+                   label=f"confirmed with a longer finetune ({len(confirmed)})")
     if curve is not None and not curve.empty:
         ax.plot(curve["size"], curve["val_acc"], "s--", c="C3", ms=6, label="uniform (best criterion per size)",
                 zorder=4)

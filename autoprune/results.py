@@ -32,8 +32,8 @@ from .atomic import atomic_path, write_json, write_text
 from .budget import Budget
 from .config import SearchConfig, resume_config
 from .errors import CheckpointError, ConfigError, ModelError, RunError
-from .front import (gain_vs_uniform, hypervolume_column, pareto_front, pick_trial, plot_front, proposed_count,
-                    uniform_curve)
+from .front import (confirmed_best, gain_vs_uniform, hypervolume_column, pareto_front, pick_trial, plot_front,
+                    proposed_count, uniform_curve)
 from .policy import Policy
 from .trial import TRIAL_COLUMNS, TrialResult
 
@@ -183,8 +183,10 @@ class Run:
         return torch.zeros(batch, *self.baseline["input_shape"])
 
     def best(self) -> pd.Series | None:
-        """The front's highest validation accuracy within the budget."""
-        return pick_trial(self.pareto, self.config.objective)
+        """The best confirmed candidate when the run confirmed some (``--confirm``), else the front's
+        highest validation accuracy within the budget."""
+        confirmed = confirmed_best(self.trials)
+        return confirmed if confirmed is not None else pick_trial(self.pareto, self.config.objective)
 
     def pick(self, at_most: float | None = None) -> pd.Series | None:
         """The front point with the highest validation accuracy at or under the size ``at_most`` (a

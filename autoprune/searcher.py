@@ -140,7 +140,7 @@ def close_stale_trials(run: RunDir, config: SearchConfig) -> tuple[int, int]:
     objective = f"{config.objective}_ratio"
     told = failed = 0
     for t in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
-        row = rows.get(t.user_attrs.get(TRIAL_ATTR, -1))
+        row = rows.get(t.user_attrs.get(TRIAL_ATTR, -1))  # None: the trial never wrote its row
         if row is None or row["status"] not in ("ok", "infeasible"):
             study.tell(t.number, state=TrialState.FAIL)
             failed += 1

@@ -378,6 +378,34 @@ def test_multi_fidelity_promotes_by_gain_and_the_front_uses_the_top_rung(small_c
     assert json.loads((outcome.path / "state.json").read_text())["finished"] is True
 
 
+def test_confirmation_reruns_the_best_and_the_uniform_and_best_is_the_confirmed_one(small_config):
+    """--confirm 2: after the search, the uniform policy at the budget and the two best other candidates
+    rerun with their parents' channels at the confirmation finetune; best (search, load_run, apply
+    --pick best) is the best of those. (A resume reruns only what is missing: test_front, and the
+    rungs' resume, which shares the code.)"""
+    config = small_config(trials=5, importance="l1", confirm=2, confirm_epochs=0.3)
+    outcome = search(config, log=lambda line: None)
+    t = outcome.trials.set_index("trial")
+    searched, confirmed = t[t["parent"].isna()], t[t["parent"].notna()]
+    expected = ap.front.confirmations_due(outcome.trials[outcome.trials["parent"].isna()], "flops", 2)
+    assert len(expected) == 3 and t.loc[expected[0], "origin"] == "uniform:l1@0.500"
+    assert sorted(confirmed["parent"].astype(int)) == sorted(expected)
+    assert (confirmed["epochs"] == 0.3).all() and confirmed["origin"].str.startswith("confirm:").all()
+    run = ap.load_run(outcome.path)
+    for trial, row in confirmed.iterrows():
+        parent = int(row["parent"])
+        assert row["origin"] == "confirm:" + t.loc[parent, "origin"] and row["flops"] == t.loc[parent, "flops"]
+        assert run.policy(trial).indices == run.policy(parent).indices
+    ok = confirmed[confirmed["status"] == "ok"]
+    assert int(outcome.best["trial"]) == int(run.best()["trial"]) == int(ok["val_acc"].idxmax())
+    assert set(outcome.front["trial"]) <= set(searched.index)  # the front is the search's
+    assert json.loads((outcome.path / "state.json").read_text())["finished"] is True
+    report = subprocess.run([sys.executable, "-m", "autoprune.cli", "report", str(outcome.path)],
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0 and "confirmed (--confirm)" in report.stdout
+    assert "best within budget (confirmed: trial" in report.stdout
+
+
 def test_sensitivity_adds_one_non_uniform_warm_start_at_the_budget(small_config):
     outcome = search(small_config(trials=4, importance="l1", sensitivity=True), log=lambda line: None)
     t = outcome.trials.set_index("trial")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from autoprune.config import SearchConfig
 from autoprune.results import RunDir
-from autoprune.search import WarmStart
+from autoprune.workers import WarmStart
 from autoprune.searcher import STUDY_NAME
 from autoprune.searcher import make_searcher
 
@@ -140,7 +140,7 @@ def test_a_resumed_study_draws_new_proposals(tmp_path):
 
 
 def test_a_centred_space_proposes_multipliers_and_names_its_uniform_start(tmp_path):
-    from autoprune.search import _candidate
+    from autoprune.workers import candidate
     from autoprune.space import load_space
 
     space = load_space("centred")
@@ -151,7 +151,7 @@ def test_a_centred_space_proposes_multipliers_and_names_its_uniform_start(tmp_pa
     candidates = []
     for i in range(10):
         cfg = searcher.suggest(f"t{i}")
-        candidates.append(_candidate(cfg, warm, config))
+        candidates.append(candidate(cfg, warm, config))
         searcher.on_trial_complete(f"t{i}", result={**_ok(cfg), "flops_ratio": cfg["target"]})
     proposal, importance, target, origin = candidates[0]
     assert origin == "uniform:l1@0.500" and target == 0.5 and len(set(proposal.values())) == 1

@@ -1,0 +1,194 @@
+"""What the search's driver and its Ray workers share: the trial context a worker keeps, the Tune
+function a trial runs in, the report it sends back, and the callback that writes its row.
+
+The search (``search.py``) and the reruns at longer finetunes (``promote.py``: rungs and
+confirmation) both run their trials through these.
+
+Example:
+    >>> writer = row_writer(run, config, ("flops", 0.5), print, describe)
+    >>> tune.Tuner(..., run_config=run_config(run, "tune-0", writer)).fit()
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .config import SearchConfig
+from .results import Prepared, unpruned_size
+from .searcher import constraint
+from .space import IMPORTANCE_PARAM, TARGET_PARAM
+from .trial import TrialContext, TrialResult, run_trial
+
+__all__ = ["WarmStart", "context", "set_threads", "trainable", "report", "candidate", "size_range", "lap",
+           "row_writer", "run_config"]
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A policy the search runs first: its origin label, its searched parameters (group -> sparsity, or
+    log keep multiplier in a space centred on uniform), criterion and target size."""
+
+    origin: str
+    point: Mapping[str, float]
+    importance: str
+    target: float | None = None
+
+
+_CONTEXTS: dict[str, TrialContext] = {}
+
+
+def context(prepared: Prepared, *, driver: bool = False) -> TrialContext:
+    """The worker's context for this run, built on first use and kept for later trials.
+
+    The driver's own context (groups, warm starts) stays on the CPU: only trials use the GPU share
+    Ray gives them.
+    """
+    key = f"{prepared.run.path}{':driver' if driver else ''}"
+    if key not in _CONTEXTS:
+        from .models import create_model
+        from .train import resolve_device
+
+        config = prepared.config
+        model = create_model(config.model, num_classes=prepared.num_classes, in_channels=prepared.input_shape[0])
+        model.load_state_dict(prepared.state_dict)
+        device = resolve_device("cpu" if driver else config.trial_device)
+        train_ds, val_ds = prepared.train, prepared.val
+        if hasattr(train_ds, "to"):  # in-memory tensors: move once, every batch is then a slice
+            train_ds, val_ds = train_ds.to(device), val_ds.to(device)
+        _CONTEXTS.clear()
+        _CONTEXTS[key] = TrialContext(config, model, train_ds, val_ds, torch.zeros(1, *prepared.input_shape),
+                                      device=device, groups=prepared.groups)
+    return _CONTEXTS[key]
+
+
+def set_threads(config: SearchConfig) -> None:
+    threads = max(1, int(config.cpus_per_trial))
+    if torch.get_num_threads() != threads:
+        # Trials side by side must not fight over cores. Set once per process: changing the
+        # thread pool again from a later trial's thread has crashed workers (munmap_chunk).
+        torch.set_num_threads(threads)
+
+
+def trainable(cfg: dict, prepared: Prepared, warm: tuple[WarmStart, ...], faults: Mapping[str, int]) -> None:
+    config = prepared.config
+    set_threads(config)
+    proposal, importance, target, origin = candidate(cfg, warm, config)
+    trial = int(cfg["trial"])
+    if faults.get("fail_on_trial") == trial:  # fault injection for tests
+        raise RuntimeError(f"injected failure in trial {trial}")
+    start = time.perf_counter()
+    ctx = context(prepared)
+    context_s = time.perf_counter() - start  # non-zero only on a worker's first trial
+    result = run_trial(config, proposal, ctx, trial=trial, origin=origin, importance=importance, target=target)
+    report(config, result, context_s, faults)
+
+
+def report(config: SearchConfig, result: TrialResult, context_s: float, faults: Mapping[str, int]) -> None:
+    from ray import tune
+
+    trial = result.trial
+    result = result.replace(trial_s=result.trial_s + context_s, timings={"context": context_s, **result.timings})
+    if faults.get("nan_on_trial") == trial:  # fault injection for tests: a NaN metric
+        result = result.replace(val_acc=float("nan"))
+    if result.status == "ok" and not _finite(result.val_acc):
+        result = result.replace(status="failed", error=result.error or "validation accuracy is NaN or missing")
+    objective = f"{config.objective}_ratio"
+    # Both objectives are always finite: a NaN would leave the Optuna trial RUNNING. The searcher
+    # turns status "failed" into an Optuna FAIL instead of these placeholder values.
+    size = getattr(result, objective)
+    tune.report({"val_acc": result.val_acc if _finite(result.val_acc) else 0.0,
+                 objective: size if _finite(size) else 1.0,
+                 "constraint": constraint(config, result.status, result.latency_ms, result.latency_ratio),
+                 "status": result.status, "result": result.to_json()})
+
+
+def candidate(cfg: Mapping, warm: tuple[WarmStart, ...], config: SearchConfig
+               ) -> tuple[dict[str, float], str, float | None, str]:
+    """(proposal, criterion, target size, origin) of a trial's Tune config; the origin is that of the
+    warm start it matches, else ``optuna``."""
+    params = {g: float(v) for g, v in flatten(cfg.get("s", {})).items()}
+    importance = str(cfg.get(IMPORTANCE_PARAM) or config.importances[0])
+    target = float(cfg[TARGET_PARAM]) if cfg.get(TARGET_PARAM) is not None else None
+    origin = next((w.origin for w in warm if w.importance == importance
+                   and (w.target is None or target is not None and math.isclose(w.target, target, abs_tol=1e-9))
+                   and all(math.isclose(params.get(g, -1.0), v, abs_tol=1e-9) for g, v in w.point.items())),
+                  "optuna")
+    return config.space.to_proposal(params), importance, target, origin
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def size_range(prepared: Prepared) -> tuple[float, float]:
+    """(floor, budget) of the run's size measure, as shares of the unpruned model."""
+    config = prepared.config
+    return config.size_range(unpruned_size(prepared.baseline, config.objective))
+
+
+def lap(timings: dict, part: str, t0: float) -> float:
+    now = time.perf_counter()
+    timings[part] = timings.get(part, 0.0) + now - t0
+    return now
+
+
+def row_writer(run, config: SearchConfig, reference: tuple[str, float], log, describe):
+    """A Tune callback that appends each finished trial to trials.csv (driver side, one writer) and
+    logs a line. ``describe(trial_config)`` gives (number, origin, target, parent, epochs) for a trial
+    whose worker died before it could report."""
+    from ray import tune
+
+    objective = f"{config.objective}_ratio"
+    known = run.read_trials()
+    ok = known[known["status"] == "ok"] if len(known) else known
+    best = {"val_acc": float(ok["val_acc"].max()) if len(ok) else -1.0}
+
+    class RowWriter(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            r = TrialResult.from_json(result["result"])
+            run.append(r, reference)
+            if r.status == "ok":
+                best["val_acc"] = max(best["val_acc"], r.val_acc)
+            ratio = getattr(r, objective)
+            line = (f"trial {r.trial:>3} {r.origin:<8} {r.status:<10} "
+                    + (f"val_acc {r.val_acc:.4f}  {objective} {ratio:.3f}  " if r.val_acc is not None else "")
+                    + f"best {best['val_acc']:.4f}  {r.trial_s:.1f}s"
+                    + (f"  (rerun of {r.parent}, {r.epochs:g} epochs)" if r.parent is not None else "")
+                    + (f"  ({r.error})" if r.error else ""))
+            log(line)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            number, origin, target_size, parent, epochs = describe(trial.config)
+            message = "the trial's worker raised or died"
+            if getattr(trial, "error_file", None) and os.path.isfile(trial.error_file):
+                lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+                message = lines[-1][:300] if lines else message
+            run.append(TrialResult(trial=number, status="failed", origin=origin, error=message,
+                                   target_ratio=target_size, parent=parent, epochs=epochs), reference)
+            log(f"trial {number:>3} failed: {message}")
+
+    return RowWriter()
+
+
+def run_config(run, name: str, callback):
+    from ray import tune
+
+    return tune.RunConfig(name=name, storage_path=str(run.path / "ray"), callbacks=[callback], verbose=0,
+                          failure_config=tune.FailureConfig(max_failures=0),
+                          checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False))
