@@ -30,7 +30,6 @@ import math
 import os
 import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -40,37 +39,17 @@ import torch.nn as nn
 from .atomic import write_json
 from .baseline import baseline_recipe
 from .costs import count_flops, count_params
-from .criteria import IMPORTANCES, gradient_batch, needs_gradients
+from .criteria import gradient_batch, needs_gradients
 from .data import load_dataset
 from .errors import ConfigError, RunError
 from .latency import check_backend, relative_latency
 from .policy import Policy
+from .picks import Choice, resolve_pick, uniform_choices
 from .prune import apply_policy
-from .budget import Budget
-from .fit import fit_policy
-from .front import is_uniform, uniform_curve
-from .results import Run, load_run, number_or_none
+from .results import Run, load_run
 from .train import TrainConfig, evaluate, finetune_pruned, resolve_device
 
 __all__ = ["apply_run", "load_pruned"]
-
-_NAMED_PICKS = ("best", "uniform")
-_SHOWN_TRIALS = 10  # ok trial numbers listed in a bad-pick message
-
-
-@dataclass(frozen=True)
-class _Choice:
-    """A resolved pick: the label of its folder (``best``, ``uniform-l1``, ``7``) and the trial behind it
-    (None for a uniform policy fitted to the pick's size, which no trial measured)."""
-
-    label: str
-    trial: int | None
-    policy: Policy
-    search_val_acc: float | None
-    search_flops: int | None
-    origin: str = ""
-    sizes: Mapping[str, float] = dataclasses.field(default_factory=dict)  # flops/params ratios in the search
-
 
 def apply_run(
     run: str | os.PathLike | Run,
@@ -136,12 +115,12 @@ def apply_run(
     if onnx:
         _check_onnx()
     dev = resolve_device(device)
-    choice = _resolve_pick(run, pick)
+    choice = resolve_pick(run, pick)
     exclude = tuple(run.config.space.exclude)
     config = run.config
     base_model = run.model()
     x = run.example_input()
-    uniforms = _uniform_choices(run, choice, base_model, x, exclude) if compare_uniform else []
+    uniforms = uniform_choices(run, choice, base_model, x, exclude) if compare_uniform else []
 
     recipe = baseline_recipe(config.dataset, epochs, seed)
     cfg = dataclasses.replace(recipe, lr=lr if lr is not None else recipe.lr / 10,
@@ -177,43 +156,6 @@ def apply_run(
     return result
 
 
-def _uniform_choices(run: Run, choice: _Choice, model: nn.Module, x: torch.Tensor,
-                     exclude: tuple[str, ...]) -> list[_Choice]:
-    """The uniform policy at the pick's size: with the pick's criterion, then with the criterion that
-    scored best on the run's uniform curve at the measured size nearest the pick's (once if they agree).
-
-    The size is the pick's share of the unpruned model in the run's size measure (FLOPs under a
-    latency objective, so no timing noise enters the fit); the run's budgets still hold.
-    """
-    import pandas as pd
-
-    kind = "flops" if run.config.objective == "latency" else run.config.objective
-    size = choice.sizes.get(kind)
-    same = choice.policy.importance or run.config.importances[0]
-    criteria = [same]
-    curve = uniform_curve(run.trials, kind)
-    if len(curve) and size is not None:
-        nearest = curve.iloc[(curve["size"] - size).abs().argsort().iloc[0]]["importance"]
-        # Runs from before criteria were recorded have no importance column: compare with the pick's only.
-        if isinstance(nearest, str) and nearest in IMPORTANCES and nearest not in criteria:
-            criteria.append(nearest)
-    out = []
-    for criterion in criteria:
-        if is_uniform(pd.Series([choice.origin])).iloc[0] and criterion == same:
-            out.append(choice)  # the pick is this very policy
-            continue
-        if size is None:
-            raise RunError(f"--compare-uniform: trial {choice.trial} of run {run.path.name!r} has no {kind} "
-                           f"ratio to match; apply it without --compare-uniform.")
-        budgets = (*[b for b in run.budgets if b.kind != "latency"], Budget(kind, size, True, f"{size:.4g}"))
-        caps = {g: run.config.space.range_of(g)[1] for g in choice.policy.sparsity}
-        policy = fit_policy(model, x, {}, budgets, groups=list(choice.policy.sparsity), exclude=exclude,
-                            round_to=choice.policy.round_to, max_sparsity=caps, model_name=run.config.model)
-        out.append(_Choice(f"uniform-{criterion}", None, dataclasses.replace(policy, importance=criterion),
-                           None, None, "uniform"))
-    return out
-
-
 # ------------------------------------------------------------------------------------------ checks
 
 
@@ -234,75 +176,6 @@ def _check_onnx() -> None:
         raise ConfigError("--onnx needs the onnx package: pip install onnx (or pip install 'autoprune[onnx]').")
 
 
-def _ok_trials(run: Run) -> list[int]:
-    t = run.trials
-    return sorted(int(v) for v in t.loc[t["status"] == "ok", "trial"]) if len(t) else []
-
-
-def _valid_picks(run: Run) -> str:
-    ok = _ok_trials(run)
-    shown = ", ".join(str(v) for v in ok[:_SHOWN_TRIALS]) + (", ..." if len(ok) > _SHOWN_TRIALS else "")
-    return (f"choose best, uniform, a size such as 30% (the best front point at or under it) or an ok trial "
-            f"number ({shown})" if ok else "the run has no ok trial")
-
-
-def _resolve_pick(run: Run, pick: str | int) -> _Choice:
-    """Turn ``best``, ``uniform``, a size (``30%``) or a trial number into an ok trial of the run,
-    or raise RunError.
-
-    ``uniform`` is the uniform policy measured at the largest size (the budget), with the criterion
-    that scored best there on validation.
-    """
-    text = str(pick).strip()
-    trials = run.trials
-    if text == "best":
-        best = run.best()
-        if best is None:
-            raise RunError(f"--pick best: run {run.path.name!r} has no feasible trial on its front; "
-                           f"{_valid_picks(run)}.")
-        trial = int(best["trial"])
-    elif text.endswith("%"):
-        try:
-            share = float(text[:-1]) / 100
-        except ValueError:
-            raise RunError(f"Unknown --pick {text!r}; {_valid_picks(run)}.") from None
-        best = run.pick(share)
-        if best is None:
-            smallest = run.pareto[f"{run.config.objective}_ratio"].min() if len(run.pareto) else None
-            raise RunError(f"--pick {text}: run {run.path.name!r} has no front point at or under {text} of the "
-                           f"{run.config.objective}" + (f" (its smallest is {smallest:.1%})" if smallest else "")
-                           + f"; {_valid_picks(run)}.")
-        trial = int(best["trial"])
-    elif text == "uniform":
-        curve = uniform_curve(trials, run.config.objective)
-        if curve.empty:
-            raise RunError(f"--pick uniform: run {run.path.name!r} has no ok trial of the uniform policy; "
-                           f"{_valid_picks(run)}.")
-        trial = int(curve.iloc[-1]["trial"])
-    else:
-        try:
-            trial = int(text)
-        except ValueError:
-            raise RunError(f"Unknown --pick {text!r}; {_valid_picks(run)}.") from None
-        text = str(trial)
-        rows = trials[trials["trial"] == trial] if len(trials) else trials
-        if rows.empty:
-            raise RunError(f"--pick {text}: run {run.path.name!r} has no trial {trial}; {_valid_picks(run)}.")
-        row = rows.iloc[0]
-        if row["status"] != "ok":
-            why = str(row.get("error", "") if isinstance(row.get("error", ""), str) else "")
-            why = " ".join(why.split())[:160]
-            raise RunError(f"--pick {text}: trial {trial} is {row['status']}" + (f" ({why})" if why else "")
-                           + f"; {_valid_picks(run)}.")
-    rows = trials[trials["trial"] == trial] if len(trials) else trials
-    row = rows.iloc[0] if len(rows) else run.pareto[run.pareto["trial"] == trial].iloc[0]
-    sizes = {k: float(row[f"{k}_ratio"]) for k in ("flops", "params")
-             if number_or_none(row.get(f"{k}_ratio")) is not None}
-    return _Choice(text, trial, run.policy(trial), number_or_none(row.get("val_acc")),
-                   number_or_none(row.get("flops")),
-                   str(row.get("origin", "")), sizes)
-
-
 # ----------------------------------------------------------------------------------------- training
 
 
@@ -311,7 +184,7 @@ def _measure_baseline(model: nn.Module, splits, x: torch.Tensor, dev: torch.devi
             "flops": count_flops(model.cpu(), x), "params": count_params(model), "latency_ms": None}
 
 
-def _prune(run: Run, choice: _Choice, model: nn.Module, x: torch.Tensor, splits, exclude: tuple[str, ...],
+def _prune(run: Run, choice: Choice, model: nn.Module, x: torch.Tensor, splits, exclude: tuple[str, ...],
            log: Callable[[str], None]) -> tuple[nn.Module, int]:
     """Prune as the search did: the policy carries the channels its trial kept (older runs: the
     criterion and rounding the trial used, which select the same channels)."""
@@ -327,7 +200,7 @@ def _prune(run: Run, choice: _Choice, model: nn.Module, x: torch.Tensor, splits,
     return small, choice.policy.round_to
 
 
-def _apply_one(choice: _Choice, *, run: Run, splits, base_model: nn.Module, x: torch.Tensor, dev: torch.device,
+def _apply_one(choice: Choice, *, run: Run, splits, base_model: nn.Module, x: torch.Tensor, dev: torch.device,
                cfg: TrainConfig, base: dict, exclude: tuple[str, ...], onnx: bool, latency: Mapping[str, Any],
                log: Callable[[str], None]) -> dict:
     import pandas as pd

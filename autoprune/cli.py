@@ -227,7 +227,8 @@ def _search_config(args: argparse.Namespace):
 
 def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .front import front_table
-    from .results import RunDir, run_name
+    from .prepare import run_name
+    from .results import RunDir
 
     config, given = _search_config(args)
     if not args.resume and not config.budgets:

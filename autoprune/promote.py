@@ -15,9 +15,18 @@ from typing import Any, Callable, Mapping, Sequence
 from .cluster import RayStarter
 from .data import memory_bytes
 from .front import CONFIRM_PREFIX, confirmations_due, promotions
-from .results import Prepared, number_or_none
-from .workers import context, lap, report, row_writer, run_config, set_threads, size_range
+from .prepare import Prepared
+from .results import number_or_none
 from .trial import run_trial
+from .workers import (
+    context,
+    lap,
+    report,
+    row_writer,
+    run_config,
+    set_threads,
+    size_range,
+)
 
 __all__ = ["promote_rungs", "confirm", "run_policy"]
 

@@ -1,4 +1,4 @@
-"""The results directory of a run: preparing it, writing it, and reading it back.
+"""The results directory of a run: writing it, and reading it back.
 
 Layout (DESIGN.md section 4)::
 
@@ -6,8 +6,7 @@ Layout (DESIGN.md section 4)::
                   policies/<trial>.json  study/journal.log  apply-<pick>/
 
 Every file is written atomically (``atomic.py``), so a kill never leaves half a file.
-:func:`prepare_run` checks a run's folder and inputs, loads the data, and loads or trains the
-baseline, before any trial (and before Ray is needed).
+Preparing a run's folder is ``prepare.py``'s.
 
 Example:
     >>> run = load_run("results/resnet20-digits-20261127-120000")
@@ -19,25 +18,23 @@ from __future__ import annotations
 import io
 import json
 import math
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import pandas as pd
 import yaml
 
-from .atomic import atomic_path, write_json, write_text
+from .atomic import write_json, write_text
 from .budget import Budget
-from .config import SearchConfig, resume_config
-from .errors import CheckpointError, ConfigError, ModelError, RunError
+from .config import SearchConfig
+from .errors import RunError
 from .front import (confirmed_best, gain_vs_uniform, hypervolume_column, pareto_front, pick_trial, plot_front,
-                    proposed_count, uniform_curve)
+                    uniform_curve)
 from .policy import Policy
 from .trial import TRIAL_COLUMNS, TrialResult
 
-__all__ = ["RunDir", "Run", "Prepared", "load_run", "prepare_run", "run_name", "unpruned_size"]
+__all__ = ["RunDir", "Run", "load_run", "unpruned_size"]
 
 
 class RunDir:
@@ -210,206 +207,3 @@ def load_run(path: str | Path) -> Run:
     pareto = pd.read_csv(d.path / "pareto.csv") if (d.path / "pareto.csv").is_file() \
         else pareto_front(trials, config.objective)
     return Run(d.path, config, baseline, trials, pareto, dict(d.read_config().get("left_out") or {}))
-
-
-# ------------------------------------------------------------------------------------------ preparing
-
-
-@dataclass
-class Prepared:
-    """What a search needs from preparation: everything its trials share, shipped once to workers."""
-
-    config: SearchConfig
-    run: RunDir
-    state_dict: dict
-    train: Any
-    val: Any
-    input_shape: tuple[int, ...]
-    num_classes: int
-    groups: list[str]  # the groups trials may prune (probed)
-    baseline: dict
-    left_out: dict = field(default_factory=dict)
-
-
-def run_name(config: SearchConfig) -> str:
-    budgets = "-".join(f"{b.kind}{b.text.replace('%', 'pct').replace('.', 'p')}" for b in config.budgets)
-    model = config.model.replace(":", "_").replace(".", "_").replace("/", "_")
-    return f"{model}-{config.dataset.replace(':', '_').replace('/', '_')}-{budgets}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def prepare_run(config: SearchConfig, *, resume: bool, given: Mapping[str, Any] | None = None,
-                argv: list[str] | None = None, log: Callable[[str], None] = print,
-                on_checked: Callable[[SearchConfig, int], None] | None = None) -> Prepared:
-    """Check the run folder and the inputs, then load data and baseline; no Ray yet.
-
-    ``given`` holds the settings given again on ``--resume`` (see
-    :func:`~autoprune.config.resume_config`); by default every field of ``config`` that differs
-    from the defaults. ``on_checked(config, payload_bytes)`` is called once every input has been
-    checked, before the baseline is loaded or trained (``search`` starts Ray there).
-
-    Raises :class:`RunError` for a finished run, an existing unfinished run without ``--resume``,
-    or ``--resume`` of a folder that is not a run.
-    """
-    if resume:
-        if config.name is None:
-            raise RunError("--resume needs --name of the run to continue (a folder under --results-dir).")
-        run = RunDir(Path(config.results_dir) / config.name)
-        if not run.exists():
-            raise RunError(f"Cannot resume {str(run.path)!r}: no such run (no config.yaml there).")
-        if given is None:
-            default = SearchConfig()
-            given = {k: v for k, v in config.to_dict().items() if k != "space" and v != getattr(default, k)}
-        config = resume_config(run.saved_config(), {**given, "results_dir": config.results_dir,
-                                                    "name": config.name})
-        if run.is_finished() and ("trials" not in given or proposed_count(run.read_trials()) >= config.trials):
-            raise RunError(f"Run {str(run.path)!r} is already finished; nothing to resume "
-                           f"(give a larger --trials to run more).")
-    else:
-        name = config.name or run_name(config)
-        run = RunDir(Path(config.results_dir) / name)
-        if run.exists():
-            state = "finished" if run.is_finished() else "unfinished"
-            hint = "pick a new --name" if state == "finished" else "add --resume to continue it, or pick a new --name"
-            raise RunError(f"Run {str(run.path)!r} already exists ({state}); {hint}.")
-        config = config.replace(name=name)
-    if not config.budgets:
-        raise ConfigError("Give at least one budget: --budget-flops, --budget-params or --budget-latency (e.g. 50%).")
-    return _prepare(config, run, resume=resume, argv=argv, log=log, on_checked=on_checked)
-
-
-def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_checked) -> Prepared:
-    from .baseline import ensure_baseline
-    from .costs import count_flops, count_params
-    from .data import load_dataset, memory_bytes
-    from .models import create_model, load_checkpoint
-    from .probe import left_out_groups, prunable_groups
-    from .train import evaluate, resolve_device
-
-    import torch
-
-    device = resolve_device(config.device)
-    if config.gpus_per_trial > 0 and not config.address and not torch.cuda.is_available():
-        raise ConfigError(f"--gpus-per-trial {config.gpus_per_trial:g} needs a CUDA GPU, and this machine has none; "
-                          "drop the flag to run the trials on the CPU, or join a GPU cluster with --address.")
-    splits = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
-                          image_size=config.image_size, val_fraction=config.val_fraction, seed=config.split_seed)
-    model = create_model(config.model, num_classes=splits.num_classes, in_channels=splits.input_shape[0],
-                         seed=config.split_seed)
-
-    def checked() -> None:
-        if on_checked is not None:
-            on_checked(config, memory_bytes(model.state_dict().values(), splits.train, splits.val))
-
-    if resume:
-        checked()
-        load_checkpoint(model, run.path / "baseline.pt")
-        baseline = json.loads((run.path / "baseline.json").read_text())
-        saved = run.read_config()
-        groups, left = list(saved.get("groups") or []), dict(saved.get("left_out") or {})
-        if not groups:  # runs written before the probe: every group of the graph
-            groups = [g.name for g in prunable_groups(model, splits.example_input(), config.space.exclude,
-                                                      probe=False)]
-    else:
-        warnings = []
-        if config.checkpoint:
-            load_checkpoint(model, config.checkpoint)
-            warning = _check_split(config)
-            if warning:
-                log(f"warning: {warning}")
-                warnings.append(warning)
-        example = splits.example_input()
-        # Sizes, latency and groups do not depend on the weights: check them before a baseline is
-        # trained, so an absolute budget above the model or an unsupported model fails in seconds.
-        try:
-            flops = count_flops(model, example)
-        except Exception as e:  # a model that cannot take the data's inputs: say which, not a traceback
-            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise ModelError(f"Model {config.model!r} cannot take inputs of shape {list(splits.input_shape)} from "
-                             f"dataset {config.dataset!r} ({type(e).__name__}: {text[:160]}); give the --image-size "
-                             f"it was built for.") from None
-        sizes = {"flops": flops, "params": count_params(model)}
-        if config.budget("latency") is not None:
-            from .latency import measure_latency
-
-            trial_device = resolve_device(config.trial_device)  # where the trials run and measure
-            sizes["latency_ms"] = measure_latency(model, example, device=trial_device,
-                                                  batch_size=config.latency_batch, backend=config.latency_backend,
-                                                  threads=config.latency_threads)
-            sizes["latency_backend"] = config.latency_backend
-            sizes["latency_device"] = str(trial_device)
-        for b in config.budgets:  # an absolute budget above the unpruned model fails before any training
-            if b.kind in ("flops", "params"):
-                b.limit(sizes[b.kind])
-            elif not b.relative and "latency_ms" in sizes:
-                b.limit(sizes["latency_ms"])
-        space = config.space
-        left = left_out_groups(model, example, space.exclude, space.max_sparsity)  # unsupported models fail here
-        groups = [g.name for g in prunable_groups(model, example, space.exclude, max_sparsity=space.max_sparsity)]
-        if not groups:
-            raise ConfigError(
-                f"Model {config.model!r} has no prunable group outside the excluded layers {list(space.exclude)}"
-                + (f"; left out as unsafe: {_left_out_text(left)}" if left else "") + ".")
-        if left:
-            log(f"left out {len(left)} of {len(left) + len(groups)} groups that cannot be pruned safely: "
-                f"{_left_out_text(left)}")
-        checked()
-        if config.checkpoint:
-            info = {"source": str(Path(config.checkpoint).resolve()), "test_acc": None}
-        else:
-            info = ensure_baseline(model, splits, config, device=device, log=log)
-        baseline = {
-            "model": config.model, "dataset": config.dataset, "num_classes": splits.num_classes,
-            "input_shape": list(splits.input_shape), **sizes,
-            "val_acc": evaluate(model, splits.val, device=device),
-            "test_acc": info.get("test_acc"), "source": info.get("source"), "groups": len(groups),
-        }
-        model.cpu()  # evaluation left it on the device; workers get CPU weights and move them themselves
-        run.path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(run.path / "baseline.pt") as tmp:
-            torch.save(model.state_dict(), tmp)
-        run.write_baseline(baseline)
-        run.write_config(config, {"groups": groups, "left_out": left, "warnings": warnings,
-                                  "versions": _versions(), "command": " ".join(argv) if argv else None})
-        run.write_state(finished=False)
-    return Prepared(config, run, model.state_dict(), splits.train, splits.val, tuple(splits.input_shape),
-                    splits.num_classes, groups, baseline, left)
-
-
-def _left_out_text(left: Mapping[str, str]) -> str:
-    return "; ".join(f"{name} ({why})" for name, why in left.items())
-
-
-def _check_split(config: SearchConfig) -> str | None:
-    """Refuse a checkpoint trained on another split; a warning (returned) for one that records none."""
-    from .baseline import SPLIT_KEYS, split_of
-    from .models import checkpoint_meta
-
-    meta = checkpoint_meta(config.checkpoint)
-    split = (meta or {}).get("split")
-    if not isinstance(split, Mapping):
-        return (f"checkpoint {config.checkpoint!r} does not record the data split it trained on; if it saw "
-                f"the validation images (split seed {config.split_seed}, {config.val_fraction:g} of the "
-                f"training set) the search's accuracies are optimistic")
-    ours = split_of(config.dataset, config.val_fraction, config.split_seed)
-    differ = [k for k in SPLIT_KEYS if split.get(k) != ours[k]]
-    if differ:
-        theirs = ", ".join(f"{k}={split.get(k)!r}" for k in differ)
-        mine = ", ".join(f"{k}={ours[k]!r}" for k in differ)
-        raise CheckpointError(
-            f"Checkpoint {config.checkpoint!r} was trained on another data split ({theirs}) than this search "
-            f"validates on ({mine}), so it has seen validation images; train it with --split-seed "
-            f"{config.split_seed} or give the search the checkpoint's split.")
-    return None
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("autoprune", "torch", "torchvision", "torch-pruning", "optuna", "ray", "pandas"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-

@@ -1,6 +1,6 @@
 """The search: Optuna proposes per-group sparsities, Ray Tune runs the trials, the front is written.
 
-The driver prepares everything once (``results.prepare_run``: data, baseline, probed groups), ships
+The driver prepares everything once (``prepare.prepare_run``: data, baseline, probed groups), ships
 the baseline weights and in-memory data to the workers through Ray's object store, and writes each
 trial's row as it ends. Workers build one :class:`~autoprune.trial.TrialContext` per process and
 reuse it for every trial they run. Ray itself starts in ``cluster.py``.
@@ -22,12 +22,28 @@ import pandas as pd
 from .cluster import RayStarter
 from .config import UNIFORM_SIZES, SearchConfig
 from .data import memory_bytes
-from .front import best_trial, confirmations_due, confirmed_best, promotions, proposed_count, uniform_origin
+from .front import (
+    best_trial,
+    confirmations_due,
+    confirmed_best,
+    promotions,
+    proposed_count,
+    uniform_origin,
+)
+from .prepare import Prepared, prepare_run
 from .promote import confirm, promote_rungs
-from .results import Prepared, prepare_run
 from .searcher import close_stale_trials, make_searcher
 from .trial import TrialContext
-from .workers import WarmStart, candidate, context, lap, row_writer, run_config, size_range, trainable
+from .workers import (
+    WarmStart,
+    candidate,
+    context,
+    lap,
+    row_writer,
+    run_config,
+    size_range,
+    trainable,
+)
 
 __all__ = ["search", "SearchOutcome", "WarmStart", "size_range"]
 

@@ -20,7 +20,8 @@ from typing import Any, Mapping
 import torch
 
 from .config import SearchConfig
-from .results import Prepared, unpruned_size
+from .prepare import Prepared
+from .results import unpruned_size
 from .searcher import constraint
 from .space import IMPORTANCE_PARAM, TARGET_PARAM
 from .trial import TrialContext, TrialResult, run_trial

@@ -12,13 +12,14 @@ import torch
 
 import autoprune
 import autoprune.apply as apply_mod
+import autoprune.picks as picks_mod
 from autoprune.apply import apply_run, load_pruned
 from autoprune.cli import main
-from autoprune.errors import ConfigError, RunError
-from autoprune.models import create_model
 from autoprune.config import SearchConfig
 from autoprune.costs import count_flops, count_params
+from autoprune.errors import ConfigError, RunError
 from autoprune.fit import fit_policy, uniform_policy
+from autoprune.models import create_model
 from autoprune.probe import prunable_groups
 from autoprune.prune import apply_policy
 from autoprune.results import RunDir, load_run
@@ -232,8 +233,8 @@ def test_compare_uniform_when_the_pick_is_the_uniform_policy(run_path):
 
 def test_a_trial_number_names_its_folder(run_path, no_training):
     # resolved without training: the folder label is the number as given
-    assert apply_mod._resolve_pick(load_run(run_path), 1).label == "1"
-    assert apply_mod._resolve_pick(load_run(run_path), "uniform").trial == 0
+    assert picks_mod.resolve_pick(load_run(run_path), 1).label == "1"
+    assert picks_mod.resolve_pick(load_run(run_path), "uniform").trial == 0
 
 
 @pytest.fixture
@@ -293,11 +294,11 @@ def test_onnx_export(run_path):
 def test_pick_by_size_resolves_to_the_best_front_point_under_it(run_path, no_training):
     run = load_run(run_path)
     small = run.pareto["flops_ratio"].min()
-    assert apply_mod._resolve_pick(run, f"{small * 100 + 0.01:.2f}%").trial == int(
+    assert picks_mod.resolve_pick(run, f"{small * 100 + 0.01:.2f}%").trial == int(
         run.pareto.loc[run.pareto["flops_ratio"].idxmin(), "trial"])
-    assert run.pick(small + 1e-4)["trial"] == apply_mod._resolve_pick(run, f"{small * 100 + 0.01:.2f}%").trial
+    assert run.pick(small + 1e-4)["trial"] == picks_mod.resolve_pick(run, f"{small * 100 + 0.01:.2f}%").trial
     with pytest.raises(RunError, match="no front point at or under 1%"):
-        apply_mod._resolve_pick(run, "1%")
+        picks_mod.resolve_pick(run, "1%")
 
 
 def test_compare_uniform_on_a_run_without_recorded_criteria(tmp_path):

@@ -10,7 +10,7 @@ def test_prepare_keeps_a_warning_for_a_checkpoint_without_its_split(rand20, tmp_
     from autoprune.baseline import split_of
     from autoprune.config import SearchConfig
     from autoprune.models import create_model, load_checkpoint, save_checkpoint
-    from autoprune.results import prepare_run
+    from autoprune.prepare import prepare_run
 
     lines = []
     cfg = SearchConfig(budget_flops="50%", checkpoint=rand20, image_size=16, results_dir=str(tmp_path), name="a")

@@ -1,12 +1,10 @@
 """The searcher (searcher.py) in process (Ray's OptunaSearch with autoprune's sampler; no Ray started)."""
 from __future__ import annotations
 
-
 from autoprune.config import SearchConfig
 from autoprune.results import RunDir
+from autoprune.searcher import STUDY_NAME, make_searcher
 from autoprune.workers import WarmStart
-from autoprune.searcher import STUDY_NAME
-from autoprune.searcher import make_searcher
 
 GROUPS = [f"g{i}" for i in range(6)]
 
@@ -140,8 +138,8 @@ def test_a_resumed_study_draws_new_proposals(tmp_path):
 
 
 def test_a_centred_space_proposes_multipliers_and_names_its_uniform_start(tmp_path):
-    from autoprune.workers import candidate
     from autoprune.space import load_space
+    from autoprune.workers import candidate
 
     space = load_space("centred")
     config = SearchConfig(budget_flops="50%", importance="l1", trials=10, space=space)
