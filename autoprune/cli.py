@@ -269,7 +269,7 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if not outcome.finished:
         where = f" --results-dir {config.results_dir}" if config.results_dir != "results" else ""
         _err(f"the run stopped after {proposed_count(outcome.trials)} of {outcome.requested} trials"
-             + (f" and {promoted} promotions" if promoted else "") + " (finished ones are kept); "
+             + (f" and {promoted} reruns" if promoted else "") + " (finished ones are kept); "
              f"continue with: autoprune search --resume --name {outcome.path.name}{where}")
         return 1
     if counts["ok"] == 0:

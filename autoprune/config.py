@@ -151,6 +151,9 @@ class SearchConfig:
                 _finite(self.confirm_epochs) and self.confirm_epochs > self.rung_epochs[-1]):
             raise ConfigError(f"--confirm-epochs must be more than the longest finetune of the search "
                               f"({self.rung_epochs[-1]:g} epochs), but got {self.confirm_epochs!r}.")
+        if self.confirm_epochs is not None and not self.confirm:
+            raise ConfigError(f"--confirm-epochs {self.confirm_epochs!r} needs --confirm K (how many candidates to "
+                              "confirm), e.g. --confirm 3.")
         if self.confirm and self.confirm_at <= 0:
             raise ConfigError("--confirm needs a finetune to confirm with: give --confirm-epochs (e.g. 1), "
                               "since --finetune-epochs is 0.")

@@ -125,16 +125,17 @@ def promotions(trials: pd.DataFrame, objective: str, rung_epochs: Sequence[float
 
 def confirmations_due(trials: pd.DataFrame, objective: str, count: int) -> list[int]:
     """The trials (numbers) still to confirm: the uniform curve's point at its largest size (the
-    budget, best criterion) and the ``count`` best other candidates by validation accuracy, all at
-    the top rung, less those already confirmed. A candidate that beats the confirmed uniform is at
-    least as small and better."""
+    budget, best criterion) and the ``count`` best other ok trials by validation accuracy (uniform
+    ones at other sizes or criteria included), all at the top rung, less those already confirmed.
+    A candidate that beats the confirmed uniform is at least as small and better."""
     if count <= 0 or trials.empty:
         return []
     searched = top_rung(trials)
     ok = _ok(searched, _size(searched, objective))
     curve = uniform_curve(trials, objective)
     picks = [int(curve.iloc[-1]["trial"])] if len(curve) else []
-    others = ok[~is_uniform(ok["origin"])].sort_values(["val_acc", "trial"], ascending=[False, True], kind="stable")
+    others = ok[~ok["trial"].astype(int).isin(picks)]
+    others = others.sort_values(["val_acc", "trial"], ascending=[False, True], kind="stable")
     picks += [int(t) for t in others["trial"].head(count)]
     done = trials[is_confirmation(trials)]
     done = {int(p) for p in pd.to_numeric(done.get("parent", pd.Series(dtype=float)), errors="coerce").dropna()}

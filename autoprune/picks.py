@@ -19,7 +19,7 @@ from .budget import Budget
 from .criteria import IMPORTANCES
 from .errors import RunError
 from .fit import fit_policy
-from .front import is_uniform, uniform_curve
+from .front import CONFIRM_PREFIX, is_uniform, uniform_curve
 from .policy import Policy
 from .results import Run, number_or_none
 
@@ -65,7 +65,7 @@ def uniform_choices(run: Run, choice: Choice, model: nn.Module, x: torch.Tensor,
             criteria.append(nearest)
     out = []
     for criterion in criteria:
-        if is_uniform(pd.Series([choice.origin])).iloc[0] and criterion == same:
+        if is_uniform(pd.Series([choice.origin.removeprefix(CONFIRM_PREFIX)])).iloc[0] and criterion == same:
             out.append(choice)  # the pick is this very policy
             continue
         if size is None:

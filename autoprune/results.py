@@ -187,7 +187,8 @@ class Run:
 
     def pick(self, at_most: float | None = None) -> pd.Series | None:
         """The front point with the highest validation accuracy at or under the size ``at_most`` (a
-        share of the unpruned model, in the run's size measure); None: :meth:`best`."""
+        share of the unpruned model, in the run's size measure); None: anywhere within the budget
+        (the front's best, which is :meth:`best` unless the run confirmed candidates)."""
         return pick_trial(self.pareto, self.config.objective, at_most)
 
     @property

@@ -136,6 +136,8 @@ def close_stale_trials(run: RunDir, config: SearchConfig) -> tuple[int, int]:
     except KeyError:
         return 0, 0
     rows = run.read_trials()
+    if len(rows) and "parent" in rows:
+        rows = rows[rows["parent"].isna()]  # reruns (rungs, confirmation) are never Optuna's trials
     rows = {int(r["trial"]): r for _, r in rows.iterrows()} if len(rows) else {}
     objective = f"{config.objective}_ratio"
     told = failed = 0

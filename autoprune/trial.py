@@ -1,6 +1,6 @@
 """One candidate end to end: fit, prune, recalibrate BatchNorm, finetune, evaluate, measure.
 
-Knows nothing of Ray: ``search.py`` calls :func:`run_trial` inside a Tune trainable, tests and
+Knows nothing of Ray: ``workers.py`` and ``promote.py`` call :func:`run_trial` inside Tune trainables, tests and
 scripts call it directly. A trial is a function of (config, proposal, criterion, seed).
 
 Example:

@@ -190,7 +190,7 @@ def run_cell(model_name: str, dataset: str, budget: float, args) -> None:
             if abs(float(known["val_default"]) - results["default"].val_acc) > 1e-9:  # threads, library versions
                 print(f"note: policy {c['policy']}: the default proxy gave {results['default'].val_acc:.4f} now, "
                       f"{float(known['val_default']):.4f} when recorded; the recorded scores are kept", flush=True)
-            row.update({f"val_{p}": known[f"val_{p}"] for p in PROXIES}, proxy_s=known["proxy_s"])
+            row.update({f"val_{p}": float(known[f"val_{p}"]) for p in PROXIES}, proxy_s=float(known["proxy_s"]))
         else:
             row["proxy_s"] = round(time.perf_counter() - start, 1)
         row["flops_ratio"] = results["default"].flops_ratio

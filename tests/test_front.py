@@ -156,17 +156,20 @@ def test_promotions_add_nothing_to_the_hypervolume_nor_to_the_trial_count():
 
 def test_confirmation_reruns_the_best_candidates_and_the_uniform_at_the_budget_and_names_best():
     t = _trials(_rung0(), RUNG_COLS)
-    # the uniform curve's point at the budget (0: L1 beats BatchNorm scale there), then the two most
-    # accurate other candidates (4, 6), by validation accuracy: confirmation compares like for like
-    assert confirmations_due(t, "flops", 2) == [0, 4, 6]
+    # the uniform curve's point at the budget (0: L1 beats BatchNorm scale there), then the most
+    # accurate others by validation accuracy, whatever their origin (4, then the other criterion's
+    # uniform 1, then 6): confirmation compares like for like
+    assert confirmations_due(t, "flops", 2) == [0, 4, 1]
+    assert confirmations_due(t, "flops", 3) == [0, 4, 1, 6]
     assert confirmations_due(t, "flops", 0) == [] and confirmed_best(t) is None
     rows = _rung0() + [(10, "ok", CONFIRM_PREFIX + uniform_origin("l1", 0.5), 0.86, 0.50, 0.5, "l1", 0.5, 0),
                        (11, "ok", CONFIRM_PREFIX + "optuna", 0.84, 0.50, 0.5, "l1", 0.5, 4)]
     t = _trials(rows, RUNG_COLS)
-    assert confirmations_due(t, "flops", 2) == [6]  # a resume confirms only what is missing
-    rows.append((12, "ok", CONFIRM_PREFIX + "optuna", 0.87, 0.40, 0.4, "l1", 0.5, 6))
+    assert confirmations_due(t, "flops", 3) == [1, 6]  # a resume confirms only what is missing
+    rows += [(12, "ok", CONFIRM_PREFIX + "optuna", 0.87, 0.40, 0.4, "l1", 0.5, 6),
+             (13, "failed", CONFIRM_PREFIX + uniform_origin("bn_scale", 0.5), None, None, 0.5, "bn_scale", 0.5, 1)]
     t = _trials(rows, RUNG_COLS)
-    assert confirmations_due(t, "flops", 2) == []
+    assert confirmations_due(t, "flops", 3) == []  # a failed confirmation is not run again
     assert int(confirmed_best(t)["trial"]) == 12  # best is the best confirmed, not the search's 0.80
     # the front, the uniform curve, the rungs and the trial count never see the confirmations
     assert pareto_front(t, "flops")["trial"].tolist() == pareto_front(t.iloc[:10], "flops")["trial"].tolist()
@@ -176,3 +179,4 @@ def test_confirmation_reruns_the_best_candidates_and_the_uniform_at_the_budget_a
     table = confirmation_table(t, "flops").splitlines()
     assert "search_val_acc" in table[0] and "confirmed_val_acc" in table[0]
     assert table[1].split()[:2] == ["12", "6"] and "0.7500" in table[1] and "0.8700" in table[1]
+    assert len(table) == 5  # a header and the four confirmations, the failed one included

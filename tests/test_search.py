@@ -379,7 +379,7 @@ def test_multi_fidelity_promotes_by_gain_and_the_front_uses_the_top_rung(small_c
 
 
 def test_confirmation_reruns_the_best_and_the_uniform_and_best_is_the_confirmed_one(small_config):
-    """--confirm 2: after the search, the uniform policy at the budget and the two best other candidates
+    """--confirm 2: after the search, the uniform policy at the budget and the two best other trials
     rerun with their parents' channels at the confirmation finetune; best (search, load_run, apply
     --pick best) is the best of those. (A resume reruns only what is missing: test_front, and the
     rungs' resume, which shares the code.)"""

@@ -84,7 +84,7 @@ def test_resume_fails_trials_a_killed_search_left_running_or_waiting(tmp_path):
 def test_resume_tells_optuna_the_trials_recorded_before_a_kill(tmp_path):
     """trials.csv is written before Optuna is told: a kill in between leaves the trial RUNNING with
     its row on disk. A resume tells Optuna that row's result (an infeasible one with its constraint),
-    and fails only the trials that have no row."""
+    and fails the trials that have no row of their own."""
     import optuna
 
     from autoprune.searcher import close_stale_trials, study_storage
@@ -98,6 +98,9 @@ def test_resume_tells_optuna_the_trials_recorded_before_a_kill(tmp_path):
     run.append(TrialResult(trial=5, origin="optuna", status="ok", val_acc=0.75, flops_ratio=0.42, flops=1, params=1))
     run.append(TrialResult(trial=6, origin="optuna", status="infeasible", val_acc=0.9, flops_ratio=0.61, flops=1, params=1))
     run.append(TrialResult(trial=7, origin="optuna", status="failed", error="boom"))
+    # trial 8 never wrote its row; a rerun (a later rung) took its number: not the Optuna trial's result
+    run.append(TrialResult(trial=8, origin="optuna", status="ok", val_acc=0.99, flops_ratio=0.42, flops=1, params=1,
+                           parent=5, epochs=0.5))
     assert close_stale_trials(run, config) == (2, 2)
     trials = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run)).get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
