@@ -175,11 +175,18 @@ def test_search_on_a_real_ray_cluster(rand20, tmp_path):
                            capture_output=True, text=True, timeout=120, env=env)
     assert start.returncode == 0, start.stderr[-2000:]
     try:
-        out = subprocess.run([sys.executable, "-m", "autoprune.cli", "search", "--budget-flops", "50%",
-                              "--checkpoint", rand20, "--trials", "2", "--finetune-epochs", "0.1", "--image-size", "16",
-                              "--results-dir", str(tmp_path / "results"), "--name", "c",
-                              "--address", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=400, env=env)
-        assert out.returncode == 0, out.stderr[-3000:]
+        cmd = [sys.executable, "-m", "autoprune.cli", "search", "--budget-flops", "50%", "--checkpoint", rand20,
+               "--trials", "2", "--finetune-epochs", "0.1", "--image-size", "16",
+               "--results-dir", str(tmp_path / "results"), "--name", "c", "--address", f"127.0.0.1:{port}"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
+        if out.returncode != 0 and "CoreWorkerPlasmaStoreProvider" in out.stderr \
+                and not (tmp_path / "results" / "c" / "trials.csv").is_file():
+            # Ray's core worker aborted while connecting to the object store, before any trial: seen
+            # once on a 2-core machine under full load (CI beside a benchmark). One more try, resumed.
+            again = [*cmd, "--resume"] if (tmp_path / "results" / "c" / "config.yaml").is_file() else cmd
+            out = subprocess.run(again, capture_output=True, text=True, timeout=400, env=env)
+        checks = [line for line in out.stderr.splitlines() if "Check failed" in line or "error" in line.lower()]
+        assert out.returncode == 0, "\n".join(checks[:5])[:1500] + "\n...\n" + out.stderr[-1500:]
         trials = pd.read_csv(tmp_path / "results" / "c" / "trials.csv")
         assert len(trials) == 2 and (trials["status"] == "ok").all()
     finally:
