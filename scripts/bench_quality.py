@@ -39,6 +39,12 @@ seeded, so it would give the same figures to the image.
     python scripts/bench_quality.py                  # the whole design, in as many sittings as it takes
     python scripts/bench_quality.py --seeds 0,1 --budgets 25   # a part
     python scripts/bench_quality.py --summarise-only
+    python scripts/bench_quality.py --methods autoprune_confirm   # a lever of issue 15 (VARIANTS), paired
+
+A variant (``autoprune_distill``, ``autoprune_centred``, ``autoprune_sensitivity``,
+``autoprune_confirm``) is the default search with one change, searched once per (budget, seed) and
+cached beside the default's; its pick gets the same final recipe. ``search_images`` counts what each
+search processed, confirmations and the teacher's passes included.
 """
 from __future__ import annotations
 
@@ -61,6 +67,15 @@ _OUT = _ROOT / "results" / "benchmarks"
 _RUNS = _ROOT / "results" / "bench" / "quality"
 
 METHODS = ("autoprune", "uniform", "uniform_best", "uniform_compute", "tp_global")
+# Issue 15's levers as extra methods (``--methods autoprune_confirm,...``): the default search with one
+# change, its pick trained with the same final recipe. Not in the default design; each has its own
+# cached searches. In quality_paired.csv a variant's gain over the default search is minus its row.
+VARIANTS = {
+    "autoprune_distill": dict(distill=0.5),
+    "autoprune_centred": dict(search_space="centred"),
+    "autoprune_sensitivity": dict(sensitivity=True),
+    "autoprune_confirm": dict(confirm=3),
+}
 CRITERIA = ("l1", "bn_scale", "taylor")  # the criteria the default search chooses among
 SPLIT_SEED = 0
 BATCH_SIZE = 128  # the Fashion-MNIST baseline recipe's batch, for searches and the final finetune alike
@@ -135,14 +150,15 @@ def _final(small, splits, args, seed: int, epochs: float) -> dict:
     return dict(_FINISHED[key])
 
 
-def _search(model_name: str, checkpoint: str, budget: float, seed: int, args, n_train: int
+def _search(model_name: str, checkpoint: str, budget: float, seed: int, args, n_train: int, variant: str = ""
             ) -> tuple[ap.Policy, dict]:
     folder = _RUNS / args.dataset
     name = f"{model_name}-flops{_pct(budget).rstrip('%').replace('.', 'p')}pct-s{seed}"
+    name += f"-{variant.removeprefix('autoprune_')}" if variant else ""
     cfg = ap.SearchConfig(model=model_name, dataset=args.dataset, checkpoint=checkpoint, budget_flops=_pct(budget),
                           trials=args.trials, finetune_epochs=args.search_epochs,
                           concurrency=args.concurrency, seed=seed, split_seed=SPLIT_SEED, results_dir=str(folder),
-                          name=name)
+                          name=name, **VARIANTS.get(variant, {}))
     start = time.perf_counter()
     resume = (folder / name / "config.yaml").is_file()
     if not resume or len(ap.load_run(folder / name).trials) < args.trials:
@@ -158,11 +174,13 @@ def _search(model_name: str, checkpoint: str, budget: float, seed: int, args, n_
 
 def _search_images(run, n_train: int) -> int:
     """Training images the search processed: every ok trial's finetune (at its own epochs, promotions
-    included), BatchNorm recalibration and Taylor batch."""
+    and confirmations included; twice with distillation, for the teacher's passes), BatchNorm
+    recalibration and Taylor batch."""
     c = run.config
     ok = run.trials[run.trials["status"] == "ok"]
     epochs = ok["epochs"].fillna(c.finetune_epochs) if "epochs" in ok else [c.finetune_epochs] * len(ok)
     finetune = sum(math.ceil(float(e) * (n_train // c.batch_size)) * c.batch_size for e in epochs)
+    finetune *= 2 if c.distill > 0 else 1
     taylor = int((ok.get("importance") == "taylor").sum()) * 64
     return finetune + len(ok) * c.bn_batches * c.batch_size + taylor
 
@@ -201,8 +219,9 @@ def run_benchmark(args) -> None:
                     start = time.perf_counter()
                     row = {**common, **key, "method": method}
                     try:
-                        if method == "autoprune":
-                            policy, search = _search(model_name, source, budget, seed, args, len(splits.train))
+                        if method == "autoprune" or method in VARIANTS:
+                            policy, search = _search(model_name, source, budget, seed, args, len(splits.train),
+                                                     "" if method == "autoprune" else method)
                             small = ap.apply_policy(base, policy, x)  # the trial's own channels
                             row.update(search_val_acc=search["val"], search_images=search["images"],
                                        search_s=round(search["seconds"], 1),
@@ -293,7 +312,8 @@ def _rank_criteria(table: Table, key: dict, base, x, splits, grad, budget: float
 
 def summarise(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """Means per (model, dataset, budget, method), and autoprune's paired differences against each method."""
-    done = [r for r in rows if r.get("test_acc") not in ("", None) and r["method"] in ("baseline", *METHODS)]
+    done = [r for r in rows if r.get("test_acc") not in ("", None)
+            and r["method"] in ("baseline", *METHODS, *VARIANTS)]
     cells: dict[tuple, dict[str, dict[str, float]]] = {}
     for r in done:
         cells.setdefault((r["model"], r["dataset"], r["budget"]), {}).setdefault(r["method"], {})[str(r["seed"])] = \
@@ -404,8 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     args.budgets = [float(b) / 100 for b in str(args.budgets).split(",") if b]
     args.seeds = [int(s) for s in str(args.seeds).split(",") if s]
     args.methods = [m for m in args.methods.split(",") if m]
-    if [m for m in args.methods if m not in METHODS]:
-        p.error(f"--methods must come from {', '.join(METHODS)}")
+    if [m for m in args.methods if m not in (*METHODS, *VARIANTS)]:
+        p.error(f"--methods must come from {', '.join((*METHODS, *VARIANTS))}")
     torch.set_num_threads(2)
     start = time.perf_counter()
     if args.check_final:
