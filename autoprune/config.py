@@ -147,13 +147,13 @@ class SearchConfig:
                            tuple(Budget.parse(kind, text) for kind, text in texts.items() if text is not None))
         object.__setattr__(self, "_importances", parse_importances(self.importance))
         object.__setattr__(self, "_rungs", _parse_rungs(self.rungs, self.finetune_epochs))
+        if self.confirm_epochs is not None and not self.confirm:
+            raise ConfigError(f"--confirm-epochs {self.confirm_epochs!r} needs --confirm K (how many candidates to "
+                              "confirm), e.g. --confirm 3.")
         if self.confirm_epochs is not None and not (
                 _finite(self.confirm_epochs) and self.confirm_epochs > self.rung_epochs[-1]):
             raise ConfigError(f"--confirm-epochs must be more than the longest finetune of the search "
                               f"({self.rung_epochs[-1]:g} epochs), but got {self.confirm_epochs!r}.")
-        if self.confirm_epochs is not None and not self.confirm:
-            raise ConfigError(f"--confirm-epochs {self.confirm_epochs!r} needs --confirm K (how many candidates to "
-                              "confirm), e.g. --confirm 3.")
         if self.confirm and self.confirm_at <= 0:
             raise ConfigError("--confirm needs a finetune to confirm with: give --confirm-epochs (e.g. 1), "
                               "since --finetune-epochs is 0.")

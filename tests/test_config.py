@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import re
+
 import pytest
 
 from autoprune.config import RESUMABLE, SearchConfig, resume_config
@@ -152,3 +154,15 @@ def test_distill_flags_set_the_weight():
     assert _search_config(parser.parse_args(base))[0].distill == 0.0
     assert _search_config(parser.parse_args(base + ["--distill"]))[0].distill == DISTILL
     assert _search_config(parser.parse_args(base + ["--distill", "--distill-weight", "0.3"]))[0].distill == 0.3
+
+
+@pytest.mark.parametrize("changes, says", [
+    (dict(confirm=-1), "--confirm must be a whole number >= 0"),
+    (dict(confirm_epochs=5.0), "--confirm-epochs 5.0 needs --confirm K"),
+    (dict(confirm=2, confirm_epochs=2.0), "--confirm-epochs must be more than the longest finetune of the search (2 "),
+    (dict(confirm=2, finetune_epochs=0.0), "--confirm needs a finetune to confirm with"),
+])
+def test_bad_confirmation_settings_are_refused_with_one_line(changes, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        SearchConfig(budget_flops="50%", **changes)
+    assert SearchConfig(budget_flops="50%", confirm=2).confirm_at == 10.0  # 5x the 2-epoch trials
