@@ -23,6 +23,8 @@ Proxies (rows of ``fidelity.csv``):
 - ``half``: a finetune half as long as the default;
 - ``default``: the search's default trial (digits: 2 epochs, the CLI default; fashion_mnist: 0.1
   epoch, the trial length ``bench_quality.py`` searches with);
+- ``double`` (fashion_mnist only): a finetune twice as long as the default (0.2 epoch), the longest
+  proxy the 1-epoch final recipe is 5x of; a candidate length for a top rung;
 - ``default_distill``: the default finetune with distillation from the unpruned model (weight 0.5,
   temperature 4).
 
@@ -65,11 +67,11 @@ DISTILL = 0.5
 # Per dataset: the default trial, the final recipe (5x the default) and the baseline.
 DESIGNS = {
     "digits": dict(trial_epochs=2.0, trial_batch=64, final_epochs=10.0, final_batch=64, baseline_epochs=15,
-                   search_seeds=(0, 1)),
+                   search_seeds=(0, 1), proxies=("bn", "half", "default", "default_distill")),
     "fashion_mnist": dict(trial_epochs=0.1, trial_batch=64, final_epochs=1.0, final_batch=128, baseline_epochs=10,
-                          search_seeds=(0, 1)),
+                          search_seeds=(0, 1), proxies=("bn", "half", "default", "double", "default_distill")),
 }
-PROXIES = ("bn", "half", "default", "default_distill")
+PROXIES = ("bn", "half", "default", "double", "default_distill")  # every proxy of any design
 POLICY_COLUMNS = ["dataset", "model", "budget", "policy", "source", "importance", "flops_ratio",
                   *(f"val_{p}" for p in PROXIES), "final_val", "final_test", "final_epochs", "proxy_s", "final_s"]
 
@@ -144,6 +146,15 @@ def _done(path: Path) -> list[dict]:
 
 def _append(path: Path, row: dict) -> None:
     new = not path.is_file()
+    if not new:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != POLICY_COLUMNS:  # written before a proxy was added: rewrite it with the new columns
+            old = _done(path)
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=POLICY_COLUMNS)
+                w.writeheader()
+                w.writerows({c: r.get(c, "") for c in POLICY_COLUMNS} for r in old)
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=POLICY_COLUMNS)
         if new:
@@ -164,10 +175,12 @@ def run_cell(model_name: str, dataset: str, budget: float, args) -> None:
     chosen = _policies(runs, _RUNS / dataset / f"{model_name}-flops{_slug(budget)}pct-policies.json")[: args.policies]
     config = _search_config(model_name, dataset, source, budget, design)
     context = ap.TrialContext(config, base, splits.train, splits.val, splits.example_input(), device="cpu")
-    proxies = {"bn": config.replace(finetune_epochs=0.0),
-               "half": config.replace(finetune_epochs=design["trial_epochs"] / 2),
-               "default": config,
-               "default_distill": config.replace(distill=DISTILL)}
+    every = {"bn": config.replace(finetune_epochs=0.0),
+             "half": config.replace(finetune_epochs=design["trial_epochs"] / 2),
+             "default": config,
+             "double": config.replace(finetune_epochs=design["trial_epochs"] * 2),
+             "default_distill": config.replace(distill=DISTILL)}
+    proxies = {name: every[name] for name in design["proxies"]}
     final = ap.TrainConfig(epochs=design["final_epochs"], lr=0.01, batch_size=design["final_batch"],
                            weight_decay=5e-4, seed=0)
     for c in chosen:
@@ -177,20 +190,27 @@ def run_cell(model_name: str, dataset: str, budget: float, args) -> None:
         row = {**key, "policy": c["policy"], "source": c["source"], "importance": c["importance"],
                "final_epochs": final.epochs}
         known = scored.get(str(c["policy"]))
-        names = ["default"] if known else list(proxies)  # the default's channels are needed for the final
-        results = {}
+        recorded = {p for p in proxies if known and known.get(f"val_{p}")}
+        # the proxies not yet recorded, and the default in any case: its channels are needed for the final
+        names = [p for p in proxies if p not in recorded or p == "default"]
+        results, spent = {}, {}
         for name in names:  # the same trial number, so pruning and batches are the same
+            t = time.perf_counter()
             results[name] = ap.run_trial(proxies[name], c["shape"], context, trial=int(c["policy"]),
                                          origin=c["source"], importance=c["importance"])
             if results[name].status != "ok":
                 raise RuntimeError(f"policy {c['policy']} ({c['source']}) is {results[name].status} under "
                                    f"proxy {name}: {results[name].error}")
             row[f"val_{name}"] = results[name].val_acc
+            spent[name] = time.perf_counter() - t
         if known:
             if abs(float(known["val_default"]) - results["default"].val_acc) > 1e-9:  # threads, library versions
                 print(f"note: policy {c['policy']}: the default proxy gave {results['default'].val_acc:.4f} now, "
                       f"{float(known['val_default']):.4f} when recorded; the recorded scores are kept", flush=True)
-            row.update({f"val_{p}": float(known[f"val_{p}"]) for p in PROXIES}, proxy_s=float(known["proxy_s"]))
+            row.update({f"val_{p}": float(known[f"val_{p}"]) for p in recorded})
+            # the recorded proxies' time plus the new ones' (the default, rerun for its channels, not twice)
+            new = sum(v for k, v in spent.items() if k not in recorded)
+            row["proxy_s"] = round(float(known["proxy_s"]) + new, 1)
         else:
             row["proxy_s"] = round(time.perf_counter() - start, 1)
         row["flops_ratio"] = results["default"].flops_ratio
@@ -201,7 +221,7 @@ def run_cell(model_name: str, dataset: str, budget: float, args) -> None:
                    final_s=round(time.perf_counter() - t, 1))
         _append(out, row)
         print(f"{dataset} {model_name} {_pct(budget):>6} policy {c['policy']:>2} ({c['source']}, {c['importance']}): "
-              + " ".join(f"{p} {row[f'val_{p}']:.4f}" for p in PROXIES)
+              + " ".join(f"{p} {row[f'val_{p}']:.4f}" for p in proxies)
               + f"  final val {row['final_val']:.4f} test {row['final_test']:.4f}  "
                 f"{row['proxy_s'] + row['final_s']:.0f}s", flush=True)
 
@@ -224,9 +244,11 @@ def summarise(rows: list[dict]) -> list[dict]:
     out = []
     for (dataset, model, budget, _), rs in cells.items():
         design = DESIGNS.get(dataset, {})
-        epochs = {"bn": 0.0, "half": design.get("trial_epochs", math.nan) / 2,
-                  "default": design.get("trial_epochs", math.nan), "default_distill": design.get("trial_epochs", math.nan)}
+        trial = design.get("trial_epochs", math.nan)
+        epochs = {"bn": 0.0, "half": trial / 2, "default": trial, "double": trial * 2, "default_distill": trial}
         for proxy in PROXIES:
+            if not all(r.get(f"val_{proxy}") for r in rs):
+                continue  # not measured for every policy of this cell (a proxy added later)
             scores = [float(r[f"val_{proxy}"]) for r in rs]
             row = {"dataset": dataset, "model": model, "budget": budget, "proxy": proxy}
             for split in ("val", "test"):
