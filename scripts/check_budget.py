@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(ok)} ok trials recounted with FlopCounterMode"
           + (f" and re-timed ({c.latency_backend}, batch {c.latency_batch})" if latency is not None else "")
           + f"; {over} over a budget ({', '.join(f'{k} <= {v:,.0f}' for k, v in limits.items())}"
-          + (f"{', ' if limits else ''}latency {latency.describe()} + {TOLERANCE:.0%}" if latency is not None else "")
+          + (f"{', ' if limits else ''}{latency.describe()} + {TOLERANCE:.0%}" if latency is not None else "")
           + ")")
     return 1 if over else 0
 
