@@ -139,8 +139,12 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     a("--budget-flops", default=None, metavar="B", help="e.g. 50%% of the unpruned model, or 120M")
     a("--budget-params", default=None, metavar="B", help="e.g. 50%% or 1.5M")
     a("--budget-latency", default=None, metavar="B", help="e.g. 60%% or 4ms, measured on the trial device")
+    a("--objective", default=None, choices=("flops", "params", "latency"),
+      help="the budget whose measure the front, the pick and each trial's target size use (default: the "
+           "first given of flops, params, latency), e.g. --budget-flops 50%% --budget-latency 60%% "
+           "--objective latency; the other budgets stay hard limits")
     a("--front-from", default=None, metavar="S",
-      help="the smallest size searched, in the first budget's measure (default: a quarter of the budget), "
+      help="the smallest size searched, in the objective's measure (default: a quarter of the budget), "
            "e.g. 20%%")
     a("--trials", type=int, default=None, help="number of trials, the uniform one included (default 24)")
     a("--finetune-epochs", type=float, default=None, help="finetune per trial, may be fractional; 0 = BN only")
@@ -314,16 +318,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if run.left_out:
         _log(f"left out as unsafe to prune ({len(run.left_out)} groups): "
              + "; ".join(f"{g} ({why})" for g, why in run.left_out.items()))
-    size = f"{run.config.objective}_ratio"
+    size = f"{run.config.size_measure}_ratio"
     _log(f"Pareto front (validation accuracy; gain_vs_uniform: over the uniform curve at the same {size}):")
     _log(front_table(front))
-    _log_confirmed(run.trials, run.config.objective)
+    _log_confirmed(run.trials, run.config.size_measure)
     best = run.best()
     if best is not None:
         _log(f"best within budget{_confirmed_note(best)}: trial {int(best['trial'])} (val_acc {best['val_acc']:.4f}, "
              f"{size} {best[size]:.3f}); apply it with: autoprune apply {run.path} --pick {int(best['trial'])}"
              f" (or --pick 30% for the best at or under a size)")
-    curve = uniform_curve(run.trials, run.config.objective)
+    curve = uniform_curve(run.trials, run.config.size_measure)
     if len(curve):
         _log("uniform curve (best criterion per size): " + ", ".join(
             f"{r['size']:.3f}: {r['val_acc']:.4f} ({r['importance']}, trial {int(r['trial'])})"

@@ -61,6 +61,10 @@ class SearchConfig:
     budget_flops: str | None = None
     budget_params: str | None = None
     budget_latency: str | None = None
+    # Which budget's measure the front, the pick's size and each trial's target size use: flops,
+    # params or latency, one of the budgets given; None: the first given of those (``size_measure``).
+    # The other budgets stay hard limits.
+    objective: str | None = None
     front_from: str | None = None  # the smallest size searched, like a budget; default FRONT_FROM x the budget
     trials: int = 24
     finetune_epochs: float = 2.0
@@ -143,8 +147,16 @@ class SearchConfig:
             raise ConfigError(f"--name must be a plain folder name, but got {self.name!r}.")
         # Resolved once, here, so that a bad budget, criterion or space fails before any work.
         texts = {"flops": self.budget_flops, "params": self.budget_params, "latency": self.budget_latency}
-        object.__setattr__(self, "_budgets",
-                           tuple(Budget.parse(kind, text) for kind, text in texts.items() if text is not None))
+        budgets = tuple(Budget.parse(kind, text) for kind, text in texts.items() if text is not None)
+        if self.objective is not None:
+            given = [b.kind for b in budgets]
+            if self.objective not in texts:
+                raise ConfigError(f"--objective must be one of {', '.join(texts)}, but got {self.objective!r}.")
+            if self.objective not in given:
+                raise ConfigError(f"--objective {self.objective} needs a budget on it: give --budget-{self.objective} "
+                                  f"(e.g. 60%), or an --objective among the budgets given ({', '.join(given) or 'none'}).")
+            budgets = tuple(sorted(budgets, key=lambda b: b.kind != self.objective))  # stable: the objective first
+        object.__setattr__(self, "_budgets", budgets)
         object.__setattr__(self, "_importances", parse_importances(self.importance))
         object.__setattr__(self, "_rungs", _parse_rungs(self.rungs, self.finetune_epochs))
         if self.confirm_epochs is not None and not self.confirm:
@@ -159,7 +171,7 @@ class SearchConfig:
                               "since --finetune-epochs is 0.")
         floor = None
         if self.front_from is not None:
-            floor = Budget.parse(self.objective, self.front_from)
+            floor = Budget.parse(self.size_measure, self.front_from)
             first = self.budgets[0] if self.budgets else None
             if first is not None and first.relative and floor.relative and floor.value >= first.value:
                 raise ConfigError(f"--front-from {self.front_from!r} must be below the budget "
@@ -177,7 +189,8 @@ class SearchConfig:
 
     @property
     def budgets(self) -> tuple[Budget, ...]:
-        """The parsed budgets, in the order flops, params, latency."""
+        """The parsed budgets: the objective's first (``--objective``), the others in the order flops,
+        params, latency."""
         return self._budgets
 
     @property
@@ -198,8 +211,9 @@ class SearchConfig:
         return CONFIRM_FACTOR * self.rung_epochs[-1]
 
     @property
-    def objective(self) -> str:
-        """The size measure the search minimises: that of the first budget, FLOPs if there is none."""
+    def size_measure(self) -> str:
+        """The size measure the search minimises: the objective's (by default the first budget's),
+        FLOPs if there is no budget."""
         return self.budgets[0].kind if self.budgets else "flops"
 
     def size_range(self, unpruned: float) -> tuple[float, float]:

@@ -53,7 +53,7 @@ def uniform_choices(run: Run, choice: Choice, model: nn.Module, x: torch.Tensor,
     """
     import pandas as pd
 
-    kind = "flops" if run.config.objective == "latency" else run.config.objective
+    kind = "flops" if run.config.size_measure == "latency" else run.config.size_measure
     size = choice.sizes.get(kind)
     same = choice.policy.importance or run.config.importances[0]
     criteria = [same]
@@ -114,13 +114,13 @@ def resolve_pick(run: Run, pick: str | int) -> Choice:
             raise RunError(f"Unknown --pick {text!r}; {valid_picks(run)}.") from None
         best = run.pick(share)
         if best is None:
-            smallest = run.pareto[f"{run.config.objective}_ratio"].min() if len(run.pareto) else None
+            smallest = run.pareto[f"{run.config.size_measure}_ratio"].min() if len(run.pareto) else None
             raise RunError(f"--pick {text}: run {run.path.name!r} has no front point at or under {text} of the "
-                           f"{run.config.objective}" + (f" (its smallest is {smallest:.1%})" if smallest else "")
+                           f"{run.config.size_measure}" + (f" (its smallest is {smallest:.1%})" if smallest else "")
                            + f"; {valid_picks(run)}.")
         trial = int(best["trial"])
     elif text == "uniform":
-        curve = uniform_curve(trials, run.config.objective)
+        curve = uniform_curve(trials, run.config.size_measure)
         if curve.empty:
             raise RunError(f"--pick uniform: run {run.path.name!r} has no ok trial of the uniform policy; "
                            f"{valid_picks(run)}.")

@@ -37,7 +37,7 @@ def promote_rungs(prepared: Prepared, *, log: Callable[[str], None], faults: Map
     False when a rung was left unfinished (a resume finishes it)."""
     config = prepared.config
     while True:
-        step = promotions(prepared.run.read_trials(), config.objective, config.rung_epochs, config.reduction)
+        step = promotions(prepared.run.read_trials(), config.size_measure, config.rung_epochs, config.reduction)
         if step is None:
             return True
         epochs, parents = step
@@ -51,7 +51,7 @@ def confirm(prepared: Prepared, *, log: Callable[[str], None], faults: Mapping[s
     """Rerun the best candidates and the uniform policy at the budget with the confirmation finetune
     (``--confirm``, ``--confirm-epochs``); ``best`` is then the best of these. False when unfinished."""
     config = prepared.config
-    parents = confirmations_due(prepared.run.read_trials(), config.objective, config.confirm)
+    parents = confirmations_due(prepared.run.read_trials(), config.size_measure, config.confirm)
     if not parents:
         return True
     epochs = config.confirm_at
@@ -79,7 +79,7 @@ def _rerun(prepared: Prepared, parents: Sequence[int], epochs: float, prefix: st
             for i, p in enumerate(parents)}
     t = time.perf_counter()
     try:
-        run_reruns(prepared, plan, epochs, faults, (config.objective, top), log=log)
+        run_reruns(prepared, plan, epochs, faults, (config.size_measure, top), log=log)
     finally:
         lap(timings, "tuner", t)
     missing = set(plan) - set(run.read_trials()["trial"].astype(int))

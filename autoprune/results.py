@@ -118,7 +118,7 @@ class RunDir:
     def write_front(self, config: SearchConfig, baseline: Mapping[str, Any]) -> pd.DataFrame:
         """Write pareto.csv (the front, with each point's gain over the uniform curve) and pareto.png."""
         trials = self.read_trials()
-        objective = config.objective
+        objective = config.size_measure
         front = pareto_front(trials, objective)
         curve = uniform_curve(trials, objective)
         front["gain_vs_uniform"] = gain_vs_uniform(front, curve, objective)
@@ -183,13 +183,13 @@ class Run:
         """The best confirmed candidate when the run confirmed some (``--confirm``), else the front's
         highest validation accuracy within the budget."""
         confirmed = confirmed_best(self.trials)
-        return confirmed if confirmed is not None else pick_trial(self.pareto, self.config.objective)
+        return confirmed if confirmed is not None else pick_trial(self.pareto, self.config.size_measure)
 
     def pick(self, at_most: float | None = None) -> pd.Series | None:
         """The front point with the highest validation accuracy at or under the size ``at_most`` (a
         share of the unpruned model, in the run's size measure); None: anywhere within the budget
         (the front's best, which is :meth:`best` unless the run confirmed candidates)."""
-        return pick_trial(self.pareto, self.config.objective, at_most)
+        return pick_trial(self.pareto, self.config.size_measure, at_most)
 
     @property
     def budgets(self) -> tuple[Budget, ...]:
@@ -206,5 +206,5 @@ def load_run(path: str | Path) -> Run:
     baseline = json.loads(baseline_path.read_text()) if baseline_path.is_file() else {}
     trials = d.read_trials()
     pareto = pd.read_csv(d.path / "pareto.csv") if (d.path / "pareto.csv").is_file() \
-        else pareto_front(trials, config.objective)
+        else pareto_front(trials, config.size_measure)
     return Run(d.path, config, baseline, trials, pareto, dict(d.read_config().get("left_out") or {}))

@@ -117,12 +117,12 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
     trials = run.read_trials()
     front = run.write_front(config, prepared.baseline)
     finished = proposed_count(trials) >= config.trials and (
-        not config.rungs or promotions(trials, config.objective, config.rung_epochs, config.reduction) is None) and (
-        not confirmations_due(trials, config.objective, config.confirm))
+        not config.rungs or promotions(trials, config.size_measure, config.rung_epochs, config.reduction) is None) and (
+        not confirmations_due(trials, config.size_measure, config.confirm))
     run.write_state(finished=finished)
     timings["front"] = time.perf_counter() - t
     return SearchOutcome(run.path, trials, front, config.trials, finished, time.perf_counter() - start,
-                         prepared.baseline, timings, prepared.left_out, config.objective)
+                         prepared.baseline, timings, prepared.left_out, config.size_measure)
 
 
 def _warm_starts(config: SearchConfig, ctx: TrialContext, done: pd.DataFrame, sizes: Sequence[float],
@@ -223,7 +223,7 @@ def _run_tuner(prepared: Prepared, ranges: dict, warm: tuple[WarmStart, ...], of
         _, _, target_size, origin = candidate(cfg, warm, config)
         return int(cfg.get("trial", -1)), origin, target_size, None, float(config.finetune_epochs)
 
-    writer = row_writer(run, config, (config.objective, target[1]), log, describe)
+    writer = row_writer(run, config, (config.size_measure, target[1]), log, describe)
     job = tune.with_resources(tune.with_parameters(trainable, prepared=prepared, warm=warm, faults=dict(faults)),
                                     {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     tuner = tune.Tuner(

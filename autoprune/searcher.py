@@ -106,7 +106,7 @@ def make_searcher(config: SearchConfig, run: RunDir, ranges: dict, warm: Sequenc
             self._ot_trials[trial_id].set_constraint("budget", float(result.get("constraint", 0.0)))
             return super().on_trial_complete(trial_id, result, error)
 
-    objective = f"{config.objective}_ratio"
+    objective = f"{config.size_measure}_ratio"
     choose = len(config.importances) > 1
     points = [{**({TARGET_PARAM: w.target} if target is not None and w.target is not None else {}),
                **({IMPORTANCE_PARAM: w.importance} if choose else {}),
@@ -139,7 +139,7 @@ def close_stale_trials(run: RunDir, config: SearchConfig) -> tuple[int, int]:
     if len(rows) and "parent" in rows:
         rows = rows[rows["parent"].isna()]  # reruns (rungs, confirmation) are never Optuna's trials
     rows = {int(r["trial"]): r for _, r in rows.iterrows()} if len(rows) else {}
-    objective = f"{config.objective}_ratio"
+    objective = f"{config.size_measure}_ratio"
     told = failed = 0
     for t in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
         row = rows.get(t.user_attrs.get(TRIAL_ATTR, -1))  # None: the trial never wrote its row

@@ -144,7 +144,7 @@ class TrialContext:
 
         budgets = tuple(self.config.budgets)
         if target is not None:
-            budgets += (Budget(self.config.objective, float(target), True, f"{target:.4g}"),)
+            budgets += (Budget(self.config.size_measure, float(target), True, f"{target:.4g}"),)
         # Never beyond the space's ranges: the sparsities the probe verified and the user allowed.
         caps = {g: self.config.space.range_of(g)[1] for g in self.group_names}
         policy = fit_policy(self.model, self.example, proposal, budgets, groups=self.group_names,

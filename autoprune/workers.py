@@ -99,7 +99,7 @@ def report(config: SearchConfig, result: TrialResult, context_s: float, faults: 
         result = result.replace(val_acc=float("nan"))
     if result.status == "ok" and not _finite(result.val_acc):
         result = result.replace(status="failed", error=result.error or "validation accuracy is NaN or missing")
-    objective = f"{config.objective}_ratio"
+    objective = f"{config.size_measure}_ratio"
     # Both objectives are always finite: a NaN would leave the Optuna trial RUNNING. The searcher
     # turns status "failed" into an Optuna FAIL instead of these placeholder values.
     size = getattr(result, objective)
@@ -140,7 +140,7 @@ def _finite(x: Any) -> bool:
 def size_range(prepared: Prepared) -> tuple[float, float]:
     """(floor, budget) of the run's size measure, as shares of the unpruned model."""
     config = prepared.config
-    return config.size_range(unpruned_size(prepared.baseline, config.objective))
+    return config.size_range(unpruned_size(prepared.baseline, config.size_measure))
 
 
 def lap(timings: dict, part: str, t0: float) -> float:
@@ -155,7 +155,7 @@ def row_writer(run, config: SearchConfig, reference: tuple[str, float], log, des
     whose worker died before it could report."""
     from ray import tune
 
-    objective = f"{config.objective}_ratio"
+    objective = f"{config.size_measure}_ratio"
     known = run.read_trials()
     ok = known[known["status"] == "ok"] if len(known) else known
     best = {"val_acc": float(ok["val_acc"].max()) if len(ok) else -1.0}

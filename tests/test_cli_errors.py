@@ -132,6 +132,9 @@ CASES = [
     C("flops-above-model-no-ckpt", lambda i: S + ["--budget-flops", "120G"], "120G", "below the unpruned model"),
     C("params-above-model", lambda i: S + ["--budget-params", "5M"], "5M", "below the unpruned model"),
     C("no-budget", lambda i: S, "--budget-flops", "--budget-params", "--budget-latency"),
+    C("objective-without-its-budget", lambda i: S + F50 + ["--objective", "latency"], "--objective latency",
+      "--budget-latency", "(flops)"),
+    C("objective-unknown", lambda i: S + F50 + ["--objective", "speed"], "'speed'", "flops", "latency"),
     # numbers and choices
     C("trials-0", lambda i: S + F50 + ["--trials", "0"], "--trials", "got 0"),
     C("trials-negative", lambda i: S + F50 + ["--trials", "-3"], "--trials", "got -3"),

@@ -23,8 +23,23 @@ def test_config_rejects_bad_values(field, value, named):
 def test_budgets_are_parsed_once_in_order():
     cfg = SearchConfig(budget_latency="4ms", budget_flops="40%", budget_params="1.5M")
     assert [b.kind for b in cfg.budgets] == ["flops", "params", "latency"]
-    assert cfg.budgets[0].value == 0.4 and cfg.budgets[1].value == 1.5e6 and cfg.objective == "flops"
+    assert cfg.budgets[0].value == 0.4 and cfg.budgets[1].value == 1.5e6 and cfg.size_measure == "flops"
     assert cfg.budget("latency").value == 4.0 and SearchConfig().budget("flops") is None
+
+
+def test_objective_puts_its_budget_first():
+    """--objective latency beside a FLOPs budget: the size measure (front, pick, trial targets, the
+    range searched) is latency; the FLOPs budget is still there, as a hard limit."""
+    cfg = SearchConfig(budget_flops="50%", budget_latency="60%", objective="latency", front_from="30%")
+    assert [b.kind for b in cfg.budgets] == ["latency", "flops"] and cfg.size_measure == "latency"
+    assert cfg.size_range(10.0) == pytest.approx((0.3, 0.6))  # the latency budget's, not the FLOPs one's
+    assert cfg.budget("flops").value == 0.5
+    assert SearchConfig(budget_flops="50%", budget_latency="60%").size_measure == "flops"  # the default
+    assert SearchConfig(budget_flops="50%", objective="flops").size_measure == "flops"
+    with pytest.raises(ConfigError, match=r"--objective params needs .*--budget-params.*\(flops, latency\)"):
+        SearchConfig(budget_flops="50%", budget_latency="60%", objective="params")
+    with pytest.raises(ConfigError, match="'speed'"):
+        SearchConfig(budget_flops="50%", objective="speed")
 
 
 def test_round_trip_keeps_the_resolved_space(tmp_path):
@@ -60,7 +75,7 @@ def test_importances_parse():
 SAVED = SearchConfig(budget_flops="50%", name="run", results_dir="results")
 OTHER = {
     "model": "resnet56", "dataset": "cifar10", "data_dir": "/data", "download": True, "checkpoint": "b.pt",
-    "budget_flops": "30%", "budget_params": "50%", "budget_latency": "60%", "front_from": "10%", "trials": 99, "finetune_epochs": 3.0,
+    "budget_flops": "30%", "budget_params": "50%", "budget_latency": "60%", "objective": "flops", "front_from": "10%", "trials": 99, "finetune_epochs": 3.0,
     "finetune_lr": 0.05, "distill": 0.5, "rungs": "4,6", "reduction": 4, "confirm": 2, "confirm_epochs": 9.0, "sensitivity": True, "round_to": 8, "latency_backend": "onnxruntime", "latency_threads": 2, "batch_size": 32, "bn_batches": 3, "importance": "l1", "fill_budget": False,
     "concurrency": 4, "cpus_per_trial": 2.0, "gpus_per_trial": 0.25, "device": "cpu", "sampler": "nsga2",
     "search_space": "mobilenet", "seed": 7, "split_seed": 3, "val_fraction": 0.2, "image_size": 64,

@@ -121,6 +121,28 @@ def test_target_scales_the_shape_to_that_size(context):
     assert r.status == "ok" and r.params_ratio <= 0.2 and r.flops_ratio < 0.45
 
 
+def test_latency_objective_targets_latency_under_a_flops_budget(context, monkeypatch):
+    """--objective latency: a trial's target is a latency share (here latency = 0.2 + 0.8 x the FLOPs
+    share, a stand-in timer), and the FLOPs budget still holds where it binds first."""
+    import autoprune.latency
+    from autoprune.costs import count_flops
+
+    def timer(pruned, original, x, device="cpu", batch_size=1, **_):
+        return 10.0 * (0.2 + 0.8 * count_flops(pruned, x) / count_flops(original, x)), 10.0
+
+    monkeypatch.setattr(autoprune.latency, "relative_latency", timer)
+    cfg = context.config.replace(budget_latency="90%", objective="latency")
+    ctx = TrialContext(cfg, context.model, context.train_ds, context.val_ds, context.example, device="cpu",
+                       groups=context.group_names)
+    base = count_flops(context.model, context.example)
+    shares = {}
+    for target in (0.4, 0.8):
+        policy = ctx.fit(uniform(ctx), target=target)
+        shares[target] = count_flops(apply_policy(context.model, policy, context.example), context.example) / base
+    assert 0.2 + 0.8 * shares[0.4] <= 0.4 and shares[0.4] >= 0.2  # latency at its target: FLOPs near 25%
+    assert 0.45 <= shares[0.8] <= 0.5  # 0.8 of the latency would need 75% of the FLOPs: the budget binds
+
+
 def test_fit_never_goes_beyond_the_space_ranges(context):
     from autoprune.space import SearchSpace
 
