@@ -1,8 +1,8 @@
 """Fitting a proposal of per-group sparsities to budgets on a real model, and the uniform policy.
 
 FLOPs and params budgets are met on the cost model alone (bisection, no pruning, no training); a
-latency budget is met through a FLOPs proxy, then measured on the device and tightened until it
-holds. The pure bisection lives in ``budget.py``; this module binds it to a model.
+latency budget is met through a FLOPs proxy, then measured on the device and the shape scaled until
+it holds, close under the limit. The pure bisection lives in ``budget.py``; this module binds it to a model.
 
 Example:
     >>> policy = fit_policy(model, x, {g.name: 0.4 for g in prunable_groups(model, x)},
@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from .budget import Budget, fit_to_budgets
+from .budget import Budget, fit_to_budgets, scale_keep
 from .costs import CostModel
 from .errors import BudgetError, ConfigError
 from .policy import Policy
@@ -23,6 +23,10 @@ from .probe import prunable_groups
 from .prune import apply_policy, cost_model
 
 __all__ = ["InfeasibleError", "fit_policy", "uniform_policy"]
+
+# A latency fit stops once the measured latency is within this share under the tightest latency
+# limit (or the shape cannot grow): close enough to use the budget, wide enough for timing noise.
+LATENCY_FILL = 0.05
 
 
 class InfeasibleError(BudgetError):
@@ -67,7 +71,9 @@ def fit_policy(
     each group's channels, with the largest common ``beta`` that meets every FLOPs and params budget
     (bisection on the cost model: no pruning, no training). A latency budget is fitted through a
     FLOPs proxy, then measured on ``device`` (or in ONNX Runtime, ``latency_backend``) against the
-    unpruned model and tightened until it holds, with at most ``max_measurements`` measurements;
+    unpruned model, and the shape scaled down until it holds or up while it is more than
+    ``LATENCY_FILL`` under the limit (never beyond the proposal, or with ``fill`` the static
+    budgets), with at most ``max_measurements`` measurements;
     measurements are cached by the kept channel counts, so a size measured once is not timed again. With ``fill=True`` a proposal under every budget
     is scaled up to the tightest one, so the proposal sets the shape and the budget sets the size.
 
@@ -116,31 +122,66 @@ def _measured(model, x, policy: Policy, *, exclude, device, batch, backend, thre
 
 def _fit_latency(model, x, cm, fitted, limits, latency_budgets, channels, *, round_to, max_sparsity, device, batch,
                  max_measurements, name, exclude, fill=False, backend="torch", threads=None) -> dict[str, float]:
+    """Scale ``fitted``'s shape until its measured latency is within every latency limit, and (the
+    shape allowing) no more than ``LATENCY_FILL`` under the tightest: latency falls faster than FLOPs
+    on some models and backends and slower on others, so a FLOPs share alone lands anywhere."""
     from .latency import measure_latency
 
-    proxy = dict(limits)
     base_ms = None
     if any(not b.relative for b in latency_budgets):
         base_ms = measure_latency(model, x, device=device, batch_size=batch, backend=backend, threads=threads)
-    # First guess: the latency share as a FLOPs share (latency falls slower, so it is refined below).
+    top = fitted  # the largest this shape may grow: the static budgets' fit, or the proposal itself
+    if fill and not limits:  # nothing static to fill up to: up to no pruning at all
+        top = scale_keep(fitted, 1.0 / max(1e-6, min(1.0 - s for s in fitted.values())), max_sparsity)
+    ceiling = cm.cost(top, round_to)["flops"]
+    # First guess: the latency share as a FLOPs share.
     share = min(b.cap(base_ms) / base_ms if not b.relative else b.value for b in latency_budgets)
-    proxy["flops"] = min(proxy.get("flops", float("inf")), share * cm.flops)
-    current = _fit_static(cm, fitted, proxy, round_to, max_sparsity, fill)
-    worst = float("inf")
+    guess = min(ceiling, share * cm.flops)
+    points: list[tuple[float, float]] = []  # (FLOPs, measured latency / tightest limit)
+    best, best_worst = None, 0.0
     for _ in range(max_measurements):
+        current = _fit_static(cm, top, {**limits, "flops": min(limits.get("flops", float("inf")), guess)},
+                              round_to, max_sparsity)
+        now = cm.cost(current, round_to)["flops"]
         pruned_ms, base_ms = _measured(model, x, Policy(name, current, channels, round_to), exclude=exclude,
                                        device=device, batch=batch, backend=backend, threads=threads)
         worst = max(pruned_ms / b.cap(base_ms) for b in latency_budgets)
         if worst <= 1.0:
-            return current
-        # Latency falls roughly with the square root of FLOPs on small batches: tighten by overshoot^2.
-        now = cm.cost(current, round_to)["flops"]
-        proxy["flops"] = now / worst**2 * 0.99
-        current = _fit_static(cm, current, proxy, round_to, max_sparsity)
+            if best is None or worst > best_worst:
+                best, best_worst = current, worst
+            if worst >= 1.0 - LATENCY_FILL or now >= ceiling * (1 - 1e-3):
+                return current
+        points.append((now, worst))
+        guess = min(ceiling, _next_flops(points))
+    if best is not None:
+        return best  # within every limit, if further under the tightest than LATENCY_FILL
     raise InfeasibleError(
         f"Latency budget {', '.join(b.describe() for b in latency_budgets)} not met after "
         f"{max_measurements} measurements on {device if backend == 'torch' else backend} (last: {worst:.2f}x the limit)."
     )
+
+
+def _next_flops(points: Sequence[tuple[float, float]]) -> float:
+    """The next FLOPs to try, aiming at a latency ``1 - LATENCY_FILL / 2`` of the limit: latency taken
+    as ``FLOPs ** a``, with ``a`` from the last two sizes measured (first: 0.5 going down, as on small
+    batches, 1 going up), and kept inside the bracket of the largest met and the smallest missed."""
+    import math
+
+    flops, worst = points[-1]
+    a = 0.5 if worst > 1.0 else 1.0
+    earlier = [(f, w) for f, w in points[:-1] if abs(math.log(f / flops)) > 1e-3]
+    if earlier:
+        f0, w0 = earlier[-1]
+        slope = math.log(worst / w0) / math.log(flops / f0)
+        if 0.1 <= slope <= 5.0:
+            a = slope
+    guess = flops * ((1.0 - LATENCY_FILL / 2) / worst) ** (1.0 / a)
+    met = [f for f, w in points if w <= 1.0]
+    missed = [f for f, w in points if w > 1.0]
+    if met and missed and max(met) < min(missed):
+        lo, hi = max(met), min(missed)
+        guess = min(max(guess, lo * (hi / lo) ** 0.1), lo * (hi / lo) ** 0.9)
+    return guess
 
 
 def uniform_policy(model: nn.Module, x: torch.Tensor, budgets: Sequence[Budget], **kwargs) -> Policy:

@@ -71,6 +71,23 @@ def test_latency_budget_is_met_by_the_fit_measurements(monkeypatch):
     assert share ** 0.5 <= 0.6  # latency falls with sqrt(FLOPs) here, so FLOPs had to go to <= 36%
 
 
+def test_latency_fit_grows_where_latency_falls_faster_than_flops(monkeypatch):
+    """Latency falling with FLOPs squared (as resnet18 at 64 pixels in ONNX Runtime, roughly): the
+    FLOPs share alone would land far under the limit, so the fit scales the shape up until the
+    measured latency is within LATENCY_FILL under it."""
+    import autoprune.latency
+    from autoprune.fit import LATENCY_FILL
+
+    model, x = create_model("resnet20").eval(), torch.randn(1, 3, 32, 32)
+    monkeypatch.setattr(autoprune.latency, "relative_latency", _fake_timer(lambda f: f ** 2))
+    policy = uniform_policy(model, x, [Budget.parse("latency", "60%")])
+    share = count_flops(apply_policy(model, policy, x), x) / count_flops(model, x)
+    assert 0.6 * (1 - LATENCY_FILL) <= share ** 2 <= 0.6, share  # FLOPs near 77%, not the first guess's 60%
+    # A FLOPs budget beside it still caps the growth.
+    capped = uniform_policy(model, x, [Budget.parse("flops", "50%"), Budget.parse("latency", "60%")])
+    assert count_flops(apply_policy(model, capped, x), x) / count_flops(model, x) <= 0.5
+
+
 def test_unreachable_latency_budget_is_infeasible(monkeypatch):
     import autoprune.latency
 
