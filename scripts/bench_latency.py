@@ -76,15 +76,19 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(f"{name:<13} {backend:<12} round_to {round_to}: flops {flops:.3f}  speedup b1 {s1:.2f}x "
                       f"b32 {s32:.2f}x  (unpruned {b1:.2f} / {b32:.1f} ms)", flush=True)
-    out = Path(args.out)
+    write_rows(Path(args.out), COLUMNS, rows, start)
+    return 0
+
+
+def write_rows(out: Path, columns: list[str], rows: list[dict], start: float) -> None:
+    """Write a benchmark's table and say how long it took and how loaded the machine was."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
     print(f"written {out} ({time.perf_counter() - start:.0f}s, load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} cores)")
-    return 0
 
 
 if __name__ == "__main__":
