@@ -10,6 +10,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import torch
@@ -138,7 +139,7 @@ def _fit_latency(model, x, cm, fitted, limits, latency_budgets, channels, *, rou
     share = min(b.cap(base_ms) / base_ms if not b.relative else b.value for b in latency_budgets)
     guess = min(ceiling, share * cm.flops)
     points: list[tuple[float, float]] = []  # (FLOPs, measured latency / tightest limit)
-    best, best_worst = None, 0.0
+    best, best_worst, worst = None, 0.0, float("inf")
     for _ in range(max_measurements):
         current = _fit_static(cm, top, {**limits, "flops": min(limits.get("flops", float("inf")), guess)},
                               round_to, max_sparsity)
@@ -165,8 +166,6 @@ def _next_flops(points: Sequence[tuple[float, float]]) -> float:
     """The next FLOPs to try, aiming at a latency ``1 - LATENCY_FILL / 2`` of the limit: latency taken
     as ``FLOPs ** a``, with ``a`` from the last two sizes measured (first: 0.5 going down, as on small
     batches, 1 going up), and kept inside the bracket of the largest met and the smallest missed."""
-    import math
-
     flops, worst = points[-1]
     a = 0.5 if worst > 1.0 else 1.0
     earlier = [(f, w) for f, w in points[:-1] if abs(math.log(f / flops)) > 1e-3]

@@ -149,17 +149,23 @@ def _done(path: Path) -> list[dict]:
     return list(csv.DictReader(open(path, newline=""))) if path.is_file() else []
 
 
+def _rewrite(path: Path, rows: list[dict]) -> None:
+    """The whole table again, with the current columns (through a temporary file: never half written)."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=POLICY_COLUMNS)
+        w.writeheader()
+        w.writerows({c: r.get(c, "") for c in POLICY_COLUMNS} for r in rows)
+    os.replace(tmp, path)
+
+
 def _append(path: Path, row: dict) -> None:
     new = not path.is_file()
     if not new:
         with open(path, newline="") as f:
             header = next(csv.reader(f), [])
         if header != POLICY_COLUMNS:  # written before a proxy was added: rewrite it with the new columns
-            old = _done(path)
-            with open(path, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=POLICY_COLUMNS)
-                w.writeheader()
-                w.writerows({c: r.get(c, "") for c in POLICY_COLUMNS} for r in old)
+            _rewrite(path, _done(path))
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=POLICY_COLUMNS)
         if new:
@@ -248,14 +254,8 @@ def _score_missing(path: Path, row: dict, proxies: dict, c: dict, context) -> No
             raise RuntimeError(f"policy {c['policy']} ({c['source']}) is {result.status} under proxy {name}")
         row[f"val_{name}"] = result.val_acc
     row["proxy_s"] = round(float(row["proxy_s"]) + time.perf_counter() - t, 1)
-    rows = [row if all(r[k] == row[k] for k in ("dataset", "model", "budget", "policy", "final_epochs")) else r
-            for r in _done(path)]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=POLICY_COLUMNS)
-        w.writeheader()
-        w.writerows({k: r.get(k, "") for k in POLICY_COLUMNS} for r in rows)
-    os.replace(tmp, path)
+    same = ("dataset", "model", "budget", "policy", "final_epochs")
+    _rewrite(path, [row if all(r[k] == row[k] for k in same) else r for r in _done(path)])
     print(f"policy {c['policy']:>2}: " + " ".join(f"{p} {row[f'val_{p}']:.4f}" for p in missing), flush=True)
 
 

@@ -32,7 +32,7 @@ COLUMNS = ["model", "image_size", "backend", "round_to", "flops_ratio", "params_
            "base_ms_b1", "base_ms_b32", "threads", "repeats"]
 
 
-def _speedup(small, base, x, backend: str, batch: int, threads: int, repeats: int) -> tuple[float, float]:
+def speedup(small, base, x, backend: str, batch: int, threads: int, repeats: int) -> tuple[float, float]:
     """(median unpruned/pruned time ratio over ``repeats`` interleaved measurements, median unpruned ms)."""
     ratios, bases = [], []
     for _ in range(repeats):
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             flops = ap.count_flops(small, x) / ap.count_flops(base, x)
             params = ap.count_params(small) / ap.count_params(base)
             for backend in args.backends.split(","):
-                s1, b1 = _speedup(small, base, x, backend, 1, args.threads, args.repeats)
-                s32, b32 = _speedup(small, base, x, backend, 32, args.threads, args.repeats)
+                s1, b1 = speedup(small, base, x, backend, 1, args.threads, args.repeats)
+                s32, b32 = speedup(small, base, x, backend, 32, args.threads, args.repeats)
                 row = {"model": name, "image_size": size, "backend": backend, "round_to": round_to,
                        "flops_ratio": round(flops, 4), "params_ratio": round(params, 4), "speedup_b1": round(s1, 3),
                        "speedup_b32": round(s32, 3), "base_ms_b1": round(b1, 3), "base_ms_b32": round(b32, 3),

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_latency import _speedup, write_rows  # this folder: interleaved timing, the table's writer
+from bench_latency import speedup, write_rows  # this folder: interleaved timing, the table's writer
 
 import autoprune as ap
 from autoprune.results import RunDir
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                            "finetune_epochs": args.finetune_epochs, "pick": int(best["trial"]),
                            "origin": str(best["origin"]), "flops_ratio": round(float(best["flops_ratio"]), 4),
                            "latency_ratio_search": "" if lat is None or lat != lat else round(float(lat), 4),
-                           "speedup_b1": round(_speedup(small, base, x, "onnxruntime", 1, 1, args.repeats)[0], 3),
+                           "speedup_b1": round(speedup(small, base, x, "onnxruntime", 1, 1, args.repeats)[0], 3),
                            "val_acc": round(float(best["val_acc"]), 4),
                            "ok_trials": int((run.trials["status"] == "ok").sum()), "search_s": round(seconds)}
         gap = picks["flops"]["val_acc"] - picks["latency"]["val_acc"]
