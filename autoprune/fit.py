@@ -172,8 +172,8 @@ def _next_flops(points: Sequence[tuple[float, float]]) -> float:
     if earlier:
         f0, w0 = earlier[-1]
         slope = math.log(worst / w0) / math.log(flops / f0)
-        if 0.1 <= slope <= 5.0:
-            a = slope
+        if slope > 0:  # latency rising with FLOPs (noise can say otherwise: then keep the default)
+            a = min(max(slope, 0.02), 5.0)  # a flat curve (fixed overheads) asks for a long step
     guess = flops * ((1.0 - LATENCY_FILL / 2) / worst) ** (1.0 / a)
     met = [f for f, w in points if w <= 1.0]
     missed = [f for f, w in points if w > 1.0]
