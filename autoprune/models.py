@@ -11,6 +11,7 @@ import fnmatch
 import importlib
 import inspect
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -251,8 +252,12 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             f"Checkpoint {str(path)!r} holds no state dict; expected a dict of tensors or "
             "{'state_dict': ...} / {'model': ...}."
         )
-    state = {k.removeprefix("module."): v for k, v in obj.items()}
     own = model.state_dict()
+    state = OrderedDict((k.removeprefix("module."), v) for k, v in obj.items())
+    # Layers' format versions (torchvision's MNASNet refuses a state dict without them): the
+    # checkpoint's where it kept them, else the model's own, the same architecture by the check below.
+    kept = getattr(obj, "_metadata", None)
+    state._metadata = own._metadata if kept is None else {k.removeprefix("module."): v for k, v in kept.items()}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)

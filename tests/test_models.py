@@ -225,3 +225,17 @@ def test_checkpoint_metadata_round_trip(tmp_path, weights):
     _assert_same(load_checkpoint(create_model("resnet20"), tmp_path / "m.pt"), weights)
     torch.save(weights, tmp_path / "plain.pt")
     assert checkpoint_meta(tmp_path / "plain.pt") is None  # a user's own checkpoint records nothing
+
+
+def test_checkpoint_keeps_layer_versions(tmp_path):
+    """torchvision's MNASNet checks its state dict's format version when loading: a checkpoint
+    autoprune saved (the cached baseline) must load back into it."""
+    from autoprune.models import save_checkpoint
+
+    model = create_model("mnasnet0_5", num_classes=10, seed=0)
+    save_checkpoint(model, tmp_path / "m.pt", {})
+    back = load_checkpoint(create_model("mnasnet0_5", num_classes=10, seed=1), tmp_path / "m.pt")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values()))
+    stripped = {k: v.clone() for k, v in model.state_dict().items()}  # a plain dict: no versions at all
+    torch.save(stripped, tmp_path / "plain.pt")
+    load_checkpoint(create_model("mnasnet0_5", num_classes=10), tmp_path / "plain.pt")
