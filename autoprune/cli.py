@@ -153,6 +153,9 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
       help="multi-fidelity: finetune epochs of promotion rungs, e.g. 0.5; each rung reruns the best "
            "1/--reduction of the rung below (by gain over the uniform curve) and the uniform curve's points")
     a("--reduction", type=int, default=None, help="share kept per rung is 1/reduction (default 3)")
+    a("--promote-criteria", action="store_true", default=None,
+      help="with --rungs, promote the uniform policy at the budget with every criterion, not only the one "
+           "that led at the rung below")
     a("--confirm", type=int, default=None, metavar="K",
       help="before naming best, rerun the K best candidates and the uniform policy at the budget with a longer "
            "finetune; best is then the best of these (default 0: off)")

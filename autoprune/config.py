@@ -72,6 +72,7 @@ class SearchConfig:
     distill: float = 0.0  # weight of distillation from the unpruned model in trial finetunes; 0 = off
     rungs: str | None = None  # finetune epochs of promotion rungs after the trials' own, e.g. "0.5" or "0.3,1"
     reduction: int = 3  # a rung keeps the best 1/reduction of the candidates below it (and the uniform curve)
+    promote_criteria: bool = False  # rungs also promote the uniform policy at the budget with every criterion
     confirm: int = 0  # rerun this many best candidates and the uniform policy at the budget before naming best
     confirm_epochs: float | None = None  # their finetune; None: CONFIRM_FACTOR x the longest rung's
     sensitivity: bool = False  # also warm-start from each group's pruning sensitivity (measured in the driver)

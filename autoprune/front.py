@@ -92,8 +92,8 @@ def top_rung(trials: pd.DataFrame) -> pd.DataFrame:
     return trials if math.isnan(top) else trials[np.isclose(epochs, top)]
 
 
-def promotions(trials: pd.DataFrame, objective: str, rung_epochs: Sequence[float], reduction: int
-               ) -> tuple[float, list[int]] | None:
+def promotions(trials: pd.DataFrame, objective: str, rung_epochs: Sequence[float], reduction: int,
+               all_criteria: bool = False) -> tuple[float, list[int]] | None:
     """The next rung that lacks trials, and the trials (numbers) to rerun there; None when all are done.
 
     Rung ``r`` (finetune epochs ``rung_epochs[r]``) takes from the ok trials of rung ``r - 1``: the
@@ -101,7 +101,9 @@ def promotions(trials: pd.DataFrame, objective: str, rung_epochs: Sequence[float
     and the best ``ceil(n / reduction)`` of the ``n`` others by their gain over that rung's uniform
     curve at the same size, never by raw accuracy, which would always promote the largest. Ties
     (or no uniform point to measure against) go to the earlier trial. Trials already rerun at a
-    rung are not asked again.
+    rung are not asked again. With ``all_criteria`` the uniform policy at the largest size (the
+    budget) goes up with every criterion, not only the one that led at the rung below: at a short
+    fidelity the criteria's order at the budget often flips with a longer finetune.
     """
     trials = _searched(trials)
     epochs = _epochs(trials)
@@ -110,6 +112,8 @@ def promotions(trials: pd.DataFrame, objective: str, rung_epochs: Sequence[float
         below = trials[ok & np.isclose(epochs, prev)] if len(trials) else trials
         curve = uniform_curve(below, objective)
         keep = [int(t) for t in curve["trial"]]
+        if all_criteria and len(curve):
+            keep += [int(t) for t in _uniform_at(below, int(curve.iloc[-1]["trial"]), objective) if int(t) not in keep]
         others = below[~is_uniform(below["origin"])] if len(below) else below
         if len(others):
             gain = gain_vs_uniform(others, curve, objective).fillna(-math.inf)
@@ -121,6 +125,23 @@ def promotions(trials: pd.DataFrame, objective: str, rung_epochs: Sequence[float
         if todo:
             return float(cur), todo
     return None
+
+
+def _uniform_key(uniform: pd.DataFrame, col: str) -> pd.Series:
+    """Which uniform trials form one point of the uniform curve: the same target size."""
+    if "target_ratio" in uniform and uniform["target_ratio"].notna().all():
+        return uniform["target_ratio"].round(6)
+    return uniform[col].round(3)  # runs from before targets: the sizes themselves
+
+
+def _uniform_at(trials: pd.DataFrame, trial: int, objective: str) -> list[int]:
+    """The ok uniform trials of the same curve point as ``trial`` (every criterion there), by number."""
+    col = _size(trials, objective)
+    uniform = _ok(trials, col)
+    uniform = uniform[is_uniform(uniform["origin"])]
+    key = _uniform_key(uniform, col)
+    at = key[uniform["trial"].astype(int) == trial]
+    return sorted(int(t) for t in uniform.loc[key == at.iloc[0], "trial"]) if len(at) else []
 
 
 def confirmations_due(trials: pd.DataFrame, objective: str, count: int) -> list[int]:
@@ -217,8 +238,7 @@ def uniform_curve(trials: pd.DataFrame, objective: str) -> pd.DataFrame:
     ok = ok[is_uniform(ok["origin"])] if len(ok) else ok
     if ok.empty:
         return pd.DataFrame(columns=["size", "val_acc", "trial", "importance"])
-    key = ok["target_ratio"].round(6) if "target_ratio" in ok and ok["target_ratio"].notna().all() \
-        else ok[col].round(3)  # runs from before targets: the sizes themselves
+    key = _uniform_key(ok, col)
     best = ok.loc[ok.sort_values(["val_acc", "trial"], ascending=[False, True]).groupby(key, sort=False)
                   .head(1).index]
     curve = pd.DataFrame({"size": best[col].astype(float), "val_acc": best["val_acc"].astype(float),

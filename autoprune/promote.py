@@ -37,7 +37,8 @@ def promote_rungs(prepared: Prepared, *, log: Callable[[str], None], faults: Map
     False when a rung was left unfinished (a resume finishes it)."""
     config = prepared.config
     while True:
-        step = promotions(prepared.run.read_trials(), config.size_measure, config.rung_epochs, config.reduction)
+        step = promotions(prepared.run.read_trials(), config.size_measure, config.rung_epochs, config.reduction,
+                          config.promote_criteria)
         if step is None:
             return True
         epochs, parents = step

@@ -117,7 +117,8 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
     trials = run.read_trials()
     front = run.write_front(config, prepared.baseline)
     finished = proposed_count(trials) >= config.trials and (
-        not config.rungs or promotions(trials, config.size_measure, config.rung_epochs, config.reduction) is None) and (
+        not config.rungs or promotions(trials, config.size_measure, config.rung_epochs, config.reduction,
+                                       config.promote_criteria) is None) and (
         not confirmations_due(trials, config.size_measure, config.confirm))
     run.write_state(finished=finished)
     timings["front"] = time.perf_counter() - t

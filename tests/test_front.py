@@ -123,6 +123,17 @@ def test_promotion_ranks_by_gain_over_the_uniform_curve_not_by_accuracy():
     assert promotions(t, "flops", (0.1,), 3) is None  # no rung above the trials' own
 
 
+def test_promotion_can_take_every_criterion_of_the_uniform_policy_at_the_budget():
+    t = _trials(_rung0(), RUNG_COLS)
+    # at the budget (0.5) L1 (0) led BatchNorm scale (1); with all_criteria both go up, at the smaller
+    # size only the leader (3), and the others as before
+    assert promotions(t, "flops", (0.1, 0.5), 3, all_criteria=True) == (0.5, [3, 0, 1, 5, 6])
+    rows = _rung0() + [(10, "ok", uniform_origin("bn_scale", 0.5), 0.82, 0.50, 0.5, "bn_scale", 0.5, 1)]
+    t = _trials(rows, RUNG_COLS)
+    assert promotions(t, "flops", (0.1, 0.5), 3, all_criteria=True) == (0.5, [3, 0, 5, 6])  # 1 was run
+    assert promotions(t, "flops", (0.1, 0.5), 3) == (0.5, [3, 0, 5, 6])
+
+
 def test_promotion_resumes_where_it_stopped_and_climbs_rung_by_rung():
     rows = _rung0() + [(10, "ok", uniform_origin("bn_scale", 0.25), 0.70, 0.25, 0.25, "bn_scale", 0.5, 3),
                        (11, "failed", uniform_origin("l1", 0.5), None, None, 0.5, "l1", 0.5, 0)]
