@@ -137,10 +137,17 @@ def _fit_latency(model, x, cm, fitted, limits, latency_budgets, channels, *, rou
     ceiling = cm.cost(top, round_to)["flops"]
     # First guess: the latency share as a FLOPs share.
     share = min(b.cap(base_ms) / base_ms if not b.relative else b.value for b in latency_budgets)
+    # The smallest this shape reaches (every group at its highest sparsity): a guess below it is
+    # clamped there, so a curve that flattens (fixed overheads) ends measured, not unreachable.
+    floor = cm.cost(scale_keep(top, 0.0, max_sparsity), round_to)["flops"]
     guess = min(ceiling, share * cm.flops)
     points: list[tuple[float, float]] = []  # (FLOPs, measured latency / tightest limit)
     best, best_worst, worst = None, 0.0, float("inf")
     for _ in range(max_measurements):
+        if guess <= floor * (1 + 1e-3):
+            if any(f <= floor * (1 + 1e-3) for f, _w in points):
+                break  # the smallest reachable was measured, and missed
+            guess = floor * (1 + 1e-3)
         current = _fit_static(cm, top, {**limits, "flops": min(limits.get("flops", float("inf")), guess)},
                               round_to, max_sparsity)
         now = cm.cost(current, round_to)["flops"]
@@ -156,10 +163,15 @@ def _fit_latency(model, x, cm, fitted, limits, latency_budgets, channels, *, rou
         guess = min(ceiling, _next_flops(points))
     if best is not None:
         return best  # within every limit, if further under the tightest than LATENCY_FILL
-    raise InfeasibleError(
-        f"Latency budget {', '.join(b.describe() for b in latency_budgets)} not met after "
-        f"{max_measurements} measurements on {device if backend == 'torch' else backend} (last: {worst:.2f}x the limit)."
-    )
+    where = device if backend == "torch" else backend
+    wanted = ", ".join(b.describe() for b in latency_budgets)
+    smallest = [w for f, w in points if f <= floor * (1 + 1e-3)]
+    if smallest:
+        raise InfeasibleError(
+            f"Latency budget {wanted} is out of reach on {where}: the smallest model this shape reaches "
+            f"({floor / cm.flops:.3f} of the FLOPs) measured {smallest[-1]:.2f}x the limit.")
+    raise InfeasibleError(f"Latency budget {wanted} not met after {max_measurements} measurements on {where} "
+                          f"(last: {worst:.2f}x the limit).")
 
 
 def _next_flops(points: Sequence[tuple[float, float]]) -> float:

@@ -100,6 +100,25 @@ def test_latency_fit_reaches_a_flat_latency_curve(monkeypatch):
     assert share ** 0.05 <= 0.9, share  # FLOPs down to about 12%
 
 
+def test_latency_fit_out_of_reach_measures_the_smallest_model_and_says_so(monkeypatch):
+    """A curve so flat that no reachable size meets the limit: the fit's steps stop at the smallest
+    model the shape reaches (not at a FLOPs limit below it) and the error is in latency terms."""
+    import autoprune.latency
+
+    model, x = create_model("resnet20").eval(), torch.randn(1, 3, 32, 32)
+    timed = []
+
+    def timer(f):
+        timed.append(f)
+        return f ** 0.02  # 80% would need a FLOPs share near 1e-5
+
+    monkeypatch.setattr(autoprune.latency, "relative_latency", _fake_timer(timer))
+    with pytest.raises(InfeasibleError, match=r"80% .*out of reach.*smallest model") as info:
+        uniform_policy(model, x, [Budget.parse("latency", "80%")])
+    assert "flops <=" not in str(info.value)
+    assert min(timed) < 0.01 and len(timed) <= 6  # it got to the floor within its measurements
+
+
 def test_unreachable_latency_budget_is_infeasible(monkeypatch):
     import autoprune.latency
 
