@@ -350,14 +350,52 @@ def summarise(rows: list[dict]) -> tuple[list[dict], list[dict]]:
             diffs = [ours[s] - by_seed[s] for s in seeds]
             if not diffs:
                 continue
-            mean = statistics.fmean(diffs)
-            half = _t95(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+            mean, lo, hi = _paired(diffs)
             paired.append({"model": model, "dataset": dataset, "budget": budget, "versus": method, "seeds": len(diffs),
-                           "diff_points": mean * 100, "ci95_low": (mean - half) * 100, "ci95_high": (mean + half) * 100,
+                           "diff_points": mean, "ci95_low": lo, "ci95_high": hi,
                            "won": sum(d > 0 for d in diffs), "tied": sum(d == 0 for d in diffs),
-                           "verdict": "tie" if not (mean - half > 0 or mean + half < 0) else
+                           "verdict": "tie" if not (lo > 0 or hi < 0) else
                            ("autoprune ahead" if mean > 0 else "autoprune behind")})
     return means, paired
+
+
+def _paired(diffs: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% interval (paired t) of per-seed differences, in points."""
+    mean = statistics.fmean(diffs)
+    half = _t95(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+    return mean * 100, (mean - half) * 100, (mean + half) * 100
+
+
+def levers(rows: list[dict]) -> list[dict]:
+    """Each variant (issue 15's levers) minus the default search, paired over seeds, on validation (what
+    decides whether a lever is kept) and on test (reported beside it): quality_levers.csv.
+    ``same_final`` counts the seeds where both ended with the same figures: the same pruned model
+    (the final recipe is seeded), whatever trial named it."""
+    out = []
+    cells: dict[tuple, dict[str, dict[str, dict]]] = {}
+    for r in rows:
+        if r.get("test_acc") not in ("", None) and (r["method"] == "autoprune" or r["method"] in VARIANTS):
+            cells.setdefault((r["model"], r["dataset"], r["budget"]), {}).setdefault(r["method"], {})[
+                str(r["seed"])] = r
+    for (model, dataset, budget), methods in cells.items():
+        ours = methods.get("autoprune", {})
+        for variant in VARIANTS:
+            theirs = methods.get(variant, {})
+            seeds = sorted(set(ours) & set(theirs))
+            if not seeds:
+                continue
+            row = {"model": model, "dataset": dataset, "budget": budget, "variant": variant, "seeds": len(seeds),
+                   "same_final": sum(ours[s]["val_acc"] == theirs[s]["val_acc"] and ours[s]["test_acc"] ==
+                                     theirs[s]["test_acc"] for s in seeds)}  # the same pruned model, in effect
+            for split in ("val", "test"):
+                diffs = [float(theirs[s][f"{split}_acc"]) - float(ours[s][f"{split}_acc"]) for s in seeds]
+                mean, lo, hi = _paired(diffs)
+                row.update({f"{split}_diff_points": mean, f"{split}_ci95_low": lo, f"{split}_ci95_high": hi,
+                            f"{split}_ahead": sum(d > 0 for d in diffs), f"{split}_behind": sum(d < 0 for d in diffs)})
+            lo, hi = row["val_ci95_low"], row["val_ci95_high"]
+            row["verdict"] = "tie" if not (lo > 0 or hi < 0) else ("variant ahead" if lo > 0 else "variant behind")
+            out.append(row)
+    return out
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -374,6 +412,7 @@ def report(out_dir: Path) -> None:
     means, paired = summarise(rows)
     _write(out_dir / "quality_summary.csv", means)
     _write(out_dir / "quality_paired.csv", paired)
+    _write(out_dir / "quality_levers.csv", levers(rows))
     print("\ntest accuracy, mean over seeds (%):")
     for m in means:
         print(f"  {m['model']:<9} {m['budget']:>6} {m['method']:<16} n={m['seeds']}  {m['test_acc'] * 100:6.2f} "
@@ -382,6 +421,13 @@ def report(out_dir: Path) -> None:
     for p in paired:
         print(f"  {p['model']:<9} {p['budget']:>6} vs {p['versus']:<16} n={p['seeds']}  {p['diff_points']:+6.2f} "
               f"[{p['ci95_low']:+.2f}, {p['ci95_high']:+.2f}]  won {p['won']}/{p['seeds']}  {p['verdict']}")
+    lever_rows = levers(rows)
+    if lever_rows:
+        print("\neach variant minus the default search, paired (validation points, 95% interval; test beside it):")
+    for v in lever_rows:
+        print(f"  {v['model']:<9} {v['budget']:>6} {v['variant']:<22} n={v['seeds']} same final {v['same_final']}  "
+              f"val {v['val_diff_points']:+.2f} [{v['val_ci95_low']:+.2f}, {v['val_ci95_high']:+.2f}] "
+              f"ahead {v['val_ahead']} behind {v['val_behind']}  test {v['test_diff_points']:+.2f}  {v['verdict']}")
 
 
 def check_final(args) -> None:
