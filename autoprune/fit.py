@@ -74,9 +74,10 @@ def fit_policy(
     FLOPs proxy, then measured on ``device`` (or in ONNX Runtime, ``latency_backend``) against the
     unpruned model, and the shape scaled down until it holds or up while it is more than
     ``LATENCY_FILL`` under the limit (never beyond the proposal, or with ``fill`` the static
-    budgets), with at most ``max_measurements`` measurements;
-    measurements are cached by the kept channel counts, so a size measured once is not timed again. With ``fill=True`` a proposal under every budget
-    is scaled up to the tightest one, so the proposal sets the shape and the budget sets the size.
+    budgets), with at most ``max_measurements`` measurements; measurements are cached by the kept
+    channel counts, so a size measured once is not timed again. With ``fill=True`` a proposal under
+    every budget is scaled up to the tightest one, so the proposal sets the shape and the budget sets
+    the size.
 
     Args:
         groups: the groups that may be pruned (default: :func:`~autoprune.prune.prunable_groups`,
@@ -140,14 +141,15 @@ def _fit_latency(model, x, cm, fitted, limits, latency_budgets, channels, *, rou
     # The smallest this shape reaches (every group at its highest sparsity): a guess below it is
     # clamped there, so a curve that flattens (fixed overheads) ends measured, not unreachable.
     floor = cm.cost(scale_keep(top, 0.0, max_sparsity), round_to)["flops"]
+    at_floor = floor * (1 + 1e-3)  # a FLOPs limit this close to the floor is the smallest model
     guess = min(ceiling, share * cm.flops)
     points: list[tuple[float, float]] = []  # (FLOPs, measured latency / tightest limit)
     best, best_worst, worst = None, 0.0, float("inf")
     for _ in range(max_measurements):
-        if guess <= floor * (1 + 1e-3):
-            if any(f <= floor * (1 + 1e-3) for f, _w in points):
+        if guess <= at_floor:
+            if any(f <= at_floor for f, _w in points):
                 break  # the smallest reachable was measured, and missed
-            guess = floor * (1 + 1e-3)
+            guess = at_floor
         current = _fit_static(cm, top, {**limits, "flops": min(limits.get("flops", float("inf")), guess)},
                               round_to, max_sparsity)
         now = cm.cost(current, round_to)["flops"]
@@ -165,7 +167,7 @@ def _fit_latency(model, x, cm, fitted, limits, latency_budgets, channels, *, rou
         return best  # within every limit, if further under the tightest than LATENCY_FILL
     where = device if backend == "torch" else backend
     wanted = ", ".join(b.describe() for b in latency_budgets)
-    smallest = [w for f, w in points if f <= floor * (1 + 1e-3)]
+    smallest = [w for f, w in points if f <= at_floor]
     if smallest:
         raise InfeasibleError(
             f"Latency budget {wanted} is out of reach on {where}: the smallest model this shape reaches "

@@ -354,8 +354,7 @@ def summarise(rows: list[dict]) -> tuple[list[dict], list[dict]]:
             paired.append({"model": model, "dataset": dataset, "budget": budget, "versus": method, "seeds": len(diffs),
                            "diff_points": mean, "ci95_low": lo, "ci95_high": hi,
                            "won": sum(d > 0 for d in diffs), "tied": sum(d == 0 for d in diffs),
-                           "verdict": "tie" if not (lo > 0 or hi < 0) else
-                           ("autoprune ahead" if mean > 0 else "autoprune behind")})
+                           "verdict": _verdict(lo, hi, "autoprune")})
     return means, paired
 
 
@@ -364,6 +363,11 @@ def _paired(diffs: list[float]) -> tuple[float, float, float]:
     mean = statistics.fmean(diffs)
     half = _t95(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
     return mean * 100, (mean - half) * 100, (mean + half) * 100
+
+
+def _verdict(lo: float, hi: float, who: str) -> str:
+    """A tie when the 95% interval holds 0, else who is ahead or behind."""
+    return f"{who} ahead" if lo > 0 else f"{who} behind" if hi < 0 else "tie"
 
 
 def levers(rows: list[dict]) -> list[dict]:
@@ -392,8 +396,7 @@ def levers(rows: list[dict]) -> list[dict]:
                 mean, lo, hi = _paired(diffs)
                 row.update({f"{split}_diff_points": mean, f"{split}_ci95_low": lo, f"{split}_ci95_high": hi,
                             f"{split}_ahead": sum(d > 0 for d in diffs), f"{split}_behind": sum(d < 0 for d in diffs)})
-            lo, hi = row["val_ci95_low"], row["val_ci95_high"]
-            row["verdict"] = "tie" if not (lo > 0 or hi < 0) else ("variant ahead" if lo > 0 else "variant behind")
+            row["verdict"] = _verdict(row["val_ci95_low"], row["val_ci95_high"], "variant")
             out.append(row)
     return out
 
@@ -412,7 +415,8 @@ def report(out_dir: Path) -> None:
     means, paired = summarise(rows)
     _write(out_dir / "quality_summary.csv", means)
     _write(out_dir / "quality_paired.csv", paired)
-    _write(out_dir / "quality_levers.csv", levers(rows))
+    lever_rows = levers(rows)
+    _write(out_dir / "quality_levers.csv", lever_rows)
     print("\ntest accuracy, mean over seeds (%):")
     for m in means:
         print(f"  {m['model']:<9} {m['budget']:>6} {m['method']:<16} n={m['seeds']}  {m['test_acc'] * 100:6.2f} "
@@ -421,7 +425,6 @@ def report(out_dir: Path) -> None:
     for p in paired:
         print(f"  {p['model']:<9} {p['budget']:>6} vs {p['versus']:<16} n={p['seeds']}  {p['diff_points']:+6.2f} "
               f"[{p['ci95_low']:+.2f}, {p['ci95_high']:+.2f}]  won {p['won']}/{p['seeds']}  {p['verdict']}")
-    lever_rows = levers(rows)
     if lever_rows:
         print("\neach variant minus the default search, paired (validation points, 95% interval; test beside it):")
     for v in lever_rows:
