@@ -19,6 +19,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     "AutopruneError": "errors",
+    "paired_interval": "stats",
+    "accuracy_noise": "stats",
     "Budget": "budget",
     "Policy": "policy",
     "IMPORTANCES": "criteria",
@@ -43,6 +45,7 @@ _EXPORTS = {
     "left_out_groups": "probe",
     "apply_policy": "prune",
     "global_magnitude_prune": "prune",
+    "global_prune": "prune",
     "fit_policy": "fit",
     "uniform_policy": "fit",
     "InfeasibleError": "fit",
@@ -57,6 +60,8 @@ _EXPORTS = {
     "TrialResult": "trial",
     "run_trial": "trial",
     "ensure_baseline": "baseline",
+    "group_sensitivity": "sensitivity",
+    "sensitivity_shape": "sensitivity",
     "search": "search",
     "load_run": "results",
     "apply_run": "apply",

@@ -109,6 +109,73 @@ for _depth in (20, 32, 44, 56, 110):
 
 
 # ---------------------------------------------------------------------------------------------
+# Models on which the literature finds that layer shapes matter (issue 24): a VGG, whose parameters
+# sit in its last layers while its FLOPs sit in its first, and a MobileNetV2 with a CIFAR stem.
+
+# VGG-11's widths (Simonyan & Zisserman 2015, configuration A) with 4 max-pools instead of 5: a 28 px
+# Fashion-MNIST image would vanish after the fifth (28 -> 14 -> 7 -> 3 -> 1), global pooling follows.
+VGG11_CIFAR = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512)
+VGG16_CIFAR = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+
+
+class CifarVGG(nn.Module):
+    """3x3 convolutions with BatchNorm and ReLU, max-pools, global average pooling, one linear layer."""
+
+    def __init__(self, layout: tuple, num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        planes = in_channels
+        for v in layout:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            out = max(1, int(round(v * width)))
+            layers += [nn.Conv2d(planes, out, 3, 1, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            planes = out
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+# Half width (32 ... 256 channels): a full-width VGG-11 costs about 4x resnet20's FLOPs at 28 px, which
+# the 2-core benchmark machines cannot train often enough; half width keeps VGG's shape (parameters in
+# the last layers at 1-3 px, FLOPs in the first) at about resnet20's cost. `vgg11_cifar_w1` is full width.
+@register_model("vgg11_cifar")
+def vgg11_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """VGG-11 for 28-32 px inputs at half width (BatchNorm, 4 max-pools, global pooling)."""
+    return CifarVGG(VGG11_CIFAR, num_classes, in_channels, width=0.5)
+
+
+@register_model("vgg11_cifar_w1")
+def vgg11_cifar_w1(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """VGG-11 for 28-32 px inputs at full width (64 ... 512 channels)."""
+    return CifarVGG(VGG11_CIFAR, num_classes, in_channels, width=1.0)
+
+
+@register_model("vgg16_cifar")
+def vgg16_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """VGG-16 for 28-32 px inputs at half width, as ``vgg11_cifar``."""
+    return CifarVGG(VGG16_CIFAR, num_classes, in_channels, width=0.5)
+
+
+@register_model("mobilenetv2_cifar")
+def mobilenetv2_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """torchvision's MobileNetV2 (width 1.0) with a CIFAR stem: the first convolution at stride 1, so a
+    28 px image leaves the last stage at 2 px instead of 1."""
+    from torchvision.models import mobilenet_v2
+
+    model = mobilenet_v2(weights=None, num_classes=num_classes)
+    stem = model.features[0][0]
+    model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, 1, 1, bias=False)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
 # torchvision classifiers, built without weights; first conv and classifier adapted.
 
 

@@ -28,7 +28,7 @@ from .criteria import make_importance, needs_gradients
 from .errors import ConfigError, PruningError
 from .policy import Policy
 
-__all__ = ["cost_model", "apply_policy", "global_magnitude_prune", "DEFAULT_MAX_SPARSITY"]
+__all__ = ["cost_model", "apply_policy", "global_prune", "global_magnitude_prune", "DEFAULT_MAX_SPARSITY"]
 
 DEFAULT_MAX_SPARSITY = 0.9  # the default search space's upper end: how far the probe prunes each group
 
@@ -226,17 +226,7 @@ def apply_policy(
         if grad_batch is None:
             raise ConfigError(f"Importance {importance!r} needs grad_batch=(inputs, targets) for a backward pass "
                               "(autoprune.gradient_batch(train_set)), or a policy that records its kept channels.")
-        # The gradients are those of a training step (BatchNorm on batch statistics); the running
-        # statistics that step would update are put back, so the criterion only reads the model.
-        buffers = {k: b.clone() for k, b in small.named_buffers()}
-        was_training = small.training
-        small.train()
-        where = next(small.parameters()).device  # the batch may live on a GPU while the model copy is on the CPU
-        nn.functional.cross_entropy(small(grad_batch[0].to(where)), grad_batch[1].to(where)).backward()
-        small.train(was_training)
-        with torch.no_grad():
-            for k, b in small.named_buffers():
-                b.copy_(buffers[k])
+        _backward(small, grad_batch)
     graph, groups = _build_graph(small, x, exclude)
     names = {m: n for n, m in small.named_modules()}
     kept: dict[str, tuple[int, ...]] = {}
@@ -274,6 +264,21 @@ def apply_policy(
     return small
 
 
+def _backward(model: nn.Module, grad_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """One backward pass for gradient criteria. The gradients are those of a training step (BatchNorm
+    on batch statistics); the running statistics that step would update are put back, so the
+    criterion only reads the model."""
+    buffers = {k: b.clone() for k, b in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    where = next(model.parameters()).device  # the batch may live on a GPU while the model copy is on the CPU
+    nn.functional.cross_entropy(model(grad_batch[0].to(where)), grad_batch[1].to(where)).backward()
+    model.train(was_training)
+    with torch.no_grad():
+        for k, b in model.named_buffers():
+            b.copy_(buffers[k])
+
+
 def _removed(policy: Policy, name: str, n: int, round_to: int, ch_groups: int, scores) -> list[int]:
     """Channel positions of group ``name`` to remove: the recorded complement, or the lowest scored."""
     if policy.indices:
@@ -295,28 +300,42 @@ def _removed(policy: Policy, name: str, n: int, round_to: int, ch_groups: int, s
     return sorted(int(i) + g * size for g in range(ch_groups) for i in order)
 
 
-def global_magnitude_prune(model: nn.Module, x: torch.Tensor, budget: float, *, tolerance: float = 0.01,
-                           steps: int = 14) -> tuple[nn.Module, float, float]:
-    """Torch-Pruning's own global L1 pruning of a copy of ``model``, its ratio bisected to a FLOPs share.
+def global_prune(model: nn.Module, x: torch.Tensor, budget: float, *, importance: str = "l1", measure: str = "flops",
+                 grad_batch: tuple[torch.Tensor, torch.Tensor] | None = None, tolerance: float = 0.01,
+                 steps: int = 14) -> tuple[nn.Module, float, float]:
+    """Torch-Pruning's own global pruning of a copy of ``model``, its ratio bisected to a share of FLOPs or params.
 
-    The baseline autoprune is compared with (one global ranking of channels across layers, the
-    way Torch-Pruning prunes when asked for a ratio). Returns ``(pruned copy, pruning ratio, FLOPs
-    ratio)``: the feasible pruning (FLOPs ratio at most ``budget``) closest to it, stopping once it is
-    within ``tolerance`` (relative) under it.
+    One global ranking of channels across layers by ``importance`` (``l1``, ``bn_scale``, ``taylor``,
+    ...), the way Torch-Pruning prunes when asked for a ratio. Returns ``(pruned copy, pruning ratio,
+    measure ratio)``: the feasible pruning (``measure`` ratio at most ``budget``) closest to it,
+    stopping once it is within ``tolerance`` (relative) under it.
+
+    Example:
+        >>> small, ratio, share = global_prune(model, x, 0.25, measure="params")
     """
+    from .costs import count_params
+
+    if measure not in ("flops", "params"):
+        raise ConfigError(f"global_prune's measure must be flops or params, but got {measure!r}.")
+    if needs_gradients(importance) and grad_batch is None:
+        raise ConfigError(f"Importance {importance!r} needs grad_batch=(inputs, targets) for a backward pass.")
     tp = _tp()
-    base = count_flops(model, x)
+    size = count_flops if measure == "flops" else (lambda m, _x: count_params(m))
+    base = size(model, x)
     with torch.no_grad():
         out_dim = model.eval()(x).shape[1]
-    lo, hi = 0.0, 1.0  # FLOPs fall as the global ratio rises (near 1, layers stop at one channel)
+    lo, hi = 0.0, 1.0  # the measure falls as the global ratio rises (near 1, layers stop at one channel)
     best: tuple[nn.Module, float, float] | None = None
     for _ in range(steps):
         r = (lo + hi) / 2
         small = copy.deepcopy(model).eval()
+        if needs_gradients(importance):
+            _backward(small, grad_batch)
         try:
-            tp.pruner.MetaPruner(small, x, make_importance("l1"), pruning_ratio=r, global_pruning=True,
+            tp.pruner.MetaPruner(small, x, make_importance(importance), pruning_ratio=r, global_pruning=True,
                                  ignored_layers=_ignored_modules(small, out_dim, ())).step()
-            ratio = count_flops(small, x) / base
+            small.zero_grad(set_to_none=True)
+            ratio = size(small, x) / base
         except Exception:  # a layer pruned away entirely: too much
             hi = r
             continue
@@ -329,6 +348,12 @@ def global_magnitude_prune(model: nn.Module, x: torch.Tensor, budget: float, *, 
         if ratio >= budget * (1 - tolerance):
             break
     if best is None:
-        raise PruningError(f"Torch-Pruning's global pruning found no ratio within {budget:.3f} of the FLOPs of "
+        raise PruningError(f"Torch-Pruning's global pruning found no ratio within {budget:.3f} of the {measure} of "
                            f"model {_model_label(model)!r}.")
     return best
+
+
+def global_magnitude_prune(model: nn.Module, x: torch.Tensor, budget: float, *, tolerance: float = 0.01,
+                           steps: int = 14) -> tuple[nn.Module, float, float]:
+    """:func:`global_prune` by L1 magnitude to a FLOPs share: the ``tp_global`` baseline of the benchmarks."""
+    return global_prune(model, x, budget, tolerance=tolerance, steps=steps)
