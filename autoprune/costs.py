@@ -12,6 +12,8 @@ Example:
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -53,13 +55,16 @@ class GroupLayout:
     parameter that Torch-Pruning prunes along its last non-singleton dimension (ConvNeXt's
     ``layer_scale``) is named ``"@<parameter path>"``.
     ``ch_groups`` > 1 when the group feeds a grouped (not depthwise) convolution, whose groups must
-    keep equal widths.
+    keep equal widths. ``multiple`` > 1 when a normalisation over groups of channels (GroupNorm) sets
+    the group's width: the kept channels must stay a multiple of it (its ``num_groups``; several: their
+    least common multiple).
     """
 
     name: str
     channels: int
     ch_groups: int
     touched: tuple[tuple[str, str, float], ...]
+    multiple: int = 1
 
 
 def _run(model: nn.Module, x: torch.Tensor) -> FlopCounterMode:
@@ -147,6 +152,7 @@ class CostModel:
         self._in: dict[str, list[tuple[str, float]]] = {}
         self._channels = {g.name: g.channels for g in layouts}
         self._ch_groups = {g.name: g.ch_groups for g in layouts}
+        self._multiple = {g.name: g.multiple for g in layouts}
         for g in layouts:
             for layer, side, per in g.touched:
                 (self._out if side == "out" else self._in).setdefault(layer, []).append((g.name, per))
@@ -193,9 +199,13 @@ class CostModel:
             total += base * f_out * f_in
         return total
 
+    def multiple(self, group: str, round_to: int = 1) -> int:
+        """What the kept channels of ``group`` are a multiple of: ``round_to`` and the group's own rule."""
+        return math.lcm(round_to, self._multiple.get(group, 1))
+
     def pruned_channels(self, sparsity: Mapping[str, float], round_to: int = 1) -> dict[str, int]:
         """Channels each group loses under ``sparsity`` (group -> share removed)."""
-        return {g: pruned_count(self._channels[g], s, round_to, self._ch_groups[g])
+        return {g: pruned_count(self._channels[g], s, self.multiple(g, round_to), self._ch_groups[g])
                 for g, s in sparsity.items() if g in self._channels}
 
     def cost(self, sparsity: Mapping[str, float], round_to: int = 1) -> dict[str, float]:

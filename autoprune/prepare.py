@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 
 from .atomic import atomic_path
 from .config import SearchConfig, resume_config
-from .errors import CheckpointError, ConfigError, ModelError, RunError
+from .errors import BudgetError, CheckpointError, ConfigError, ModelError, RunError
 from .front import proposed_count
 from .results import RunDir
 
@@ -160,6 +160,7 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
         if left:
             log(f"left out {len(left)} of {len(left) + len(groups)} groups that cannot be pruned safely: "
                 f"{_left_out_text(left)}")
+        sizes.update(_reach(config, model, example, groups, left, sizes, device, log))
         checked()
         if config.checkpoint:
             info = {"source": str(Path(config.checkpoint).resolve()), "test_acc": None}
@@ -181,6 +182,35 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
         run.write_state(finished=False)
     return Prepared(config, run, model.state_dict(), splits.train, splits.val, tuple(splits.input_shape),
                     splits.num_classes, groups, baseline, left)
+
+
+def _reach(config: SearchConfig, model, example, groups, left: Mapping[str, str], sizes: Mapping[str, float],
+           device, log) -> dict[str, float]:
+    """The smallest model the searched groups reach (each at the space's highest sparsity), as shares of
+    the unpruned FLOPs and params; a FLOPs or params budget below it is refused here, before any
+    baseline is trained, and a front floor below it is raised to it (with a note)."""
+    from .prune import cost_model
+
+    space = config.space
+    round_to = config.round_to or (8 if str(config.trial_device).startswith("cuda") else 1)
+    cm = cost_model(model, example, space.exclude)
+    smallest = cm.cost({g: space.range_of(g)[1] for g in groups}, round_to)
+    reach = {f"reachable_{k}": smallest[k] / sizes[k] for k in ("flops", "params")}
+    why = (f"; {len(left)} of {len(left) + len(groups)} groups are left out as unsafe: "
+           f"{_left_out_text(left)[:300]}" if left else f"; all {len(groups)} groups are searched up to sparsity "
+           f"{space.max_sparsity:g}")
+    for b in config.budgets:
+        if b.kind in ("flops", "params") and b.limit(sizes[b.kind]) < smallest[b.kind]:
+            raise BudgetError(f"Budget {b.describe()} is out of reach for model {config.model!r}: the smallest model "
+                              f"its prunable groups reach has {reach['reachable_' + b.kind]:.1%} of the {b.kind}"
+                              f"{why}.")
+    measure = config.size_measure
+    if measure in ("flops", "params"):
+        floor, _ = config.size_range(sizes[measure])
+        if floor < reach[f"reachable_{measure}"]:
+            log(f"note: the front starts at {reach[f'reachable_{measure}']:.1%} of the {measure}, the smallest model "
+                f"the prunable groups reach, not at {floor:.1%}")
+    return reach
 
 
 def _left_out_text(left: Mapping[str, str]) -> str:

@@ -19,7 +19,9 @@ import torch
 import torch.nn as nn
 
 from .costs import CostModel, Group, count_flops, is_depthwise, pruned_count
-from .prune import DEFAULT_MAX_SPARSITY, _CACHE, _build_graph, _channel_groups, _root, cost_model
+from .prune import (DEFAULT_MAX_SPARSITY, _CACHE, _build_graph, _blocks_multiple, _channel_groups, _from_blocks,
+                    _norm_blocks, _per_channel_norms,
+                    _regroup_norms, _root, cost_model)
 
 __all__ = ["left_out_groups", "prunable_groups"]
 
@@ -69,6 +71,7 @@ def _probe_once(model: nn.Module, x: torch.Tensor, exclude: Sequence[str], cm: C
         shape = tuple(small(probe_x).shape)
     graph, groups = _build_graph(small, x, exclude)
     names = {m: n for n, m in small.named_modules()}
+    per_channel = _per_channel_norms(small)
     done: dict[str, float] = {}
     for group in groups:
         root, handler = _root(group)
@@ -76,13 +79,16 @@ def _probe_once(model: nn.Module, x: torch.Tensor, exclude: Sequence[str], cm: C
         if name not in sparsity:
             continue
         n = graph.get_out_channels(root)
-        ch_groups = _channel_groups(group)
-        k = pruned_count(n, sparsity[name], 1, ch_groups)
+        ch_groups, blocks = _channel_groups(group), _norm_blocks(group)
+        k = pruned_count(n, sparsity[name], _blocks_multiple(blocks), ch_groups)
         if k <= 0:
             continue
-        size = n // ch_groups
-        spread = np.linspace(0, size, k // ch_groups, endpoint=False).astype(int)
-        idxs = sorted(int(i) + g * size for g in range(ch_groups) for i in spread)
+        if blocks and ch_groups == 1:  # as many from every GroupNorm block, spread over each
+            idxs = _from_blocks(blocks, k, lambda i: _spread_rank(i, blocks))
+        else:  # spread over the width, the same positions in every conv group
+            size = n // ch_groups
+            spread = np.linspace(0, size, k // ch_groups, endpoint=False).astype(int)
+            idxs = sorted(int(i) + g * size for g in range(ch_groups) for i in spread)
         done[name] = sparsity[name]
         try:
             pruning = graph.get_pruning_group(root, handler, idxs)
@@ -90,6 +96,7 @@ def _probe_once(model: nn.Module, x: torch.Tensor, exclude: Sequence[str], cm: C
             with torch.no_grad():
                 reference = small(probe_x)
             pruning.prune()
+            _regroup_norms(per_channel)
             with torch.no_grad():
                 out = small(probe_x)
             if tuple(out.shape) != shape:
@@ -112,6 +119,14 @@ def _probe_once(model: nn.Module, x: torch.Tensor, exclude: Sequence[str], cm: C
                                                           rel_tol=1e-6):
         return _probe_once(model, x, exclude, cm, sparsity, check_flops_each=True)  # find which group
     return None
+
+
+def _spread_rank(i: int, blocks) -> float:
+    """A score that orders a block's positions so that its lowest ones are spread over it: position
+    ``p`` of a block ranks by the bit-reversed order of ``p``, so any prefix covers the block evenly."""
+    block = next(b for b in blocks if i in b)
+    p, bits = block.index(i), max(1, (len(block) - 1).bit_length())
+    return int(format(p, f"0{bits}b")[::-1], 2)
 
 
 def _zero_consumers(graph, pruning) -> bool:

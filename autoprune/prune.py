@@ -15,6 +15,7 @@ import contextlib
 import copy
 import dataclasses
 import fnmatch
+import math
 import os
 import warnings
 import weakref
@@ -144,6 +145,63 @@ def _channel_groups(group) -> int:
     return max(groups, default=1)
 
 
+def _norm_blocks(group) -> list[list[int]]:
+    """The group's channels (root positions) in blocks that must each lose the same share of channels,
+    for the GroupNorms they feed to keep equal groups; [] when no GroupNorm sets a rule.
+
+    A GroupNorm of ``C`` channels in ``G`` groups makes ``G`` blocks of ``C / G``; channels reaching
+    several GroupNorms (a residual sum) share one block per combination; channels that reach none (the
+    other branch of a concatenation) form one more block. A GroupNorm of one channel per group
+    (instance-norm like) sets no rule: its groups are removed with their channels (:func:`_regroup_norms`).
+    """
+    member: dict[int, tuple] = {}
+    for dep, idxs in group:
+        m = dep.target.module
+        if not (isinstance(m, nn.GroupNorm) and 1 < m.num_groups < m.num_channels):
+            continue
+        per = m.num_channels // m.num_groups
+        for i in idxs:
+            root = int(getattr(i, "root_idx", i))
+            member[root] = member.get(root, ()) + ((id(m), int(getattr(i, "idx", i)) // per),)
+    if not member:
+        return []
+    n = len({int(getattr(i, "root_idx", i)) for i in group[0].idxs})
+    blocks: dict[tuple, list[int]] = {}
+    for r in range(n):
+        blocks.setdefault(tuple(sorted(member.get(r, ()))), []).append(r)
+    return list(blocks.values())
+
+
+def _blocks_multiple(blocks: Sequence[Sequence[int]]) -> int:
+    """What the kept (and removed) channels must be a multiple of for ``blocks`` to lose equal shares."""
+    if not blocks:
+        return 1
+    unit = math.gcd(*(len(b) for b in blocks))
+    return sum(len(b) for b in blocks) // unit
+
+
+def _from_blocks(blocks: Sequence[Sequence[int]], k: int, score) -> list[int]:
+    """``k`` positions to remove, the same share of every block, each block's lowest by ``score``
+    (a position -> value function); ``k`` is a multiple of :func:`_blocks_multiple`."""
+    unit = math.gcd(*(len(b) for b in blocks))
+    share = k * unit // sum(len(b) for b in blocks)  # channels removed per `unit` of a block
+    out = []
+    for b in blocks:
+        out += sorted(b, key=score)[: share * len(b) // unit]
+    return sorted(out)
+
+
+def _per_channel_norms(model: nn.Module) -> list[nn.GroupNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels > 1]
+
+
+def _regroup_norms(norms: Sequence[nn.GroupNorm]) -> None:
+    """After pruning: a GroupNorm that had one channel per group keeps one (its removed channels took
+    their groups with them; Torch-Pruning keeps ``num_groups`` as it was)."""
+    for m in norms:
+        m.num_groups = m.num_channels
+
+
 def _root(group) -> tuple[nn.Module, object]:
     return group[0].dep.target.module, group[0].dep.handler
 
@@ -167,7 +225,8 @@ def _layouts(model: nn.Module, graph, groups) -> list[GroupLayout]:
                 continue  # element-wise ops have no parameters and no module path
             touched.setdefault(key, set()).update(int(i) for i in idxs)
         layouts.append(GroupLayout(names[root], n, _channel_groups(group),
-                                   tuple((layer, side, len(idx) / n) for (layer, side), idx in touched.items())))
+                                   tuple((layer, side, len(idx) / n) for (layer, side), idx in touched.items()),
+                                   _blocks_multiple(_norm_blocks(group))))
     return layouts
 
 
@@ -229,6 +288,7 @@ def apply_policy(
         _backward(small, grad_batch)
     graph, groups = _build_graph(small, x, exclude)
     names = {m: n for n, m in small.named_modules()}
+    per_channel = _per_channel_norms(small)
     kept: dict[str, tuple[int, ...]] = {}
     seen = set()
     name = None
@@ -246,7 +306,8 @@ def apply_policy(
                     raise PruningError(f"Group {name!r} has {n} channels but the policy expects "
                                        f"{policy.channels[name]}; was the policy made for another model?")
                 idxs = _removed(policy, name, n, round_to, _channel_groups(group),
-                                lambda: imp(graph.get_pruning_group(root, handler, list(range(n)))))
+                                lambda: imp(graph.get_pruning_group(root, handler, list(range(n)))),
+                                _norm_blocks(group))
                 if not idxs:
                     continue
                 graph.get_pruning_group(root, handler, idxs).prune()
@@ -256,6 +317,7 @@ def apply_policy(
     except Exception as e:  # a library crash on an odd layer: name it instead
         raise PruningError(f"Torch-Pruning failed on model {_model_label(model)!r}, group {name!r}: "
                            f"{type(e).__name__}: {e}") from None
+    _regroup_norms(per_channel)
     missing = sorted(set(policy.sparsity) - seen)
     if missing:
         raise PruningError(f"Policy names groups the model does not have: {missing[:3]}.")
@@ -279,8 +341,13 @@ def _backward(model: nn.Module, grad_batch: tuple[torch.Tensor, torch.Tensor]) -
             b.copy_(buffers[k])
 
 
-def _removed(policy: Policy, name: str, n: int, round_to: int, ch_groups: int, scores) -> list[int]:
-    """Channel positions of group ``name`` to remove: the recorded complement, or the lowest scored."""
+def _removed(policy: Policy, name: str, n: int, round_to: int, ch_groups: int, scores,
+             blocks: Sequence[Sequence[int]] = ()) -> list[int]:
+    """Channel positions of group ``name`` to remove: the recorded complement, or the lowest scored.
+
+    With GroupNorm ``blocks`` (:func:`_norm_blocks`) every block loses the same share, its own lowest
+    scored channels, so the kept channels stay in the norm groups they were normalised with."""
+    round_to = math.lcm(round_to, _blocks_multiple(blocks))
     if policy.indices:
         if name in policy.indices:
             return sorted(set(range(n)) - set(policy.indices[name]))
@@ -294,6 +361,9 @@ def _removed(policy: Policy, name: str, n: int, round_to: int, ch_groups: int, s
     values = scores()
     if values is None:
         values = torch.arange(n, dtype=torch.float32)
+    if blocks and ch_groups == 1:
+        flat = values.detach().cpu()
+        return _from_blocks(blocks, k, lambda i: float(flat[i]))
     size = n // ch_groups
     # Grouped convs: rank positions by importance averaged over the groups, drop the same in each.
     order = torch.argsort(values.detach().cpu().view(ch_groups, size).mean(0))[: k // ch_groups]

@@ -140,7 +140,12 @@ def _finite(x: Any) -> bool:
 def size_range(prepared: Prepared) -> tuple[float, float]:
     """(floor, budget) of the run's size measure, as shares of the unpruned model."""
     config = prepared.config
-    return config.size_range(unpruned_size(prepared.baseline, config.size_measure))
+    floor, top = config.size_range(unpruned_size(prepared.baseline, config.size_measure))
+    # Below the smallest model the prunable groups reach, no target can be met (prepare said so).
+    reach = prepared.baseline.get(f"reachable_{config.size_measure}")
+    if reach is not None and floor < reach < top:
+        floor = min(top, reach * (1 + 1e-3))
+    return floor, top
 
 
 def lap(timings: dict, part: str, t0: float) -> float:

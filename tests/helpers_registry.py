@@ -26,7 +26,13 @@ def small_models(max_params: int = MAX_PARAMS, max_min_size: int = 32) -> list[s
 # not among them: its fixed slice after a concatenation makes pruned FLOPs differ from the cost model
 # at some sparsities the probe does not try (trials count real FLOPs, so budgets still hold).
 TIMM_CNNS = ("timm:resnet10t", "timm:mobilenetv3_small_050", "timm:regnetx_002", "timm:mnasnet_small",
-             "timm:lcnet_050")
+             "timm:lcnet_050", "timm:resnet50_gn")
+
+# Small models of our own in tests/helpers_models.py, built the way users' models are (issue 26):
+# GroupNorm (with an instance-norm-like one), a chunk split with a dilated conv and a
+# squeeze-excitation, a split of fixed sizes, and a ShuffleNetV2-style channel shuffle.
+OWN_MODELS = ("helpers_models:wild_cnn", "helpers_models:gn_residual", "helpers_models:split_concat",
+              "helpers_models:shuffle_block")
 
 
 def timm_models() -> list[str]:

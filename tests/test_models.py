@@ -11,10 +11,10 @@ import torch.nn as nn
 from autoprune import models
 from autoprune.errors import CheckpointError, ModelError
 from autoprune.models import create_model, list_models, load_checkpoint, register_model
-from helpers_registry import small_models, timm_models
+from helpers_registry import OWN_MODELS, small_models, timm_models
 
 CIFAR = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
-NAMES = small_models() + timm_models()
+NAMES = small_models() + list(OWN_MODELS) + timm_models()
 HERE = Path(__file__).resolve().parent
 
 

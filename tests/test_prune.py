@@ -19,13 +19,13 @@ from autoprune.models import create_model
 from autoprune.policy import Policy
 from autoprune.probe import left_out_groups, prunable_groups
 from autoprune.prune import apply_policy, cost_model
-from helpers_registry import small_models, timm_models
+from helpers_registry import OWN_MODELS, small_models, timm_models
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Torch-Pruning warns on unwrapped params
 
 HERE = Path(__file__).resolve().parent
 HALF = Budget.parse("flops", "50%")
-NAMES = small_models() + timm_models()
+NAMES = small_models() + list(OWN_MODELS) + timm_models()
 
 
 def flops_by_torch(model: nn.Module, x: torch.Tensor) -> int:
@@ -416,3 +416,58 @@ def test_class_count_equal_to_a_conv_width_keeps_that_conv_prunable():
     names10 = [g.name for g in prunable_groups(create_model("resnet20", num_classes=10), x)]
     names16 = [g.name for g in prunable_groups(create_model("resnet20", num_classes=16), x)]
     assert names16 == names10 and "layer1.0.conv1" in names16
+
+
+# ------------------------------------------------------------------------------- GroupNorm (issue 26)
+
+
+def _norm_groups_intact(small: nn.Module) -> None:
+    for name, m in small.named_modules():
+        if isinstance(m, nn.GroupNorm):
+            assert m.num_channels % m.num_groups == 0, (name, m.num_channels, m.num_groups)
+
+
+def test_groupnorm_groups_are_searched_and_keep_whole_norm_groups():
+    """The first paragraph's CNN (GroupNorm, a chunk split, a dilated conv, squeeze-excitation): every
+    group is searched (6 of 7 were left out before), kept counts are multiples of the norms' groups,
+    and the cost model is what pruning gives, for proposals of many shapes."""
+    model = create_model("helpers_models:wild_cnn").eval()
+    x = torch.randn(1, 3, 32, 32)
+    groups = [g.name for g in prunable_groups(model, x)]
+    assert len(groups) == 7 and left_out_groups(model, x) == {}
+    cm = cost_model(model, x)
+    budget = Budget.parse("flops", "60%")
+    for seed in range(3):
+        rng = random.Random(seed)
+        policy = fit_policy(model, x, {g: rng.uniform(0.0, 0.8) for g in groups}, [budget])
+        small = apply_policy(model, policy, x)
+        _norm_groups_intact(small)
+        assert flops_by_torch(small, x) <= budget.limit(flops_by_torch(model, x))
+        assert cm.cost(policy.sparsity)["flops"] == pytest.approx(flops_by_torch(small, x), rel=1e-6)
+        assert cm.cost(policy.sparsity)["params"] == pytest.approx(count_params(small), rel=1e-6)
+        assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # the stem's GroupNorm(8, 32): each norm group of 4 channels lost as many as the others
+    kept = small.autoprune_policy.indices["stem.0"]
+    per_block = [sum(1 for i in kept if i // 4 == b) for b in range(8)]
+    assert len(set(per_block)) == 1 and per_block[0] < 4
+
+
+def test_groupnorm_with_round_to_keeps_a_multiple_of_both():
+    model = create_model("helpers_models:wild_cnn").eval()
+    x = torch.randn(1, 3, 32, 32)
+    groups = [g.name for g in prunable_groups(model, x)]
+    policy = fit_policy(model, x, {g: 0.5 for g in groups}, [Budget.parse("flops", "50%")], round_to=6)
+    small = apply_policy(model, policy, x)
+    _norm_groups_intact(small)
+    # stem.0 feeds GroupNorm(8, 32): kept channels are a multiple of lcm(8, 6) = 24, or all 32
+    assert len(small.autoprune_policy.indices.get("stem.0", range(32))) in (24, 32)
+
+
+def test_instance_like_groupnorm_regroups():
+    """A GroupNorm of one channel per group keeps one per group after its channels are removed."""
+    model = create_model("helpers_models:gn_residual").eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert left_out_groups(model, x) == {}
+    small = apply_policy(model, uniform_policy(model, x, [HALF]), x)
+    assert small.gn1.num_groups == small.gn1.num_channels < 48
+    _norm_groups_intact(small)
