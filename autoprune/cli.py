@@ -272,6 +272,7 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
         size = f"{outcome.objective}_ratio"
         _log(f"best within budget{_confirmed_note(best)}: trial {int(best['trial'])} val_acc {best['val_acc']:.4f} "
              f"{size} {best[size]:.3f}  (unpruned val_acc {outcome.baseline.get('val_acc', float('nan')):.4f})")
+        _log(_verdict(best, outcome.trials, outcome.objective, outcome.baseline))
     _log(f"written: {outcome.path}/trials.csv, pareto.csv, pareto.png, policies/")
     if not outcome.finished:
         where = f" --results-dir {config.results_dir}" if config.results_dir != "results" else ""
@@ -285,6 +286,12 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
         _err(f"every trial failed or was infeasible; first reason: {reason}")
         return 1
     return 0
+
+
+def _verdict(best, trials, objective: str, baseline) -> str:
+    from .front import uniform_verdict
+
+    return "against uniform pruning: " + uniform_verdict(best, trials, objective, baseline.get("val_images"))
 
 
 def _confirmed_note(best) -> str:
@@ -330,6 +337,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         _log(f"best within budget{_confirmed_note(best)}: trial {int(best['trial'])} (val_acc {best['val_acc']:.4f}, "
              f"{size} {best[size]:.3f}); apply it with: autoprune apply {run.path} --pick {int(best['trial'])}"
              f" (or --pick 30% for the best at or under a size)")
+        _log(_verdict(best, run.trials, run.config.size_measure, run.baseline))
     curve = uniform_curve(run.trials, run.config.size_measure)
     if len(curve):
         _log("uniform curve (best criterion per size): " + ", ".join(

@@ -24,7 +24,7 @@ from .budget import Budget
 __all__ = ["proposed_count", "top_rung", "promotions", "pareto_front", "best_trial", "pick_trial", "front_table",
            "plot_front", "uniform_curve", "gain_vs_uniform", "hypervolume", "hypervolume_column", "last_growth",
            "uniform_origin", "is_uniform", "CONFIRM_PREFIX", "is_confirmation", "confirmations_due",
-           "confirmed_best", "confirmation_table"]
+           "confirmed_best", "confirmation_table", "uniform_verdict"]
 
 GROWTH = 0.01  # "the front grew": its hypervolume rose by more than this share
 CONFIRM_PREFIX = "confirm:"  # the origin of a confirmation rerun: confirm:<its parent's origin>
@@ -257,6 +257,28 @@ def gain_vs_uniform(front: pd.DataFrame, curve: pd.DataFrame, objective: str) ->
         return pd.Series([math.nan] * len(front), index=front.index, dtype=float)
     at = np.interp(front[_size(front, objective)].astype(float), curve["size"], curve["val_acc"])
     return pd.Series(front["val_acc"].astype(float).to_numpy() - at, index=front.index)
+
+
+def uniform_verdict(best: Mapping[str, Any], trials: pd.DataFrame, objective: str, val_images: int | None) -> str:
+    """One plain sentence on whether the pick beats uniform pruning: its gain over the uniform curve at
+    its size beside the validation noise, ``2 * sqrt(p (1 - p) / n)`` for ``n`` validation images."""
+    from .stats import accuracy_noise
+
+    if is_uniform(pd.Series([str(best.get("origin", ""))])).iloc[0]:
+        return (f"the pick is the uniform policy ({best.get('importance', '')}): at this budget uniform pruning is "
+                "the answer; no other shape searched did better on validation.")
+    curve = uniform_curve(trials, objective)
+    if curve.empty:
+        return "no uniform policy finished, so the pick cannot be compared with uniform pruning."
+    gain = float(gain_vs_uniform(pd.DataFrame([dict(best)]), curve, objective).iloc[0]) * 100
+    if not val_images:
+        return f"the pick is {gain:+.2f} points over the uniform curve at its size (validation noise unknown)."
+    noise = accuracy_noise(float(best["val_acc"]), int(val_images)) * 100
+    where = f"validation noise on {int(val_images):,} images: +/-{noise:.2f}"
+    if gain > noise:
+        return f"the pick is {gain:+.2f} points over the uniform curve at its size, beyond the {where}."
+    return (f"the pick is {gain:+.2f} points over the uniform curve at its size, within the {where}: uniform "
+            "pruning is as good here (autoprune apply --pick uniform).")
 
 
 def hypervolume(points: Sequence[tuple[float, float]], reference: float) -> float:

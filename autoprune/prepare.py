@@ -169,7 +169,8 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
         baseline = {
             "model": config.model, "dataset": config.dataset, "num_classes": splits.num_classes,
             "input_shape": list(splits.input_shape), **sizes,
-            "val_acc": evaluate(model, splits.val, device=device),
+            "val_acc": evaluate(model, splits.val, device=device), "val_images": len(splits.val),
+            "train_images": len(splits.train),
             "test_acc": info.get("test_acc"), "source": info.get("source"), "groups": len(groups),
         }
         model.cpu()  # evaluation left it on the device; workers get CPU weights and move them themselves

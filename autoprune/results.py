@@ -191,6 +191,33 @@ class Run:
         (the front's best, which is :meth:`best` unless the run confirmed candidates)."""
         return pick_trial(self.pareto, self.config.size_measure, at_most)
 
+    def search_cost(self, train_images: int | None = None) -> dict[str, int | float]:
+        """What the search processed, in images: ``train`` (finetune steps and Taylor batches, forward
+        and backward), ``forward`` (BatchNorm recalibration, validation, a distillation teacher's
+        passes) and ``cost = train + forward / 3`` (a forward pass costs about a third of a training
+        step). Infeasible trials cost nothing (they are fitted before any training); failed ones are
+        not counted. ``train_images`` is the training set's size (default: baseline.json's).
+
+        Example:
+            >>> load_run("results/run").search_cost()["cost"]
+        """
+        from .criteria import GRADIENT_BATCH_SIZE
+
+        c = self.config
+        n_train = train_images or self.baseline.get("train_images")
+        n_val = self.baseline.get("val_images")
+        if not n_train or n_val is None:
+            raise RunError(f"Run {self.path.name!r} does not record its training and validation set sizes "
+                           "(written by searches since issue 24); give train_images.")
+        ok = self.trials[self.trials["status"] == "ok"]
+        epochs = ok["epochs"].fillna(c.finetune_epochs) if "epochs" in ok else [c.finetune_epochs] * len(ok)
+        steps = int(n_train) // c.batch_size
+        finetune = sum(math.ceil(float(e) * steps) * c.batch_size for e in epochs)
+        taylor = int((ok["importance"] == "taylor").sum()) * GRADIENT_BATCH_SIZE if "importance" in ok else 0
+        forward = len(ok) * (c.bn_batches * c.batch_size + int(n_val)) + (finetune if c.distill > 0 else 0)
+        train = finetune + taylor
+        return {"train": train, "forward": forward, "cost": train + forward / 3}
+
     @property
     def budgets(self) -> tuple[Budget, ...]:
         return self.config.budgets

@@ -100,17 +100,8 @@ DESIGN = dict(dataset="fashion_mnist", models="resnet20", budgets="50,25,12.5", 
               search_epochs=0.1, final_epochs=1.0, baseline_epochs=10)
 FULL = dict(DESIGN, search_epochs=2.0, final_epochs=10.0, baseline_epochs=60)
 COLUMNS = ["model", "dataset", "budget", "method", "seed", "flops_ratio", "params_ratio", "val_acc", "test_acc",
-           "val_acc_bn", "search_val_acc", "pick", "search_epochs", "search_images", "final_epochs", "final_lr",
+           "val_acc_bn", "search_val_acc", "pick", "search_epochs", "search_images", "search_cost", "final_epochs", "final_lr",
            "baseline_epochs", "search_s", "prune_s", "finetune_s", "seconds", "note"]
-# Two-sided 95% quantiles of Student's t by degrees of freedom (standard tables).
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
-
-
-def _t95(df: int) -> float:
-    return T95.get(df) or T95[max(k for k in T95 if k <= df)] if df >= 1 else math.nan
-
-
 def _pct(budget: float) -> str:
     return f"{budget * 100:g}%"
 
@@ -121,6 +112,11 @@ class Table:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rows = list(csv.DictReader(open(path, newline=""))) if path.is_file() else []
+        if self.rows and list(self.rows[0]) != COLUMNS:  # a table from before a column was added: widen it
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=COLUMNS)
+                w.writeheader()
+                w.writerows({c: r.get(c, "") for c in COLUMNS} for r in self.rows)
 
     def has(self, **key) -> bool:
         return any(all(str(r.get(k)) == str(v) for k, v in key.items()) for r in self.rows)
@@ -186,7 +182,9 @@ def _search(model_name: str, checkpoint: str, budget: float, seed: int, args, n_
         raise RuntimeError(f"search {run.path} has no feasible trial")
     trial = int(best["trial"])
     return run.policy(trial), {"trial": trial, "origin": str(best["origin"]), "val": float(best["val_acc"]),
-                               "images": _search_images(run, n_train), "seconds": time.perf_counter() - start}
+                               "images": _search_images(run, n_train),
+                               "cost": round(run.search_cost(n_train)["cost"]) if "val_images" in run.baseline else "",
+                               "seconds": time.perf_counter() - start}
 
 
 def _search_images(run, n_train: int) -> int:
@@ -241,6 +239,7 @@ def run_benchmark(args) -> None:
                                                      "" if method == "autoprune" else method)
                             small = ap.apply_policy(base, policy, x)  # the trial's own channels
                             row.update(search_val_acc=search["val"], search_images=search["images"],
+                                       search_cost=search["cost"],
                                        search_s=round(search["seconds"], 1),
                                        pick=f"trial {search['trial']} ({search['origin']}, {policy.importance})")
                             epochs = args.final_epochs
@@ -264,9 +263,12 @@ def run_benchmark(args) -> None:
                                 ours = table.get(**key, method="autoprune")
                                 if ours is None or not ours.get("search_images"):
                                     raise RuntimeError("uniform_compute needs the autoprune row of its seed first")
-                                extra = float(ours["search_images"]) / len(splits.train)
+                                # matched to the search's cost (training images + forward-only / 3) where
+                                # the row records it; rows from before issue 24 matched search_images
+                                matched = "search_cost" if ours.get("search_cost") else "search_images"
+                                extra = float(ours[matched]) / len(splits.train)
                                 epochs = args.final_epochs + extra
-                                row["note"] = f"+{extra:.2f} epochs: the search's {int(float(ours['search_images'])):,} images"
+                                row["note"] = f"+{extra:.2f} epochs: the search's {matched} {int(float(ours[matched])):,}"
                             small = _uniform(base, x, budget, crit, grad)
                             row["pick"] = f"uniform {crit}"
                         else:
@@ -360,9 +362,8 @@ def summarise(rows: list[dict]) -> tuple[list[dict], list[dict]]:
 
 def _paired(diffs: list[float]) -> tuple[float, float, float]:
     """Mean and 95% interval (paired t) of per-seed differences, in points."""
-    mean = statistics.fmean(diffs)
-    half = _t95(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
-    return mean * 100, (mean - half) * 100, (mean + half) * 100
+    mean, lo, hi = ap.paired_interval(diffs)
+    return mean * 100, lo * 100, hi * 100
 
 
 def _verdict(lo: float, hi: float, who: str) -> str:

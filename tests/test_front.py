@@ -23,6 +23,7 @@ from autoprune.front import (
     top_rung,
     uniform_curve,
     uniform_origin,
+    uniform_verdict,
 )
 
 
@@ -94,6 +95,25 @@ def test_uniform_curve_takes_the_best_criterion_at_each_size_and_gain_interpolat
     assert at[4] == pytest.approx(0.85 - (0.70 + (0.375 - 0.250) / (0.499 - 0.250) * 0.20))
     assert at[1] == pytest.approx(0.0)
     assert math.isnan(gain_vs_uniform(front, curve.iloc[0:0], "flops").iloc[0])
+
+
+def test_uniform_verdict_sets_the_gain_beside_the_validation_noise():
+    cols = ("trial", "status", "origin", "val_acc", "flops_ratio", "target_ratio", "importance")
+    t = _trials([
+        (0, "ok", uniform_origin("l1", 0.25), 0.70, 0.25, 0.25, "l1"),
+        (1, "ok", uniform_origin("l1", 0.5), 0.90, 0.50, 0.5, "l1"),
+        (2, "ok", "optuna", 0.905, 0.50, 0.5, "l1"),  # +0.5 points
+        (3, "ok", "optuna", 0.95, 0.50, 0.5, "l1"),  # +5 points
+    ], cols)
+    # on 1,000 images the noise at 90% is 2 * sqrt(0.9 * 0.1 / 1000) = 1.9 points
+    within = uniform_verdict(t.iloc[2], t, "flops", 1000)
+    assert "+0.50 points" in within and "within" in within and "uniform pruning is as good" in within
+    beyond = uniform_verdict(t.iloc[3], t, "flops", 1000)
+    assert "+5.00 points" in beyond and "beyond" in beyond and "as good" not in beyond
+    # on 100,000 images the same half point is beyond the noise (0.19 points)
+    assert "beyond" in uniform_verdict(t.iloc[2], t, "flops", 100_000)
+    assert "uniform pruning is the answer" in uniform_verdict(t.iloc[1], t, "flops", 1000)
+    assert "noise unknown" in uniform_verdict(t.iloc[3], t, "flops", None)
 
 
 RUNG_COLS = ("trial", "status", "origin", "val_acc", "flops_ratio", "target_ratio", "importance", "epochs", "parent")
