@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
@@ -15,7 +16,7 @@ from .errors import AutopruneError, ConfigError
 
 DISTILL = 0.5  # the distillation weight of a bare --distill (search and apply)
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "cli_reference"]
 
 
 def _log(line: str) -> None:
@@ -227,6 +228,27 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
            "at twice the training images")
     a("--distill-weight", type=float, default=None, metavar="W",
       help=f"weight of the teacher's soft outputs with --distill (default {DISTILL})")
+
+
+def cli_reference(width: int = 100) -> str:
+    """The ``--help`` of ``autoprune`` and of each sub-command as one Markdown page: ``docs/cli.md``.
+
+    A fixed width (not the terminal's) and no colour, so the page is the same wherever it is made.
+
+    Example:
+        >>> Path("docs/cli.md").write_text(cli_reference())
+    """
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    lines = ["# Command-line reference", "",
+             "Generated from the argument parser (`autoprune.cli.cli_reference`) by `python scripts/make_cli_docs.py`;",
+             "`tests/test_docs.py` fails when this page and the parser differ. The options themselves are explained",
+             "in the [guide](guide.md).", ""]
+    for p in (parser, *sub.choices.values()):
+        p.formatter_class = functools.partial(argparse.HelpFormatter, width=width)
+        p.color = False  # Python 3.14 colours help on a terminal; older versions ignore the attribute
+        lines += [f"## {p.prog}", "", "```text", p.format_help().rstrip(), "```", ""]
+    return "\n".join(lines)
 
 
 def _search_config(args: argparse.Namespace):
