@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
@@ -15,7 +16,7 @@ from .errors import AutopruneError, ConfigError
 
 DISTILL = 0.5  # the distillation weight of a bare --distill (search and apply)
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "cli_reference"]
 
 
 def _log(line: str) -> None:
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _data_flags(p: argparse.ArgumentParser) -> None:
+def _data_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     p.add_argument("--dataset", default=None,
                    help="digits (bundled), fashion_mnist, cifar10, cifar100, imagefolder or module:function")
     p.add_argument("--data-dir", default=None,
@@ -130,12 +131,25 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=None, help="input height/width (digits default 32)")
 
 
+# The experimental levers' help lines quote quality_levers.csv; rerun bench_quality.py before changing them.
+_EXPERIMENTAL = ("levers the benchmark found no better than the default; all off by default. Each was paired with "
+                 "the default search (resnet20, Fashion-MNIST, 25% FLOPs, 5 seeds); its figure is the final "
+                 "validation accuracy minus the default's, in points, with the 95% interval "
+                 "(results/benchmarks/quality_levers.csv)")
+
+
 def _search_flags(p: argparse.ArgumentParser) -> None:
-    _data_flags(p)
-    a = p.add_argument
-    a("--config", default=None, help="a YAML file of defaults (keys as in a run's config.yaml 'search' section)")
-    a("--model", default=None, help="default resnet20")
-    a("--checkpoint", default=None, help="trained weights of the model (else a baseline is trained once and cached)")
+    data = p.add_argument_group("model and data")
+    data.add_argument("--model", default=None, help="default resnet20")
+    data.add_argument("--checkpoint", default=None,
+                      help="trained weights of the model (else a baseline is trained once and cached)")
+    _data_flags(data)
+    a = data.add_argument
+    a("--val-fraction", type=float, default=None, help="share of the training data held out to validate (default 0.1)")
+    a("--split-seed", type=int, default=None, help="seed of the validation split carved from training data (default 0)")
+    a("--baseline-epochs", type=int, default=None, help="epochs of the cached baseline (default 15)")
+
+    a = p.add_argument_group("budgets", "a candidate must meet every budget given").add_argument
     a("--budget-flops", default=None, metavar="B", help="e.g. 50%% of the unpruned model, or 120M")
     a("--budget-params", default=None, metavar="B", help="e.g. 50%% or 1.5M")
     a("--budget-latency", default=None, metavar="B", help="e.g. 60%% or 4ms, measured on the trial device")
@@ -146,60 +160,95 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     a("--front-from", default=None, metavar="S",
       help="the smallest size searched, in the objective's measure (default: a quarter of the budget), "
            "e.g. 20%%")
+
+    a = p.add_argument_group("search").add_argument
     a("--trials", type=int, default=None, help="number of trials, the uniform one included (default 24)")
+    a("--sampler", default=None, help="tpe (default), nsga2 or random")
+    a("--search-space", default=None,
+      help="default, centred (shapes around the uniform policy; a tie with the default, -0.03 [-0.11, +0.05] "
+           "points), cifar_resnet, mobilenet, or a YAML file")
+    a("--importance", default=None,
+      help="channel criterion: auto (default: search l1, bn_scale and taylor per trial), one of l1, l2, "
+           "bn_scale, taylor, random, or a comma-separated list to search over")
+    a("--round-to", type=int, default=None, metavar="N",
+      help="keep each group's channel count a multiple of N, in fitting, pruning and costs (default: 8 when "
+           "trials run on a GPU, else 1); recorded in each policy")
+    a("--no-fill-budget", dest="fill_budget", action="store_false", default=None,
+      help="keep proposals under budget as they are (default: scale each proposal to the budget)")
+    a("--seed", type=int, default=None)
+
+    a = p.add_argument_group("trials", "what each candidate gets before it is scored on validation").add_argument
     a("--finetune-epochs", type=float, default=None, help="finetune per trial, may be fractional; 0 = BN only")
     a("--finetune-lr", type=float, default=None)
-    a("--rungs", default=None, metavar="E[,E...]",
-      help="multi-fidelity: finetune epochs of promotion rungs, e.g. 0.5; each rung reruns the best "
-           "1/--reduction of the rung below (by gain over the uniform curve) and the uniform curve's points")
-    a("--reduction", type=int, default=None, help="share kept per rung is 1/reduction (default 3)")
-    a("--promote-criteria", action="store_true", default=None,
-      help="with --rungs, promote the uniform policy at the budget with every criterion, not only the one "
-           "that led at the rung below")
-    a("--confirm", type=int, default=None, metavar="K",
-      help="before naming best, rerun the K best candidates and the uniform policy at the budget with a longer "
-           "finetune; best is then the best of these (default 0: off)")
-    a("--confirm-epochs", type=float, default=None, metavar="E",
-      help="the confirmation finetune (default 5x the longest finetune of the search)")
-    a("--sensitivity", action="store_true", default=None,
-      help="one more warm start at the budget: a shape that keeps more of the groups whose pruning alone "
-           "costs the most validation accuracy (measured once, BatchNorm recalibration only)")
-    a("--distill", dest="distill_on", action="store_true", default=None,
-      help="distil from the unpruned model in each trial's finetune (default off)")
-    a("--distill-weight", type=float, default=None, metavar="W",
-      help=f"weight of the teacher's soft outputs with --distill (default {DISTILL})")
     a("--batch-size", type=int, default=None, help="finetune batch size per trial (default 64)")
     a("--bn-batches", type=int, default=None, help="batches of BatchNorm recalibration per trial (default 10)")
-    a("--val-fraction", type=float, default=None, help="share of the training data held out to validate (default 0.1)")
-    a("--latency-batch", type=int, default=None, help="batch size latency is measured at (default 1)")
+
+    a = p.add_argument_group("latency", "how --budget-latency is measured").add_argument
     a("--latency-backend", default=None,
       help="torch (eager on the trial device, default) or onnxruntime (exported to ONNX, CPU execution "
            "provider; pip install 'autoprune[onnx]')")
     a("--latency-threads", type=int, default=None, metavar="N",
       help="intra-op threads when timing latency (default: torch's own; 1 for onnxruntime)")
-    a("--round-to", type=int, default=None, metavar="N",
-      help="keep each group's channel count a multiple of N, in fitting, pruning and costs (default: 8 when "
-           "trials run on a GPU, else 1); recorded in each policy")
-    a("--importance", default=None,
-      help="channel criterion: auto (default: search l1, bn_scale and taylor per trial), one of l1, l2, "
-           "bn_scale, taylor, random, or a comma-separated list to search over")
-    a("--no-fill-budget", dest="fill_budget", action="store_false", default=None,
-      help="keep proposals under budget as they are (default: scale each proposal to the budget)")
+    a("--latency-batch", type=int, default=None, help="batch size latency is measured at (default 1)")
+
+    a = p.add_argument_group("resources").add_argument
     a("--concurrency", type=int, default=None, help="trials running at once (default 2)")
     a("--cpus-per-trial", type=float, default=None)
     a("--gpus-per-trial", type=float, default=None, help="fractions pack trials on a GPU, e.g. 0.25")
     a("--device", default=None, help="auto, cpu or cuda")
-    a("--sampler", default=None, help="tpe (default), nsga2 or random")
-    a("--search-space", default=None,
-      help="default, centred (shapes around the uniform policy), cifar_resnet, mobilenet, or a YAML file")
-    a("--seed", type=int, default=None)
-    a("--baseline-epochs", type=int, default=None, help="epochs of the cached baseline (default 15)")
-    a("--split-seed", type=int, default=None, help="seed of the validation split carved from training data (default 0)")
+    a("--address", default=None, help="join a Ray cluster: auto or HOST:PORT (or set RAY_ADDRESS)")
+    a("--dashboard", action="store_true", default=None, help="start the Ray dashboard on 127.0.0.1")
+
+    a = p.add_argument_group("run and resume").add_argument
+    a("--config", default=None, help="a YAML file of defaults (keys as in a run's config.yaml 'search' section)")
     a("--results-dir", default=None, help="default results")
     a("--name", default=None, help="run folder name (default <model>-<dataset>-<budget>-<time>)")
     a("--resume", action="store_true", help="continue the interrupted run --name")
-    a("--address", default=None, help="join a Ray cluster: auto or HOST:PORT (or set RAY_ADDRESS)")
-    a("--dashboard", action="store_true", default=None, help="start the Ray dashboard on 127.0.0.1")
+
+    a = p.add_argument_group("experimental", _EXPERIMENTAL).add_argument
+    a("--rungs", default=None, metavar="E[,E...]",
+      help="multi-fidelity: finetune epochs of promotion rungs, e.g. 0.5; each rung reruns the best "
+           "1/--reduction of the rung below (by gain over the uniform curve) and the uniform curve's points. "
+           "240 BatchNorm-only trials then --rungs 0.2 --reduction 34: a tie, -0.16 [-0.49, +0.17]")
+    a("--reduction", type=int, default=None, help="with --rungs, share kept per rung is 1/reduction (default 3)")
+    a("--promote-criteria", action="store_true", default=None,
+      help="with --rungs, promote the uniform policy at the budget with every criterion, not only the one "
+           "that led at the rung below; a tie, -0.23 [-0.56, +0.10]")
+    a("--confirm", type=int, default=None, metavar="K",
+      help="before naming best, rerun the K best candidates and the uniform policy at the budget with a longer "
+           "finetune; best is then the best of these (default 0: off); --confirm 3: a tie, -0.10 [-0.48, +0.27]")
+    a("--confirm-epochs", type=float, default=None, metavar="E",
+      help="the confirmation finetune (default 5x the longest finetune of the search)")
+    a("--sensitivity", action="store_true", default=None,
+      help="one more warm start at the budget: a shape that keeps more of the groups whose pruning alone "
+           "costs the most validation accuracy (measured once, BatchNorm recalibration only); a tie, "
+           "-0.10 [-0.31, +0.11]")
+    a("--distill", dest="distill_on", action="store_true", default=None,
+      help="distil from the unpruned model in each trial's finetune (default off); a tie, +0.04 [-0.07, +0.14], "
+           "at twice the training images")
+    a("--distill-weight", type=float, default=None, metavar="W",
+      help=f"weight of the teacher's soft outputs with --distill (default {DISTILL})")
+
+
+def cli_reference(width: int = 100) -> str:
+    """The ``--help`` of ``autoprune`` and of each sub-command as one Markdown page: ``docs/cli.md``.
+
+    A fixed width (not the terminal's) and no colour, so the page is the same wherever it is made.
+
+    Example:
+        >>> Path("docs/cli.md").write_text(cli_reference())
+    """
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    lines = ["# Command-line reference", "",
+             "Generated from the argument parser (`autoprune.cli.cli_reference`) by `python scripts/make_cli_docs.py`;",
+             "`tests/test_docs.py` fails when this page and the parser differ. The options themselves are explained",
+             "in the [guide](guide.md).", ""]
+    for p in (parser, *sub.choices.values()):
+        p.formatter_class = functools.partial(argparse.HelpFormatter, width=width)
+        p.color = False  # Python 3.14 colours help on a terminal; older versions ignore the attribute
+        lines += [f"## {p.prog}", "", "```text", p.format_help().rstrip(), "```", ""]
+    return "\n".join(lines)
 
 
 def _search_config(args: argparse.Namespace):
