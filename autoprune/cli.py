@@ -190,6 +190,9 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     a("--latency-threads", type=int, default=None, metavar="N",
       help="intra-op threads when timing latency (default: torch's own; 1 for onnxruntime)")
     a("--latency-batch", type=int, default=None, help="batch size latency is measured at (default 1)")
+    a("--no-latency-model", dest="latency_model", action="store_false", default=None,
+      help="fit latency budgets by measuring candidates only (default: a per-layer latency table, timed once "
+           "per model, backend, threads and batch, chooses each candidate's size; the budget is still measured)")
 
     a = p.add_argument_group("resources").add_argument
     a("--concurrency", type=int, default=None, help="trials running at once (default 2)")

@@ -95,6 +95,7 @@ class SearchConfig:
     latency_batch: int = 1
     latency_backend: str = "torch"  # torch (eager, on the trial device) or onnxruntime (CPU, exported)
     latency_threads: int | None = None  # intra-op threads of latency timing; None: torch's, or 1 for onnxruntime
+    latency_model: bool = True  # fit latency budgets with a per-layer latency table (latency_model.py)
     results_dir: str = "results"
     name: str | None = None
     address: str | None = None

@@ -199,6 +199,27 @@ class CostModel:
             total += base * f_out * f_in
         return total
 
+    def varying_layers(self) -> list[str]:
+        """Layers (module paths) whose input or output width some group sets."""
+        return sorted((set(self._out) | set(self._in)) & set(self._modules))
+
+    def varies(self, layer: str) -> tuple[bool, bool]:
+        """Whether some group sets ``layer``'s (output, input) width."""
+        return layer in self._out, layer in self._in
+
+    def layer_dims(self, pruned: Mapping[str, int]) -> dict[str, tuple[float, float]]:
+        """(kept output, kept input) widths of every varying layer when the groups lose ``pruned``
+        channels (group -> count, :meth:`pruned_channels`); a depthwise layer's two are equal."""
+        out = {}
+        for name in self.varying_layers():
+            m = self._modules[name][0]
+            o, i = _dims(m)
+            ko, ki = self._keep(pruned, name, "out", o) * o, self._keep(pruned, name, "in", i) * i
+            if is_depthwise(m):
+                ko = ki = min(ko, ki)
+            out[name] = (ko, ki)
+        return out
+
     def multiple(self, group: str, round_to: int = 1) -> int:
         """What the kept channels of ``group`` are a multiple of: ``round_to`` and the group's own rule."""
         return math.lcm(round_to, self._multiple.get(group, 1))

@@ -65,6 +65,7 @@ def fit_policy(
     max_measurements: int = 6,
     model_name: str | None = None,
     fill: bool = False,
+    latency_model=None,
 ) -> Policy:
     """Fit a proposal (group -> sparsity) to every budget; raise :class:`InfeasibleError` if impossible.
 
@@ -75,7 +76,9 @@ def fit_policy(
     unpruned model, and the shape scaled down until it holds or up while it is more than
     ``LATENCY_FILL`` under the limit (never beyond the proposal, or with ``fill`` the static
     budgets), with at most ``max_measurements`` measurements; measurements are cached by the kept
-    channel counts, so a size measured once is not timed again. With ``fill=True`` a proposal under
+    channel counts, so a size measured once is not timed again. With a ``latency_model``
+    (:class:`~autoprune.latency_model.LatencyModel`) each size to measure is chosen by its
+    prediction, corrected by the measurements so far, so the fit usually measures once. With ``fill=True`` a proposal under
     every budget is scaled up to the tightest one, so the proposal sets the shape and the budget sets
     the size.
 
@@ -104,7 +107,8 @@ def fit_policy(
         fitted = _fit_latency(model, x, cm, fitted, limits, latency, channels, round_to=round_to,
                               max_sparsity=max_sparsity, device=device, batch=latency_batch,
                               backend=latency_backend, threads=latency_threads,
-                              max_measurements=max_measurements, name=name, exclude=exclude, fill=fill)
+                              max_measurements=max_measurements, name=name, exclude=exclude, fill=fill,
+                              latency_model=latency_model)
     return Policy(name, fitted, channels, round_to)
 
 
@@ -123,7 +127,8 @@ def _measured(model, x, policy: Policy, *, exclude, device, batch, backend, thre
 
 
 def _fit_latency(model, x, cm, fitted, limits, latency_budgets, channels, *, round_to, max_sparsity, device, batch,
-                 max_measurements, name, exclude, fill=False, backend="torch", threads=None) -> dict[str, float]:
+                 max_measurements, name, exclude, fill=False, backend="torch", threads=None,
+                 latency_model=None) -> dict[str, float]:
     """Scale ``fitted``'s shape until its measured latency is within every latency limit, and (the
     shape allowing) no more than ``LATENCY_FILL`` under the tightest: latency falls faster than FLOPs
     on some models and backends and slower on others, so a FLOPs share alone lands anywhere."""
@@ -143,6 +148,23 @@ def _fit_latency(model, x, cm, fitted, limits, latency_budgets, channels, *, rou
     floor = cm.cost(scale_keep(top, 0.0, max_sparsity), round_to)["flops"]
     at_floor = floor * (1 + 1e-3)  # a FLOPs limit this close to the floor is the smallest model
     guess = min(ceiling, share * cm.flops)
+
+    def predicted(correction: float) -> float:
+        """The FLOPs limit whose fitted shape the latency model puts at 1 - LATENCY_FILL / 2 of the
+        tightest limit, its prediction multiplied by ``correction`` (measured over predicted so far)."""
+        want = (1.0 - LATENCY_FILL / 2) * share * latency_model.base_ms / correction
+        lo, hi = floor, ceiling
+        if latency_model.predict(_fit_static(cm, top, {**limits, "flops": hi}, round_to, max_sparsity),
+                                 round_to) <= want:
+            return hi
+        for _ in range(25):  # bisection in log FLOPs
+            mid = math.sqrt(lo * hi)
+            shape = _fit_static(cm, top, {**limits, "flops": mid}, round_to, max_sparsity)
+            lo, hi = (mid, hi) if latency_model.predict(shape, round_to) <= want else (lo, mid)
+        return lo
+
+    if latency_model is not None:
+        guess = predicted(1.0)
     points: list[tuple[float, float]] = []  # (FLOPs, measured latency / tightest limit)
     best, best_worst, worst = None, 0.0, float("inf")
     for _ in range(max_measurements):
@@ -162,7 +184,11 @@ def _fit_latency(model, x, cm, fitted, limits, latency_budgets, channels, *, rou
             if worst >= 1.0 - LATENCY_FILL or now >= ceiling * (1 - 1e-3):
                 return current
         points.append((now, worst))
-        guess = min(ceiling, _next_flops(points))
+        if latency_model is not None:
+            predicted_share = latency_model.predict(current, round_to) / (share * latency_model.base_ms)
+            guess = min(ceiling, max(floor, predicted(worst / predicted_share if predicted_share > 0 else 1.0)))
+        else:
+            guess = min(ceiling, _next_flops(points))
     if best is not None:
         return best  # within every limit, if further under the tightest than LATENCY_FILL
     where = device if backend == "torch" else backend

@@ -37,6 +37,7 @@ class Prepared:
     groups: list[str]  # the groups trials may prune (probed)
     baseline: dict
     left_out: dict = field(default_factory=dict)
+    latency_table: dict | None = None  # the per-layer latency table the trials fit with (latency_model.py)
 
 
 def run_name(config: SearchConfig) -> str:
@@ -114,6 +115,8 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
         baseline = json.loads((run.path / "baseline.json").read_text())
         saved = run.read_config()
         groups, left = list(saved.get("groups") or []), dict(saved.get("left_out") or {})
+        saved_table = run.path / "latency_model.json"
+        table = json.loads(saved_table.read_text()) if saved_table.is_file() else None
         if not groups:  # runs written before the probe: every group of the graph
             groups = [g.name for g in prunable_groups(model, splits.example_input(), config.space.exclude,
                                                       probe=False)]
@@ -161,6 +164,7 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
             log(f"left out {len(left)} of {len(left) + len(groups)} groups that cannot be pruned safely: "
                 f"{_left_out_text(left)}")
         sizes.update(_reach(config, model, example, groups, left, sizes, device, log))
+        table = _latency_table(config, model, example, groups, log)
         checked()
         if config.checkpoint:
             info = {"source": str(Path(config.checkpoint).resolve()), "test_acc": None}
@@ -181,8 +185,25 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
         run.write_config(config, {"groups": groups, "left_out": left, "warnings": warnings,
                                   "versions": _versions(), "command": " ".join(argv) if argv else None})
         run.write_state(finished=False)
+        if table is not None:
+            with atomic_path(run.path / "latency_model.json") as tmp:
+                Path(tmp).write_text(json.dumps(table))
     return Prepared(config, run, model.state_dict(), splits.train, splits.val, tuple(splits.input_shape),
-                    splits.num_classes, groups, baseline, left)
+                    splits.num_classes, groups, baseline, left, table)
+
+
+def _latency_table(config: SearchConfig, model, example, groups, log) -> dict | None:
+    """With a latency budget, the per-layer latency table the trials fit candidates with (measured
+    here once, or read from this machine's cache), as plain data for the workers."""
+    if config.budget("latency") is None or not config.latency_model:
+        return None
+    from .latency_model import LatencyModel
+
+    lm = LatencyModel.build(model, example, backend=config.latency_backend, threads=config.latency_threads,
+                            batch=config.latency_batch, device=config.trial_device,
+                            round_to=config.round_to or (8 if str(config.trial_device).startswith("cuda") else 1),
+                            exclude=config.space.exclude, groups=groups, log=log)
+    return lm.to_dict()
 
 
 def _reach(config: SearchConfig, model, example, groups, left: Mapping[str, str], sizes: Mapping[str, float],

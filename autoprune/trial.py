@@ -110,7 +110,7 @@ class TrialContext:
 
     def __init__(self, config: SearchConfig, model: nn.Module, train_ds, val_ds, example: torch.Tensor,
                  *, device: str | torch.device, groups: Sequence[str] | None = None,
-                 exclude: Sequence[str] | None = None) -> None:
+                 exclude: Sequence[str] | None = None, latency_table: Mapping | None = None) -> None:
         from .probe import prunable_groups
         from .prune import cost_model
 
@@ -128,6 +128,11 @@ class TrialContext:
         self.base_flops = self.costs.flops
         self.base_params = self.costs.params
         self.round_to = config.round_to or (8 if self.device.type == "cuda" else 1)
+        self.latency_model = None
+        if latency_table is not None:
+            from .latency_model import LatencyModel
+
+            self.latency_model = LatencyModel.from_dict(self.costs, latency_table)
         self._teacher: nn.Module | None = None
         self._teacher_key = ""
 
@@ -151,7 +156,7 @@ class TrialContext:
                             exclude=self.exclude, round_to=self.round_to, device=self.device, max_sparsity=caps,
                             latency_batch=self.config.latency_batch, latency_backend=self.config.latency_backend,
                             latency_threads=self.config.latency_threads, model_name=self.config.model,
-                            fill=self.config.fill_budget)
+                            fill=self.config.fill_budget, latency_model=self.latency_model)
         return dataclasses.replace(policy, importance=importance or self.config.importances[0])
 
     @functools.cached_property

@@ -64,7 +64,8 @@ def context(prepared: Prepared, *, driver: bool = False) -> TrialContext:
             train_ds, val_ds = train_ds.to(device), val_ds.to(device)
         _CONTEXTS.clear()
         _CONTEXTS[key] = TrialContext(config, model, train_ds, val_ds, torch.zeros(1, *prepared.input_shape),
-                                      device=device, groups=prepared.groups)
+                                      device=device, groups=prepared.groups,
+                                      latency_table=getattr(prepared, "latency_table", None))
     return _CONTEXTS[key]
 
 
