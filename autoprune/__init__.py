@@ -65,7 +65,8 @@ _EXPORTS = {
     "search": "search",
     "load_run": "results",
     "apply_run": "apply",
-    "load_pruned": "apply",
+    "load_pruned": "export",
+    "save_pruned": "export",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

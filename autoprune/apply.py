@@ -9,11 +9,15 @@ step that reads the test split; the search never does.
 Each apply writes ``RUN/apply-<pick>/`` (``apply-best-2/`` and so on when that folder exists: an
 earlier apply is never overwritten)::
 
-    model.pt       the pruned nn.Module itself (torch.save(model)), CPU, eval mode
-    policy.json    the policy that was applied
-    metrics.json   test_acc, val_acc, flops, params, latency_ms and their ratios, baseline, recipe
-    log.csv        one row per epoch
-    model.onnx     with onnx=True
+    model.safetensors  the pruned model's weights
+    policy.json        the policy applied, with the channels it kept
+    metadata.json      model, num_classes, input shape, metrics, versions: with the two above, what
+                       load_pruned rebuilds the model from without unpickling anything (export.py)
+    model.onnx         a portable copy, checked against PyTorch (when onnx and onnxruntime are installed)
+    metrics.json       test_acc, val_acc, flops, params, latency_ms and their ratios, baseline, recipe,
+                       export_max_abs_diff (or export_error: why there is no model.onnx)
+    log.csv            one row per epoch
+    model.pt           with save_module=True: the pickled nn.Module (torch.save(model))
 
 Example:
     >>> result = apply_run("results/resnet20-digits-flops50", pick="best", epochs=30, log=print)
@@ -23,13 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import importlib.util
 import io
-import json
 import math
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -42,8 +43,8 @@ from .costs import count_flops, count_params
 from .criteria import gradient_batch, needs_gradients
 from .data import load_dataset
 from .errors import ConfigError, RunError
+from .export import EXPORT_TOLERANCE, export_onnx, load_pruned, onnx_missing, save_pruned
 from .latency import check_backend, relative_latency
-from .policy import Policy
 from .picks import Choice, resolve_pick, uniform_choices
 from .prune import apply_policy
 from .results import Run, load_run
@@ -61,7 +62,8 @@ def apply_run(
     device: str | torch.device = "auto",
     seed: int = 0,
     compare_uniform: bool = False,
-    onnx: bool = False,
+    onnx: bool | None = None,
+    save_module: bool = False,
     distill: float = 0.0,
     latency_backend: str | None = None,
     latency_threads: int | None = None,
@@ -83,7 +85,11 @@ def apply_run(
         compare_uniform: also train the uniform policy at the pick's size with the identical recipe and
             seed, and compare: with the pick's criterion (like for like), and with the criterion that
             scored best on the run's uniform curve at the nearest measured size (when it differs).
-        onnx: also export ``model.onnx`` (needs the ``onnx`` package).
+        onnx: ``model.onnx`` is written (and checked against PyTorch) when the onnx and onnxruntime
+            packages are installed, and the reason recorded when it cannot be; ``True`` insists
+            (a missing package fails before training), ``False`` skips it.
+        save_module: also write ``model.pt``, the pickled module (loading it runs code); the
+            weights are always in ``model.safetensors``, which :func:`load_pruned` reads.
         distill: weight of distillation from the unpruned model during the finetune, in [0, 1]
             (0: off); the uniform comparison gets the same.
         latency_backend, latency_threads: how latency is timed (``torch`` on ``device``, or
@@ -97,8 +103,8 @@ def apply_run(
 
     Raises:
         RunError: the run folder is missing or the pick is not an ok trial of the run.
-        ConfigError: a bad ``epochs``, ``lr``, ``batch_size`` or ``device``, or ``onnx`` without
-            the onnx package.
+        ConfigError: a bad ``epochs``, ``lr``, ``batch_size`` or ``device``, or ``onnx=True`` without
+            the onnx and onnxruntime packages.
 
     Example:
         >>> r = apply_run("results/r1", pick="best", epochs=30, compare_uniform=True)
@@ -112,8 +118,8 @@ def apply_run(
     if latency["threads"] is not None and (isinstance(latency["threads"], bool) or not isinstance(latency["threads"], int)
                                            or latency["threads"] < 1):
         raise ConfigError(f"--latency-threads must be a whole number >= 1, but got {latency['threads']!r}.")
-    if onnx:
-        _check_onnx()
+    if onnx and onnx_missing():
+        raise ConfigError(f"--onnx: {onnx_missing()}.")
     dev = resolve_device(device)
     choice = resolve_pick(run, pick)
     exclude = tuple(run.config.space.exclude)
@@ -139,7 +145,7 @@ def apply_run(
         f"flops {base['flops']:,}  params {base['params']:,}")
 
     common = dict(run=run, splits=splits, base_model=base_model, x=x, dev=dev, cfg=cfg, base=base,
-                  exclude=exclude, onnx=onnx, latency=latency, log=log)
+                  exclude=exclude, onnx=onnx, save_module=save_module, latency=latency, log=log)
     result = _apply_one(choice, **common)
     if not uniforms:
         return result
@@ -171,11 +177,6 @@ def _check_numbers(epochs: Any, lr: Any, batch_size: Any, distill: Any = 0.0) ->
         raise ConfigError(f"--distill must be a weight in [0, 1] (0 = off), but got {distill!r}.")
 
 
-def _check_onnx() -> None:
-    if importlib.util.find_spec("onnx") is None:
-        raise ConfigError("--onnx needs the onnx package: pip install onnx (or pip install 'autoprune[onnx]').")
-
-
 # ----------------------------------------------------------------------------------------- training
 
 
@@ -201,8 +202,8 @@ def _prune(run: Run, choice: Choice, model: nn.Module, x: torch.Tensor, splits, 
 
 
 def _apply_one(choice: Choice, *, run: Run, splits, base_model: nn.Module, x: torch.Tensor, dev: torch.device,
-               cfg: TrainConfig, base: dict, exclude: tuple[str, ...], onnx: bool, latency: Mapping[str, Any],
-               log: Callable[[str], None]) -> dict:
+               cfg: TrainConfig, base: dict, exclude: tuple[str, ...], onnx: bool | None, save_module: bool,
+               latency: Mapping[str, Any], log: Callable[[str], None]) -> dict:
     import pandas as pd
 
     log(f"apply-{choice.label}: " + (f"trial {choice.trial}" if choice.trial is not None else
@@ -239,7 +240,10 @@ def _apply_one(choice: Choice, *, run: Run, splits, base_model: nn.Module, x: to
     with io.StringIO() as buf:
         pd.DataFrame(rows).to_csv(buf, index=False)
         log_csv = buf.getvalue()
-    out, onnx_error = _write(run.path, choice.label, small, choice.policy, metrics, log_csv, x, onnx)
+    saving = dict(num_classes=run.baseline["num_classes"], model_name=run.config.model, exclude=exclude,
+                  save_module=save_module, extra={"dataset": run.config.dataset, "run": str(run.path),
+                                                  "pick": choice.label, "trial": choice.trial})
+    out, files = _write(run.path, choice.label, small, metrics, log_csv, x, onnx, saving)
     if out.name != f"apply-{choice.label}":
         log(f"apply-{choice.label}/ already exists and is kept; this apply is in {out.name}/")
     b = metrics["baseline"]
@@ -248,11 +252,14 @@ def _apply_one(choice: Choice, *, run: Run, splits, base_model: nn.Module, x: to
     log(f"  flops {flops:,} ({metrics['flops_ratio']:.3f}x)  params {params:,} ({metrics['params_ratio']:.3f}x)  "
         f"latency {latency_ms:.3f}ms vs {base_ms:.3f}ms ({metrics['latency_ratio']:.3f}x, {_where(dev, latency)})  "
         f"trained in {seconds:.0f}s")
-    files = "model.pt, policy.json, metrics.json, log.csv" + (", model.onnx" if onnx and not onnx_error else "")
-    log(f"  written: {out}/ {files}")
-    if onnx_error:
-        log(f"  ONNX export failed, model.pt is saved: {onnx_error}")
-    return {**metrics, "path": str(out), **({"onnx_error": onnx_error} if onnx_error else {})}
+    log(f"  written: {out}/ {', '.join(files)}")
+    if metrics["export_error"]:
+        log(f"  no model.onnx ({metrics['export_error']}); the model is saved all the same")
+    elif metrics["export_max_abs_diff"] is not None:
+        close = metrics["export_max_abs_diff"] <= EXPORT_TOLERANCE
+        log(f"  model.onnx matches PyTorch to {metrics['export_max_abs_diff']:.2e}"
+            + ("" if close else f", MORE than {EXPORT_TOLERANCE:g}: check it before deploying"))
+    return {**metrics, "path": str(out)}
 
 
 def _threads(dev: torch.device, latency: Mapping[str, Any]) -> int | None:
@@ -271,9 +278,11 @@ def _where(dev: torch.device, latency: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------- output
 
 
-def _write(run_path: Path, label: str, model: nn.Module, policy: Policy, metrics: dict, log_csv: str,
-           x: torch.Tensor, onnx: bool) -> tuple[Path, str | None]:
+def _write(run_path: Path, label: str, model: nn.Module, metrics: dict, log_csv: str, x: torch.Tensor,
+           onnx: bool | None, saving: Mapping[str, Any]) -> tuple[Path, list[str]]:
     """Write the files into a hidden folder, then rename it to the first free ``apply-<label>[-N]``.
+
+    ``metrics`` gains the export's fields. Returns the folder and the names of the files in it.
 
     The rename is atomic, so a kill never leaves a half-written apply folder, and an existing
     folder is never replaced (renaming onto a non-empty folder fails; an empty one holds nothing).
@@ -282,10 +291,11 @@ def _write(run_path: Path, label: str, model: nn.Module, policy: Policy, metrics
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        torch.save(model, tmp / "model.pt")
-        policy.save(tmp / "policy.json")
+        skipped = {"export": None, "export_max_abs_diff": None, "export_error": "not exported: onnx=False"}
+        metrics.update(export_onnx(model, x, tmp / "model.onnx") if onnx is not False else skipped)
+        files = save_pruned(model, tmp, x, metrics=metrics, **saving)
         (tmp / "log.csv").write_text(log_csv)
-        onnx_error = _export_onnx(model, x, tmp / "model.onnx") if onnx else None
+        files += ["metrics.json", "log.csv"] + ([metrics["export"]] if metrics["export"] else [])
         n = 1
         while True:
             out = run_path / (f"apply-{label}" if n == 1 else f"apply-{label}-{n}")
@@ -293,7 +303,7 @@ def _write(run_path: Path, label: str, model: nn.Module, policy: Policy, metrics
                 write_json(tmp / "metrics.json", {**metrics, "folder": out.name})
                 try:
                     os.rename(tmp, out)
-                    return out, onnx_error
+                    return out, files
                 except OSError as e:
                     if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                         raise
@@ -302,22 +312,6 @@ def _write(run_path: Path, label: str, model: nn.Module, policy: Policy, metrics
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> str | None:
-    """Export with a dynamic batch axis; returns the reason on failure (model.pt is kept either way)."""
-    # The torch.export-based exporter (default since torch 2.9) also needs onnxscript; without it
-    # the TorchScript exporter still works and needs only onnx.
-    dynamo = importlib.util.find_spec("onnxscript") is not None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model.eval(), (x,), str(path), input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=dynamo)
-    except Exception as e:
-        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return f"{type(e).__name__}: {text[:200]}"
-    return None
 
 
 def _compare(a: dict, others: list[dict], log: Callable[[str], None]) -> dict:
@@ -341,36 +335,3 @@ def _compare(a: dict, others: list[dict], log: Callable[[str], None]) -> dict:
         log(f"  {a['pick']} - {other['pick']}: {(a['test_acc'] - other['test_acc']) * 100:+.2f} points of test accuracy"
             f" ({(a['val_acc'] - other['val_acc']) * 100:+.2f} on validation)")
     return out
-
-
-# ------------------------------------------------------------------------------------------ loading
-
-
-def load_pruned(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """Load a pruned model saved by :func:`apply_run`: ``(module in eval mode, metrics dict)``.
-
-    ``path`` is an apply folder (``RUN/apply-best``) or its ``model.pt``. The file holds the whole
-    module, so it is read with ``torch.load(weights_only=False)``, which runs pickled code: load
-    only files you trust (your own runs). ``autoprune`` must be importable, since the model's
-    classes come from it (or from the user module that built the model). ``metrics`` is ``{}``
-    when the folder has no metrics.json.
-
-    Example:
-        >>> model, metrics = load_pruned("results/r1/apply-best")
-        >>> metrics["test_acc"], metrics["flops_ratio"]
-    """
-    p = Path(path)
-    file = p / "model.pt" if p.is_dir() else p
-    if not file.is_file():
-        raise RunError(f"No pruned model at {str(file)!r}; give an apply folder (RUN/apply-best) or its model.pt.")
-    try:
-        model = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as e:
-        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise RunError(f"Cannot load {str(file)!r}: {type(e).__name__}: {text[:160]}") from None
-    if not isinstance(model, nn.Module):
-        raise RunError(f"{str(file)!r} holds a {type(model).__name__}, not a pruned model (nn.Module); "
-                       "is it a state dict? Load those with autoprune.load_checkpoint.")
-    metrics_file = file.parent / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    return model.eval(), metrics

@@ -110,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap_.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap_.add_argument("--seed", type=int, default=0)
     ap_.add_argument("--compare-uniform", action="store_true", help="also train the uniform policy, same recipe")
-    ap_.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the onnx package)")
+    ap_.add_argument("--onnx", action="store_true",
+                     help="fail before training unless model.onnx can be written (it is whenever the onnx and "
+                          "onnxruntime packages are installed)")
+    ap_.add_argument("--save-module", action="store_true",
+                     help="also write model.pt, the pickled module (loading it runs code; model.safetensors "
+                          "loads without)")
     ap_.add_argument("--latency-backend", default=None,
                      help="torch or onnxruntime, for the reported latency (default: the run's)")
     ap_.add_argument("--latency-threads", type=int, default=None, help="(default: the run's)")
@@ -443,9 +448,9 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from .apply import apply_run
 
     apply_run(args.run, pick=args.pick, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-              device=args.device, seed=args.seed, compare_uniform=args.compare_uniform, onnx=args.onnx,
-              distill=args.distill_weight if args.distill_on else 0.0, latency_backend=args.latency_backend,
-              latency_threads=args.latency_threads, log=_log)
+              device=args.device, seed=args.seed, compare_uniform=args.compare_uniform, onnx=args.onnx or None,
+              save_module=args.save_module, distill=args.distill_weight if args.distill_on else 0.0,
+              latency_backend=args.latency_backend, latency_threads=args.latency_threads, log=_log)
     return 0
 
 

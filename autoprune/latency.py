@@ -9,9 +9,10 @@ affects both models alike and cancels in the ratio.
 Measuring never moves or switches the mode of the caller's model: a model on another device is
 timed as a copy on ``device``.
 
-``backend="onnxruntime"`` times the model where many users deploy it: exported to ONNX (in memory)
-and run by ONNX Runtime's CPU execution provider with ``threads`` intra-op threads (default 1),
-at a fixed batch size. It needs the ``onnx`` and ``onnxruntime`` packages (``autoprune[onnx]``).
+``backend="onnxruntime"`` times the model where many users deploy it: exported to ONNX in memory
+(as ``export.onnx_bytes`` exports it for ``apply``'s model.onnx) and run by ONNX Runtime's CPU
+execution provider with ``threads`` intra-op threads (default 1), at a fixed batch size. It needs
+the ``onnx`` and ``onnxruntime`` packages (``autoprune[onnx]``).
 
 Example:
     >>> pruned_ms, base_ms = relative_latency(small, model, torch.randn(1, 3, 32, 32), device="cpu")
@@ -22,11 +23,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
-import io
 import logging
 import statistics
 import time
-import warnings
 from typing import Any, Iterator
 
 import torch
@@ -121,20 +120,19 @@ def _ort_timer(model: nn.Module, x: torch.Tensor, batch_size: int, threads: int 
     check_backend("onnxruntime")
     import onnxruntime as ort
 
+    from .export import onnx_bytes
+
     was_training = model.training
     net = copy.deepcopy(model).cpu().eval()
     inp = x[:1].detach().cpu().expand(batch_size, *x.shape[1:]).contiguous()
-    buf = io.BytesIO()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-            torch.onnx.export(net, (inp,), buf, dynamo=False, input_names=["x"], output_names=["y"])
+        data = onnx_bytes(net, inp, dynamic_batch=False)  # the batch size timed is the one exported
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
-        timer = _OrtTimer(session, {"x": inp.numpy()})
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        timer = _OrtTimer(session, {"input": inp.numpy()})
         one = timer.timeit(3).median * 1000.0
         yield timer, max(1, min(100, int(_SAMPLE_MS / max(one, 1e-3))))
     finally:

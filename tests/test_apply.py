@@ -1,7 +1,6 @@
 """autoprune apply: a tiny hand-made run folder (no Ray), resnet20 on 8x8 digits, one epoch per apply."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -9,65 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_runs import SIZE, make_run
 
 import autoprune
 import autoprune.apply as apply_mod
 import autoprune.picks as picks_mod
 from autoprune.apply import apply_run, load_pruned
 from autoprune.cli import main
-from autoprune.config import SearchConfig
 from autoprune.costs import count_flops, count_params
 from autoprune.errors import ConfigError, RunError
-from autoprune.fit import fit_policy, uniform_policy
-from autoprune.models import create_model
-from autoprune.probe import prunable_groups
-from autoprune.prune import apply_policy
-from autoprune.results import RunDir, load_run
-from autoprune.space import SearchSpace
-from autoprune.trial import TrialResult
+from autoprune.results import load_run
 
-SIZE = 8  # the digits' own resolution: resnet20 trains an epoch in a few CPU seconds
-EXCLUDE = ["conv1"]
-FILES = ("model.pt", "policy.json", "metrics.json", "log.csv")
+FILES = ("model.safetensors", "policy.json", "metadata.json", "model.onnx", "metrics.json", "log.csv")
 METRIC_KEYS = {"test_acc", "val_acc", "flops", "flops_ratio", "params", "params_ratio", "latency_ms",
-               "latency_ratio", "input_size", "epochs", "seconds", "trial", "pick", "baseline"}
-
-
-
-def make_run(root: Path, uniform_criterion: str = "l1") -> Path:
-    """A run folder as `autoprune search` writes it: uniform (0), a skewed policy (1), failed (2), infeasible (3).
-
-    The uniform trial ranks channels by ``uniform_criterion``; the skewed one by L1."""
-    torch.manual_seed(0)
-    model = create_model("resnet20", num_classes=10, in_channels=3).eval()
-    x = torch.zeros(1, 3, SIZE, SIZE)
-    config = SearchConfig(budget_flops="50%", name="tiny", image_size=SIZE, results_dir=str(root), device="cpu",
-                          bn_batches=2, space=SearchSpace("test", 0.0, 0.9, None, tuple(EXCLUDE)))
-    run = RunDir(root / "tiny")
-    run.path.mkdir(parents=True)
-    torch.save(model.state_dict(), run.path / "baseline.pt")
-    run.write_config(config, {})
-    flops, params = count_flops(model, x), count_params(model)
-    baseline = {"model": "resnet20", "dataset": "digits", "input_shape": [3, SIZE, SIZE], "num_classes": 10,
-                "flops": flops, "params": params, "val_acc": 0.1, "test_acc": None}
-    run.write_baseline(baseline)
-    budgets = config.budgets
-    uniform = dataclasses.replace(uniform_policy(model, x, budgets, exclude=EXCLUDE), importance=uniform_criterion)
-    groups = prunable_groups(model, x, EXCLUDE)
-    skewed = fit_policy(model, x, {g.name: 0.6 if i % 2 else 0.1 for i, g in enumerate(groups)}, budgets,
-                        exclude=EXCLUDE)
-    for trial, origin, policy, val_acc in ((0, f"uniform:{uniform_criterion}@0.500", uniform, 0.40),
-                                           (1, "optuna", skewed, 0.55)):
-        small = apply_policy(model, policy, x, exclude=EXCLUDE)
-        f, p = count_flops(small, x), count_params(small)
-        run.append(TrialResult(trial=trial, status="ok", origin=origin, val_acc=val_acc, flops=f,
-                               flops_ratio=f / flops, params=p, params_ratio=p / params,
-                               policy=small.autoprune_policy, target_ratio=0.5), ("flops", 0.5))
-    run.append(TrialResult(trial=2, status="failed", origin="optuna", error="RuntimeError: boom", policy=skewed))
-    run.append(TrialResult(trial=3, status="infeasible", origin="optuna", error="No policy within reach"))
-    run.write_front(config, baseline)
-    run.write_state(finished=True)
-    return run.path
+               "latency_ratio", "input_size", "epochs", "seconds", "trial", "pick", "baseline", "export_max_abs_diff"}
 
 
 @pytest.fixture(scope="module")
@@ -126,19 +80,20 @@ def test_apply_best_writes_the_pruned_model_and_its_metrics(applied, run_path):
     assert not any(p.name.startswith(".apply") for p in run_path.iterdir())  # no temporary folder left
 
 
-def test_model_pt_loads_in_a_fresh_process_with_the_reported_flops(applied, run_path):
+def test_the_model_loads_in_a_fresh_process_with_the_reported_flops(applied, run_path):
     out = run_path / "apply-best"
+    assert not (out / "model.pt").exists()  # no pickle unless --save-module
     code = (
         "import sys, torch\n"
         "from torch.utils.flop_counter import FlopCounterMode\n"
-        "m = torch.load(sys.argv[1], weights_only=False)\n"
+        "from autoprune import load_pruned\n"
+        "m, _ = load_pruned(sys.argv[1])\n"
         f"x = torch.zeros(1, 3, {SIZE}, {SIZE})\n"
         "with torch.no_grad(), FlopCounterMode(display=False) as c:\n"
         "    y = m(x)\n"
         "print(c.get_total_flops(), sum(p.numel() for p in m.parameters()), m.training, tuple(y.shape))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(out / "model.pt")], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     flops, params, training, shape = proc.stdout.split(maxsplit=3)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -154,7 +109,7 @@ def test_load_pruned_returns_the_module_and_metrics(applied, run_path):
     assert metrics == json.loads((out / "metrics.json").read_text())
     assert count_params(model) == metrics["params"]
     assert model(torch.zeros(2, 3, SIZE, SIZE)).shape == (2, 10)
-    again, _ = autoprune.load_pruned(out / "model.pt")  # the public name, and the file itself
+    again, _ = autoprune.load_pruned(out / "model.safetensors")  # the public name, and the file itself
     assert count_flops(again, torch.zeros(1, 3, SIZE, SIZE)) == metrics["flops"]
     with pytest.raises(RunError, match="No pruned model"):
         load_pruned(run_path / "apply-nothing")
@@ -275,7 +230,7 @@ def test_bad_numbers_fail_before_training(run_path, no_training, kwargs, words):
 
 def test_onnx_without_the_package_fails_before_training(run_path, no_training, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # find_spec then reports the package as absent
-    with pytest.raises(ConfigError, match="--onnx needs the onnx package: pip install onnx"):
+    with pytest.raises(ConfigError, match="--onnx: the ONNX export needs the onnx package: pip install onnx"):
         apply_run(run_path, epochs=1, onnx=True, log=lambda line: None)
 
 
@@ -284,11 +239,13 @@ def test_missing_run_folder(tmp_path, no_training):
         apply_run(tmp_path / "nope", log=lambda line: None)
 
 
-def test_onnx_export(run_path):
-    pytest.importorskip("onnx")
-    result = apply_run(run_path, pick="uniform", epochs=1, device="cpu", onnx=True, log=lambda line: None)
-    assert "onnx_error" not in result, result.get("onnx_error")
-    assert (Path(result["path"]) / "model.onnx").is_file()
+def test_onnx_export_is_written_and_checked_by_default(applied):
+    pytest.importorskip("onnxruntime")
+    result, lines, _, _ = applied
+    assert result["export_error"] is None, result["export_error"]
+    assert result["export"] == "model.onnx" and (Path(result["path"]) / "model.onnx").is_file()
+    assert 0 <= result["export_max_abs_diff"] <= 1e-4
+    assert any("model.onnx matches PyTorch" in line for line in lines)
 
 
 def test_pick_by_size_resolves_to_the_best_front_point_under_it(run_path, no_training):
