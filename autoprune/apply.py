@@ -44,7 +44,7 @@ from .criteria import gradient_batch, needs_gradients
 from .data import load_dataset
 from .errors import ConfigError, RunError
 from .export import EXPORT_TOLERANCE, export_onnx, load_pruned, onnx_missing, save_pruned
-from .latency import check_backend, relative_latency
+from .latency import check_backend, relative_latency, slower_note
 from .picks import Choice, resolve_pick, uniform_choices
 from .prune import apply_policy
 from .results import Run, load_run
@@ -253,6 +253,9 @@ def _apply_one(choice: Choice, *, run: Run, splits, base_model: nn.Module, x: to
         f"latency {latency_ms:.3f}ms vs {base_ms:.3f}ms ({metrics['latency_ratio']:.3f}x, {_where(dev, latency)})  "
         f"trained in {seconds:.0f}s")
     log(f"  written: {out}/ {', '.join(files)}")
+    slower = slower_note(metrics["latency_ratio"], round_to, _where(dev, latency))
+    if slower:
+        log(f"  {slower}")
     if metrics["export_error"]:
         log(f"  no model.onnx ({metrics['export_error']}); the model is saved all the same")
     elif metrics["export_max_abs_diff"] is not None:

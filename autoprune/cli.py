@@ -345,6 +345,18 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _log_slower(best, run) -> None:
+    """report: the pick measured slower than the unpruned model (runs with a latency budget measure it)."""
+    from .latency import slower_note
+    from .results import number_or_none
+
+    ratio = number_or_none(best.get("latency_ratio"))
+    where = f"{run.config.latency_backend}, batch {run.config.latency_batch}"
+    note = slower_note(ratio, int(run.policy(int(best["trial"])).round_to) if ratio and ratio > 1 else 1, where)
+    if note:
+        _log(note)
+
+
 def _verdict(best, trials, objective: str, baseline) -> str:
     from .front import uniform_verdict
 
@@ -395,6 +407,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
              f"{size} {best[size]:.3f}); apply it with: autoprune apply {run.path} --pick {int(best['trial'])}"
              f" (or --pick 30% for the best at or under a size)")
         _log(_verdict(best, run.trials, run.config.size_measure, run.baseline))
+        _log_slower(best, run)
     curve = uniform_curve(run.trials, run.config.size_measure)
     if len(curve):
         _log("uniform curve (best criterion per size): " + ", ".join(

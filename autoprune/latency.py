@@ -34,7 +34,7 @@ import torch.nn as nn
 from .config import LATENCY_BACKENDS as BACKENDS
 from .errors import ConfigError
 
-__all__ = ["measure_latency", "relative_latency", "BACKENDS", "check_backend"]
+__all__ = ["measure_latency", "relative_latency", "BACKENDS", "check_backend", "slower_note"]
 
 _SAMPLE_MS = 20.0  # one timed sample lasts about this long, so timer resolution is < 1% of it
 
@@ -46,6 +46,19 @@ def check_backend(backend: str) -> None:
     if backend == "onnxruntime" and not all(importlib.util.find_spec(p) for p in ("onnx", "onnxruntime")):
         raise ConfigError("--latency-backend onnxruntime needs the onnx and onnxruntime packages: "
                           "pip install onnx onnxruntime (or pip install 'autoprune[onnx]').")
+
+
+def slower_note(ratio: float | None, round_to: int, where: str) -> str | None:
+    """One line, with the fix, when a pruned model measured slower than the unpruned one (``ratio`` =
+    pruned / unpruned latency > 1); None otherwise. Kernels of CPU runtimes work on blocks of channels
+    (ONNX Runtime's MobileNetV2 at half its FLOPs: 0.77x the speed with free channel counts, 1.77x
+    with multiples of 8, results/benchmarks/latency.csv), so free counts can cost more than they save."""
+    if ratio is None or not ratio > 1.0:
+        return None
+    fix = ("search again with --round-to 8 (channel counts in multiples of 8)" if round_to < 8 else
+           "this model gains no speed from pruning here; try another --latency-backend or a smaller budget")
+    return (f"warning: the pruned model measured {ratio:.2f}x the unpruned model's latency ({where}), slower, "
+            f"with channel counts in multiples of {round_to}; {fix}")
 
 
 def _timer(stmt: str, threads: int | None = None, **names: Any):

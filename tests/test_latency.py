@@ -206,3 +206,12 @@ def test_unknown_latency_backend_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
     with pytest.raises(ConfigError, match="pip install onnx onnxruntime"):
         SearchConfig(budget_latency="60%", latency_backend="onnxruntime")
+
+
+def test_slower_note_names_the_ratio_and_the_fix():
+    from autoprune.latency import slower_note
+
+    assert slower_note(0.8, 1, "onnxruntime") is None and slower_note(None, 1, "x") is None
+    note = slower_note(2.5, 1, "onnxruntime cpu batch 1, 1 thread(s)")
+    assert "2.50x" in note and "slower" in note and "--round-to 8" in note
+    assert "--round-to" not in slower_note(1.2, 8, "cpu")
