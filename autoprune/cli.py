@@ -187,6 +187,8 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     a("--finetune-lr", type=float, default=None)
     a("--batch-size", type=int, default=None, help="finetune batch size per trial (default 64)")
     a("--bn-batches", type=int, default=None, help="batches of BatchNorm recalibration per trial (default 10)")
+    a("--trial-timeout", type=float, default=None, metavar="SECONDS",
+      help="a trial still running after this long is stopped and recorded as failed (default: none)")
 
     a = p.add_argument_group("latency", "how --budget-latency is measured").add_argument
     a("--latency-backend", default=None,

@@ -40,7 +40,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # candidate is scored (those would make the rows before and after the resume incomparable). Moving
 # the trials between the CPU and a GPU is allowed (policies record their channel rounding), except
 # under a latency budget, whose measurements belong to one device.
-RESUMABLE = ("trials", "concurrency", "cpus_per_trial", "gpus_per_trial", "device", "address", "dashboard")
+RESUMABLE = ("trials", "concurrency", "cpus_per_trial", "gpus_per_trial", "device", "address", "dashboard",
+             "trial_timeout")
 # Which run: the folder, not a setting of the search.
 _RUN_FOLDER = ("name", "results_dir")
 
@@ -96,6 +97,7 @@ class SearchConfig:
     latency_backend: str = "torch"  # torch (eager, on the trial device) or onnxruntime (CPU, exported)
     latency_threads: int | None = None  # intra-op threads of latency timing; None: torch's, or 1 for onnxruntime
     latency_model: bool = True  # fit latency budgets with a per-layer latency table (latency_model.py)
+    trial_timeout: float | None = None  # seconds: a trial still running then is recorded as failed
     results_dir: str = "results"
     name: str | None = None
     address: str | None = None
@@ -132,6 +134,10 @@ class SearchConfig:
             # Ray hides the GPUs from a trial that asks for none: every trial would fail.
             raise ConfigError("--device cuda needs --gpus-per-trial (1 for a GPU per trial, 0.25 to share one "
                               "between four), but got 0.")
+        if self.trial_timeout is not None and (isinstance(self.trial_timeout, bool)
+                                               or not isinstance(self.trial_timeout, (int, float))
+                                               or not 0 < self.trial_timeout < float("inf")):
+            raise ConfigError(f"--trial-timeout must be a number of seconds > 0, but got {self.trial_timeout!r}.")
         if self.latency_threads is not None and (not _whole(self.latency_threads) or self.latency_threads < 1):
             raise ConfigError(f"--latency-threads must be a whole number >= 1, but got {self.latency_threads!r}.")
         if self.latency_backend == "onnxruntime":

@@ -107,7 +107,7 @@ class RunDir:
         self._write_trials(df)
 
     def _write_trials(self, df: pd.DataFrame) -> None:
-        head = [c for c in list(TRIAL_COLUMNS) + ["error", "importance", "target_ratio", "epochs", "parent",
+        head = [c for c in list(TRIAL_COLUMNS) + ["error", "importance", "target_ratio", "epochs", "parent", "node",
                                                    "hypervolume"]
                 if c in df.columns]
         df = df[head + sorted(c for c in df.columns if c not in head)]

@@ -194,6 +194,7 @@ def train(
     val_ds: Dataset | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     teacher: nn.Module | None = None,
+    deadline: float | None = None,
 ) -> list[dict]:
     """Train ``model`` in place on ``train_ds`` and return one log row per (possibly partial) epoch.
 
@@ -205,6 +206,9 @@ def train(
 
     With ``cfg.distill > 0``, ``teacher`` (the unpruned model) is required; it is moved to
     ``device`` and kept in eval mode, and the caller's model is not changed otherwise.
+
+    ``deadline`` (a ``time.monotonic()`` value) stops training with :class:`TimeoutError` at the
+    first step that starts after it: a search's ``--trial-timeout``.
 
     Raises:
         FloatingPointError: the loss became NaN or infinite; the model's weights are then unusable.
@@ -222,7 +226,7 @@ def train(
                           "or set distill=0.")
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
-        return _train(model, train_ds, cfg, dev, val_ds, on_epoch, teacher if cfg.distill > 0 else None)
+        return _train(model, train_ds, cfg, dev, val_ds, on_epoch, teacher if cfg.distill > 0 else None, deadline)
 
 
 def _distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -233,7 +237,8 @@ def _distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
 
 
 def _train(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, dev: torch.device, val_ds: Dataset | None,
-           on_epoch: Callable[[dict], None] | None, teacher: nn.Module | None = None) -> list[dict]:
+           on_epoch: Callable[[dict], None] | None, teacher: nn.Module | None = None,
+           deadline: float | None = None) -> list[dict]:
     model.to(dev)
     if teacher is not None:
         teacher.to(dev).eval()
@@ -260,6 +265,8 @@ def _train(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, dev: torch.dev
         for x, y in loader:
             if step >= total:
                 break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"stopped at step {step} of {total}: the time allowed ran out")
             lr = _lr_at(step, total, warmup, cfg.lr)
             for group in opt.param_groups:
                 group["lr"] = lr

@@ -57,6 +57,7 @@ class TrialResult:
     target_ratio: float | None = None  # the size the candidate was scaled to, a share of the unpruned model
     epochs: float | None = None  # finetune epochs the trial trained: its fidelity (0 = BatchNorm only)
     parent: int | None = None  # the trial this one reruns at a longer finetune (a promotion), if any
+    node: str = ""  # the Ray node the trial ran on (empty outside Ray, or when its worker died)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -74,6 +75,7 @@ class TrialResult:
         row["target_ratio"] = self.target_ratio
         row["epochs"] = self.epochs
         row["parent"] = self.parent
+        row["node"] = self.node
         if self.policy is not None:
             row.update({f"s:{g}": s for g, s in self.policy.sparsity.items()})
         # Seconds per part (fit, prune, count, bn_recalibration, finetune, evaluate, ...), for overhead studies.
@@ -212,6 +214,12 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
     def end(**fields: Any) -> TrialResult:
         return TrialResult(**base, **fields, trial_s=time.perf_counter() - start, timings=timings)
 
+    deadline = time.monotonic() + config.trial_timeout if config.trial_timeout else None
+
+    def in_time(part: str) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"ran longer than --trial-timeout {config.trial_timeout:g}s (before {part})")
+
     try:
         t = time.perf_counter()
         if policy is None:
@@ -233,6 +241,7 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
         flops = count_flops(small, context.example.to(dev))
         params = count_params(small)
         t = lap("count", t)
+        in_time("BatchNorm recalibration")
         if config.bn_batches:
             recalibrate_bn(small, context.train_ds, device=dev, batches=config.bn_batches,
                            batch_size=config.batch_size, seed=config.seed + trial)
@@ -240,8 +249,14 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
         if config.finetune_epochs > 0:
             cfg = TrainConfig(epochs=config.finetune_epochs, lr=config.finetune_lr, batch_size=config.batch_size,
                               seed=config.seed + trial, warmup_epochs=0, distill=config.distill)
-            train(small, context.train_ds, cfg, device=dev, teacher=context.teacher(dev) if config.distill else None)
+            in_time("the finetune")
+            try:
+                train(small, context.train_ds, cfg, device=dev, deadline=deadline,
+                      teacher=context.teacher(dev) if config.distill else None)
+            except TimeoutError as e:
+                raise TimeoutError(f"ran longer than --trial-timeout {config.trial_timeout:g}s (finetune {e})") from None
         t = lap("finetune", t)
+        in_time("evaluation")
         val_acc = evaluate(small, context.val_ds, device=dev)
         t = lap("evaluate", t)
         latency_ms = latency_ratio = None

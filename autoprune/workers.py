@@ -95,7 +95,8 @@ def report(config: SearchConfig, result: TrialResult, context_s: float, faults: 
     from ray import tune
 
     trial = result.trial
-    result = result.replace(trial_s=result.trial_s + context_s, timings={"context": context_s, **result.timings})
+    result = result.replace(trial_s=result.trial_s + context_s, timings={"context": context_s, **result.timings},
+                            node=_node())
     if faults.get("nan_on_trial") == trial:  # fault injection for tests: a NaN metric
         result = result.replace(val_acc=float("nan"))
     if result.status == "ok" and not _finite(result.val_acc):
@@ -108,6 +109,16 @@ def report(config: SearchConfig, result: TrialResult, context_s: float, faults: 
                  objective: size if _finite(size) else 1.0,
                  "constraint": constraint(config, result.status, result.latency_ms, result.latency_ratio),
                  "status": result.status, "result": result.to_json()})
+
+
+def _node() -> str:
+    """The short id of the Ray node this trial runs on ("" outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()[:12] if ray.is_initialized() else ""
+    except Exception:  # noqa: BLE001 - a trial's row never fails for want of its node's name
+        return ""
 
 
 def candidate(cfg: Mapping, warm: tuple[WarmStart, ...], config: SearchConfig
@@ -193,9 +204,14 @@ def row_writer(run, config: SearchConfig, reference: tuple[str, float], log, des
     return RowWriter()
 
 
+RETRIES = 1  # runs of a trial after its worker or node died, before it is recorded as failed
+
+
 def run_config(run, name: str, callback):
     from ray import tune
 
     return tune.RunConfig(name=name, storage_path=str(run.path / "ray"), callbacks=[callback], verbose=0,
-                          failure_config=tune.FailureConfig(max_failures=0),
+                          # A trial whose worker or node died is run again once, with the same config and
+                          # number (its row is written when it ends): run_trial itself never raises.
+                          failure_config=tune.FailureConfig(max_failures=RETRIES),
                           checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False))
