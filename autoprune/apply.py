@@ -216,8 +216,8 @@ def _apply_one(choice: Choice, *, run: Run, splits, base_model: nn.Module, x: to
 
     def on_epoch(row: dict) -> None:
         progress.write(f"  epoch {row['epoch']:>5.1f}/{cfg.epochs}  loss {row['train_loss']:.4f}  train_acc "
-                       f"{row['train_acc']:.4f}  val_acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
-                       f"  [{progress.step(val_acc=row['val_acc'])}]")
+                       f"{row['train_acc']:.4f}  val_acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  "
+                       f"{row['seconds']:.1f}s  [{progress.step(val_acc=row['val_acc'])}]")
 
     # as in the search: fresh BatchNorm statistics before the first step
     try:
