@@ -98,9 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     re_ = sub.add_parser("report", help="print a run's Pareto front and redraw pareto.png")
     re_.add_argument("run", help="a results folder, e.g. results/<run>")
-    re_.add_argument("--html", action="store_true",
-                     help="also write RUN/report.html: one self-contained page (front, per-layer shape, "
-                          "convergence, budgets, groups left out, trials) that opens offline")
+    re_.add_argument("--html", action="store_true", help="also write RUN/report.html, one page that opens offline")
 
     ap_ = sub.add_parser("apply", help="train a chosen policy fully, report test accuracy, export the model")
     ap_.add_argument("run", help="a results folder, e.g. results/<run>")

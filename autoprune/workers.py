@@ -178,7 +178,8 @@ def row_writer(run, config: SearchConfig, reference: tuple[str, float], log, des
         if progress is None:
             log(line)
             return
-        progress.write(f"{line}  [{progress.step(best=best['val_acc'])}]")
+        shown = {"best": best["val_acc"]} if best["val_acc"] >= 0 else {}  # -1: no ok trial yet
+        progress.write(f"{line}  [{progress.step(**shown)}]")
 
     class RowWriter(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
