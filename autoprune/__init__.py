@@ -64,6 +64,7 @@ _EXPORTS = {
     "sensitivity_shape": "sensitivity",
     "search": "search",
     "load_run": "results",
+    "write_report": "report",
     "apply_run": "apply",
     "load_pruned": "export",
     "save_pruned": "export",

@@ -45,6 +45,7 @@ from .data import load_dataset
 from .errors import ConfigError, RunError
 from .export import EXPORT_TOLERANCE, export_onnx, load_pruned, onnx_missing, save_pruned
 from .latency import check_backend, relative_latency, slower_note
+from .progress import Progress
 from .picks import Choice, resolve_pick, uniform_choices
 from .prune import apply_policy
 from .results import Run, load_run
@@ -212,13 +213,19 @@ def _apply_one(choice: Choice, *, run: Run, splits, base_model: nn.Module, x: to
         + f", {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, lr {cfg.lr:g}, batch {cfg.batch_size}, seed {cfg.seed}")
     small, round_to = _prune(run, choice, base_model, x, splits, exclude, log)
 
+    progress = Progress(math.ceil(cfg.epochs), unit="epoch", log=log)
+
     def on_epoch(row: dict) -> None:
-        log(f"  epoch {row['epoch']:>5.1f}/{cfg.epochs}  loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}"
-            f"  val_acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s")
+        progress.write(f"  epoch {row['epoch']:>5.1f}/{cfg.epochs}  loss {row['train_loss']:.4f}  train_acc "
+                       f"{row['train_acc']:.4f}  val_acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  "
+                       f"{row['seconds']:.1f}s  [{progress.step(val_acc=row['val_acc'])}]")
 
     # as in the search: fresh BatchNorm statistics before the first step
-    done = finetune_pruned(small, splits, cfg, device=dev, bn_batches=run.config.bn_batches, on_epoch=on_epoch,
-                           teacher=base_model if cfg.distill else None)
+    try:
+        done = finetune_pruned(small, splits, cfg, device=dev, bn_batches=run.config.bn_batches, on_epoch=on_epoch,
+                               teacher=base_model if cfg.distill else None)
+    finally:
+        progress.close()
     rows, seconds, test_acc, val_acc = done["log"], done["seconds"], done["test_acc"], done["val_acc"]
     # Pruned and unpruned are timed side by side (interleaved) so machine drift cancels in the ratio.
     latency_ms, base_ms = relative_latency(small, base_model, x, device=dev, batch_size=1, **latency)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -19,6 +20,7 @@ from typing import Any, Callable, Mapping
 import torch.nn as nn
 
 from .atomic import write_json, write_text
+from .progress import Progress
 
 __all__ = ["train_baseline", "ensure_baseline", "baseline_recipe", "split_of", "SPLIT_KEYS"]
 
@@ -57,14 +59,19 @@ def train_baseline(model: nn.Module, splits, cfg, *, out: str | Path, device, ev
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    progress = Progress(math.ceil(cfg.epochs), unit="epoch", log=log)
 
     def on_epoch(row: dict) -> None:
         rows.append(row)
-        log(f"epoch {row['epoch']:>5.1f}  loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}"
-            + (f"  val_acc {row['val_acc']:.4f}" if "val_acc" in row else "") + f"  {row['seconds']:.1f}s")
+        progress.write(f"epoch {row['epoch']:>5.1f}  loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}"
+                       + (f"  val_acc {row['val_acc']:.4f}" if "val_acc" in row else "")
+                       + f"  {row['seconds']:.1f}s  [{progress.step(val_acc=row.get('val_acc', math.nan))}]")
 
     start = time.perf_counter()
-    train(model, splits.train, cfg, device=device, val_ds=splits.val, on_epoch=on_epoch)
+    try:
+        train(model, splits.train, cfg, device=device, val_ds=splits.val, on_epoch=on_epoch)
+    finally:
+        progress.close()
     seconds = time.perf_counter() - start
     model.cpu().eval()
     example = splits.example_input()

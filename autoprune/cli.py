@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     re_ = sub.add_parser("report", help="print a run's Pareto front and redraw pareto.png")
     re_.add_argument("run", help="a results folder, e.g. results/<run>")
+    re_.add_argument("--html", action="store_true", help="also write RUN/report.html, one page that opens offline")
 
     ap_ = sub.add_parser("apply", help="train a chosen policy fully, report test accuracy, export the model")
     ap_.add_argument("run", help="a results folder, e.g. results/<run>")
@@ -388,7 +389,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     if run.trials.empty:
         _log(f"{run.path}: no finished trial yet")
-        return 0
+        return _html_report(run) if args.html else 0
     front = RunDir(run.path).write_front(run.config, run.baseline)
     promoted = len(run.trials) - proposed_count(run.trials)
     _log(f"run {run.path}  ({proposed_count(run.trials)} trials"
@@ -420,6 +421,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
         _log(f"convergence: the front's hypervolume last grew by more than 1% after {grown[0]} of "
              f"{proposed_count(run.trials)} trials (trial {grown[1]})")
     _log(f"plot: {run.path / 'pareto.png'}")
+    return _html_report(run) if args.html else 0
+
+
+def _html_report(run) -> int:
+    from .report import write_report
+
+    _log(f"report: {write_report(run)}")
     return 0
 
 

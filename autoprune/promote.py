@@ -129,7 +129,7 @@ def run_reruns(prepared: Prepared, plan: Mapping[int, Mapping[str, Any]], epochs
         item = plan[int(cfg["trial"])]
         return int(cfg["trial"]), item["origin"], item["target"], int(item["parent"]), float(epochs)
 
-    writer = row_writer(run, config, reference, log, describe)
+    writer = row_writer(run, config, reference, log, describe, total=len(plan))
     job = tune.with_resources(
         tune.with_parameters(rerun_trainable, prepared=prepared, plan=dict(plan), epochs=float(epochs),
                              faults=dict(faults)),

@@ -224,7 +224,8 @@ def _run_tuner(prepared: Prepared, ranges: dict, warm: tuple[WarmStart, ...], of
         _, _, target_size, origin = candidate(cfg, warm, config)
         return int(cfg.get("trial", -1)), origin, target_size, None, float(config.finetune_epochs)
 
-    writer = row_writer(run, config, (config.size_measure, target[1]), log, describe)
+    writer = row_writer(run, config, (config.size_measure, target[1]), log, describe, total=remaining,
+                        done=config.trials - remaining)
     job = tune.with_resources(tune.with_parameters(trainable, prepared=prepared, warm=warm, faults=dict(faults)),
                                     {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     tuner = tune.Tuner(

@@ -166,16 +166,32 @@ def lap(timings: dict, part: str, t0: float) -> float:
     return now
 
 
-def row_writer(run, config: SearchConfig, reference: tuple[str, float], log, describe):
+def row_writer(run, config: SearchConfig, reference: tuple[str, float], log, describe, *, total: int | None = None,
+               done: int = 0):
     """A Tune callback that appends each finished trial to trials.csv (driver side, one writer) and
     logs a line. ``describe(trial_config)`` gives (number, origin, target, parent, epochs) for a trial
-    whose worker died before it could report."""
+    whose worker died before it could report.
+
+    With ``total`` (the trials this Tune run will finish; ``done`` counted before it), each line ends
+    with the trials done of the total and the time left (``progress.time_left``), and a terminal
+    gets a bar with the running best."""
     from ray import tune
+
+    from .progress import Progress
 
     objective = f"{config.size_measure}_ratio"
     known = run.read_trials()
     ok = known[known["status"] == "ok"] if len(known) else known
     best = {"val_acc": float(ok["val_acc"].max()) if len(ok) else -1.0}
+    progress = Progress(total, done=done, concurrency=config.concurrency, unit="trial", log=log) \
+        if total is not None else None
+
+    def write(line: str) -> None:
+        if progress is None:
+            log(line)
+            return
+        shown = {"best": best["val_acc"]} if best["val_acc"] >= 0 else {}  # -1: no ok trial yet
+        progress.write(f"{line}  [{progress.step(**shown)}]")
 
     class RowWriter(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -189,7 +205,7 @@ def row_writer(run, config: SearchConfig, reference: tuple[str, float], log, des
                     + f"best {best['val_acc']:.4f}  {r.trial_s:.1f}s"
                     + (f"  (rerun of {r.parent}, {r.epochs:g} epochs)" if r.parent is not None else "")
                     + (f"  ({r.error})" if r.error else ""))
-            log(line)
+            write(line)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             number, origin, target_size, parent, epochs = describe(trial.config)
@@ -199,7 +215,11 @@ def row_writer(run, config: SearchConfig, reference: tuple[str, float], log, des
                 message = lines[-1][:300] if lines else message
             run.append(TrialResult(trial=number, status="failed", origin=origin, error=message,
                                    target_ratio=target_size, parent=parent, epochs=epochs), reference)
-            log(f"trial {number:>3} failed: {message}")
+            write(f"trial {number:>3} failed: {message}")
+
+        def on_experiment_end(self, trials, **info):
+            if progress is not None:
+                progress.close()
 
     return RowWriter()
 
