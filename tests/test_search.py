@@ -193,6 +193,47 @@ def test_search_on_a_real_ray_cluster(rand20, tmp_path):
         _stop_head(temp)
 
 
+def test_a_cluster_that_loses_a_node_finishes_with_every_trial_once(rand20, tmp_path, monkeypatch):
+    """A head and a worker node (each its own raylet, on this machine); the search joins them with
+    --address and the worker node is removed while trials run: the search finishes, trials ran on both
+    nodes (the node column), and every trial number is there exactly once, the one lost with its node
+    run again on the head (FailureConfig)."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))
+    temp = tempfile.mkdtemp(prefix="/tmp/aprn")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                            "temp_dir": temp})
+    try:
+        worker = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        results = tmp_path / "results"
+        cmd = [sys.executable, "-m", "autoprune.cli", "search", "--budget-flops", "50%", "--checkpoint", rand20,
+               "--trials", "4", "--finetune-epochs", "4", "--image-size", "16", "--concurrency", "2",
+               "--results-dir", str(results), "--name", "n", "--address", cluster.address]  # trials of seconds
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        trials_csv = results / "n" / "trials.csv"
+        worker_id = worker.node_id[:12]
+        deadline = time.time() + 300
+        removed = False
+        while proc.poll() is None and time.time() < deadline:
+            if not removed and trials_csv.is_file():
+                done = pd.read_csv(trials_csv)
+                if "node" in done and (done["node"].astype(str) == worker_id).any():
+                    cluster.remove_node(worker)  # the worker node's next trial dies with it
+                    removed = True
+            time.sleep(0.5)
+        out, err = proc.communicate(timeout=max(10, deadline - time.time()))
+        assert proc.returncode == 0, err[-2000:]
+        assert removed, "no trial finished on the worker node before the search ended"
+        trials = pd.read_csv(trials_csv)
+        assert sorted(trials["trial"]) == list(range(4))  # none missing, none repeated
+        assert (trials["status"] == "ok").all(), trials[["trial", "status", "error"]]
+        assert trials["node"].astype(str).nunique() >= 2
+    finally:
+        cluster.shutdown()
+
+
 def _pids_using(text: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():

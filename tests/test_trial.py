@@ -210,3 +210,24 @@ def test_round_to_keeps_every_group_a_multiple_and_the_budget(context):
     plain = run_trial(context.config, {g: 0.3 if i % 2 else 0.6 for i, g in enumerate(context.group_names)},
                       context, trial=2)
     assert any(len(ix) % 8 for ix in plain.policy.indices.values())  # without it, counts are free
+
+
+def test_a_trial_past_its_timeout_is_failed_with_the_reason(context, monkeypatch):
+    """--trial-timeout: the finetune stops at the first step after the deadline; the trial is failed."""
+    import time as time_module
+
+    import autoprune.train
+
+    slow = autoprune.train.make_loader
+
+    def slow_loader(*args, **kwargs):  # every batch takes 50 ms, so a 0.2 s budget runs out mid-finetune
+        for batch in slow(*args, **kwargs):
+            time_module.sleep(0.05)
+            yield batch
+
+    monkeypatch.setattr(autoprune.train, "make_loader", lambda *a, **k: list(slow_loader(*a, **k)))
+    r = run_trial(context.config.replace(trial_timeout=0.2, finetune_epochs=1.0), uniform(context), context)
+    assert r.status == "failed" and "--trial-timeout 0.2s" in r.error, r.error
+    assert r.policy is not None  # what it was running is recorded with the failure
+    done = run_trial(context.config.replace(trial_timeout=600.0), uniform(context), context)
+    assert done.status == "ok", done.error
