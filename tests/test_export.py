@@ -17,7 +17,6 @@ from helpers_runs import SIZE, make_run
 
 import autoprune.export as export_mod
 from autoprune import Budget, apply_policy, create_model, load_pruned, save_pruned, uniform_policy
-from autoprune.apply import apply_run
 from autoprune.cli import main
 from autoprune.errors import AutopruneError, RunError
 
