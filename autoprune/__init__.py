@@ -43,6 +43,7 @@ _EXPORTS = {
     "count_params": "costs",
     "prunable_groups": "probe",
     "left_out_groups": "probe",
+    "searchable_flops_share": "probe",
     "apply_policy": "prune",
     "global_magnitude_prune": "prune",
     "global_prune": "prune",

@@ -199,6 +199,11 @@ class CostModel:
             total += base * f_out * f_in
         return total
 
+    def flops_share_of(self, layers) -> float:
+        """The share of the model's FLOPs in ``layers`` (module paths; those with no FLOPs add none)."""
+        names = set(layers)
+        return sum(f for name, f in self._layer_flops.items() if name in names) / self.flops if self.flops else 0.0
+
     def varying_layers(self) -> list[str]:
         """Layers (module paths) whose input or output width some group sets."""
         return sorted((set(self._out) | set(self._in)) & set(self._modules))

@@ -130,6 +130,14 @@ class LatencyModel:
         params = self.cm.cost(sparsity, round_to or self.settings["round_to"])["params"] / 1e6
         return self.scale * self.layer_sum(sparsity, round_to) + self.per_mparam * params + self.offset
 
+    def rescale(self, base_ms: float) -> None:
+        """Put the predictions on the scale of the unpruned model measured now (``base_ms``)."""
+        if base_ms > 0 and self.base_ms > 0:
+            factor = base_ms / self.base_ms
+            self.scale, self.per_mparam, self.offset = (self.scale * factor, self.per_mparam * factor,
+                                                        self.offset * factor)
+            self.base_ms = base_ms
+
     def to_dict(self) -> dict:
         """The table and its line as plain data (JSON), for workers and the run folder."""
         return {"key": self.key, "settings": self.settings, "scale": self.scale, "per_mparam": self.per_mparam,
@@ -147,8 +155,12 @@ class LatencyModel:
     @classmethod
     def build(cls, model: nn.Module, x: torch.Tensor, *, backend: str = "torch", threads: int | None = None,
               batch: int = 1, device: str | torch.device = "cpu", round_to: int = 1, exclude: Sequence[str] = (),
-              groups: Sequence[str] | None = None, cache: bool = True, log=None) -> "LatencyModel":
-        """Time the layers (or read their table from the cache), then fit the line to the whole model."""
+              groups: Sequence[str] | None = None, cache: bool = True, log=None,
+              base_ms: float | None = None) -> "LatencyModel":
+        """Time the layers (or read their table from the cache), then fit the line to the whole model.
+
+        ``base_ms``, the unpruned model measured just now, puts a table read from the cache on today's
+        scale (a shared machine drifts between the day a table was timed and the day it is used)."""
         from .latency import check_backend
         from .prune import cost_model
 
@@ -165,7 +177,10 @@ class LatencyModel:
         path = cache_dir() / f"{key}.json"
         if cache and path.is_file():
             try:
-                return cls.from_dict(cm, {**json.loads(path.read_text()), "key": key, "settings": settings})
+                lm = cls.from_dict(cm, {**json.loads(path.read_text()), "key": key, "settings": settings})
+                if base_ms:
+                    lm.rescale(base_ms)
+                return lm
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # a damaged cache entry is measured again
         if log is not None:

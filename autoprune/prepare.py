@@ -164,7 +164,7 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
             log(f"left out {len(left)} of {len(left) + len(groups)} groups that cannot be pruned safely: "
                 f"{_left_out_text(left)}")
         sizes.update(_reach(config, model, example, groups, left, sizes, device, log))
-        table = _latency_table(config, model, example, groups, log)
+        table = _latency_table(config, model, example, groups, log, sizes.get("latency_ms"))
         checked()
         if config.checkpoint:
             info = {"source": str(Path(config.checkpoint).resolve()), "test_acc": None}
@@ -192,7 +192,7 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
                     splits.num_classes, groups, baseline, left, table)
 
 
-def _latency_table(config: SearchConfig, model, example, groups, log) -> dict | None:
+def _latency_table(config: SearchConfig, model, example, groups, log, base_ms: float | None) -> dict | None:
     """With a latency budget, the per-layer latency table the trials fit candidates with (measured
     here once, or read from this machine's cache), as plain data for the workers."""
     if config.budget("latency") is None or not config.latency_model:
@@ -200,7 +200,7 @@ def _latency_table(config: SearchConfig, model, example, groups, log) -> dict | 
     from .latency_model import LatencyModel
 
     lm = LatencyModel.build(model, example, backend=config.latency_backend, threads=config.latency_threads,
-                            batch=config.latency_batch, device=config.trial_device,
+                            batch=config.latency_batch, device=config.trial_device, base_ms=base_ms,
                             round_to=config.round_to or (8 if str(config.trial_device).startswith("cuda") else 1),
                             exclude=config.space.exclude, groups=groups, log=log)
     return lm.to_dict()

@@ -23,7 +23,7 @@ from .prune import (DEFAULT_MAX_SPARSITY, _CACHE, _build_graph, _blocks_multiple
                     _norm_blocks, _per_channel_norms,
                     _regroup_norms, _root, cost_model)
 
-__all__ = ["left_out_groups", "prunable_groups"]
+__all__ = ["left_out_groups", "prunable_groups", "searchable_flops_share"]
 
 
 def left_out_groups(model: nn.Module, x: torch.Tensor, exclude: Sequence[str] = (),
@@ -152,6 +152,19 @@ def _zero_consumers(graph, pruning) -> bool:
                     g = int(c) // per_in
                     mod.weight[g * per_out:(g + 1) * per_out, int(c) % per_in] = 0
     return comparable
+
+
+def searchable_flops_share(model: nn.Module, x: torch.Tensor, exclude: Sequence[str] = (), *,
+                           max_sparsity: float = DEFAULT_MAX_SPARSITY) -> float:
+    """The share of the model's FLOPs in layers whose channels a search can change: every layer whose
+    input or output width a prunable (probed) group sets.
+
+    Example:
+        >>> searchable_flops_share(create_model("resnet20"), torch.zeros(1, 3, 32, 32))
+        1.0
+    """
+    layers = {layer for g in prunable_groups(model, x, exclude, max_sparsity=max_sparsity) for layer in g.layers}
+    return cost_model(model, x, exclude).flops_share_of(layers)
 
 
 def prunable_groups(model: nn.Module, x: torch.Tensor, exclude: Sequence[str] = (), *,

@@ -4,7 +4,8 @@ For each model: the table is built (or read from this machine's cache) in ONNX R
 one thread, channel counts in multiples of ``--round-to``; then ``--candidates`` random candidates
 (every group's sparsity drawn uniformly from [0, 0.8], seeded; none of them among the table's own
 calibration shapes) are pruned, measured whole (median of 15 interleaved samples, as the search's
-budget check does) and predicted. ``error = (predicted - measured) / measured``. Rows go to
+budget check does) and predicted. ``error = (predicted - measured) / measured``. A table read from the
+cache is first put on today's scale by one measurement of the unpruned model, as a search does. Rows go to
 ``results/benchmarks/latency_model.csv`` as each candidate is measured; the summary (median and 95th
 percentile of |error|) to ``latency_model_summary.csv``.
 
@@ -60,8 +61,9 @@ def run(args) -> None:
             x = torch.zeros(1, 1, args.image_size, args.image_size)
             groups = [g.name for g in ap.prunable_groups(model, x)]
             start = time.perf_counter()
+            base_ms = ap.measure_latency(model, x, backend="onnxruntime", threads=1)  # puts a cached table on today's scale
             lm = LatencyModel.build(model, x, backend="onnxruntime", threads=1, batch=1, round_to=args.round_to,
-                                    groups=groups, log=print)
+                                    groups=groups, log=print, base_ms=base_ms)
             print(f"{name}: table ready in {time.perf_counter() - start:.0f}s ({len(lm.layers)} layers), "
                   f"unpruned {lm.base_ms:.3f} ms", flush=True)
             rng = random.Random(12345)  # the table's calibration shapes use seed 0

@@ -6,7 +6,11 @@ groups (``ap.left_out_groups``), fits the uniform policy to 50% of the FLOPs, pr
 pruned model runs. One row per model goes to ``results/benchmarks/zoo.csv`` as soon as it is done
 (models already in the file are skipped, so an interrupted run continues where it stopped):
 
-    model, params, input_size, groups, left_out, left_out_groups, flops_ratio, outcome, seconds, error
+    model, params, input_size, groups, left_out, left_out_groups, searchable_flops_share, flops_ratio,
+    outcome, seconds, error
+
+``searchable_flops_share`` is the share of the model's FLOPs in layers whose channels the search can
+change (``ap.searchable_flops_share``).
 
 ``outcome`` is ``clean`` (every group prunable), ``left_out`` (some groups left out as unsafe, named
 in ``left_out_groups``), ``error`` (the one-line error a user gets, in ``error``) or ``crash`` (an
@@ -32,8 +36,8 @@ import torch
 import autoprune as ap
 
 _OUT = Path(__file__).resolve().parent.parent / "results" / "benchmarks" / "zoo.csv"
-COLUMNS = ["model", "params", "input_size", "groups", "left_out", "left_out_groups", "flops_ratio", "outcome",
-           "seconds", "error"]
+COLUMNS = ["model", "params", "input_size", "groups", "left_out", "left_out_groups", "searchable_flops_share",
+           "flops_ratio", "outcome", "seconds", "error"]
 HALF = ap.Budget.parse("flops", "50%")
 
 
@@ -62,7 +66,8 @@ def zoo_row(name: str) -> dict:
         row["params"] = ap.count_params(model)
         left = ap.left_out_groups(model, x)
         groups = ap.prunable_groups(model, x)
-        row.update(groups=len(groups), left_out=len(left), left_out_groups="; ".join(sorted(left)))
+        row.update(groups=len(groups), left_out=len(left), left_out_groups="; ".join(sorted(left)),
+                   searchable_flops_share=round(ap.searchable_flops_share(model, x), 4))
         small = ap.apply_policy(model, ap.uniform_policy(model, x, [HALF]), x)
         with torch.no_grad():
             out = small(torch.randn(2, 3, size, size))

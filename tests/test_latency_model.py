@@ -92,3 +92,12 @@ def test_a_biased_latency_model_is_corrected_by_the_measurement(monkeypatch):
     policy = uniform_policy(model, x, [Budget.parse("latency", "60%")], latency_model=biased)
     share = count_flops(apply_policy(model, policy, x), x) / count_flops(model, x)
     assert 0.6 * (1 - LATENCY_FILL) <= share ** 2 <= 0.6
+
+
+def test_rescale_puts_a_cached_table_on_todays_scale(small_model):
+    model, x = small_model
+    lm = LatencyModel.build(model, x, round_to=4)
+    before = lm.predict({"0": 0.5})
+    again = LatencyModel.build(model, x, round_to=4, base_ms=2 * lm.base_ms)  # from the cache, machine 2x slower
+    assert again.base_ms == pytest.approx(2 * lm.base_ms)
+    assert again.predict({"0": 0.5}) == pytest.approx(2 * before)

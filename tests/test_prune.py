@@ -471,3 +471,15 @@ def test_instance_like_groupnorm_regroups():
     small = apply_policy(model, uniform_policy(model, x, [HALF]), x)
     assert small.gn1.num_groups == small.gn1.num_channels < 48
     _norm_groups_intact(small)
+
+
+def test_searchable_flops_share():
+    from autoprune.probe import searchable_flops_share
+
+    x = torch.zeros(1, 3, 32, 32)
+    assert searchable_flops_share(create_model("resnet20"), x) == pytest.approx(1.0)
+    # split_concat: the stem is left out (a split of fixed sizes), so its conv's FLOPs are not searchable
+    model = create_model("helpers_models:split_concat").eval()
+    share = searchable_flops_share(model, x)
+    stem = 3 * 24 * 9 * 32 * 32 * 2 / flops_by_torch(model, x)  # the stem conv's share of the FLOPs
+    assert share == pytest.approx(1 - stem, rel=1e-3)
