@@ -478,8 +478,8 @@ def test_searchable_flops_share():
 
     x = torch.zeros(1, 3, 32, 32)
     assert searchable_flops_share(create_model("resnet20"), x) == pytest.approx(1.0)
-    # split_concat: the stem is left out (a split of fixed sizes), so its conv's FLOPs are not searchable
+    # split_concat: the stem's group is left out (a split of fixed sizes); the layers whose width the two
+    # searched groups set are mix.0 (1x1, 24 -> 32), post.0 (3x3, 32 -> 64) and the classifier's input
     model = create_model("helpers_models:split_concat").eval()
-    share = searchable_flops_share(model, x)
-    stem = 3 * 24 * 9 * 32 * 32 * 2 / flops_by_torch(model, x)  # the stem conv's share of the FLOPs
-    assert share == pytest.approx(1 - stem, rel=1e-3)
+    searched = 2 * (24 * 32 * 32 * 32 + 32 * 64 * 9 * 32 * 32 + 64 * 10)
+    assert searchable_flops_share(model, x) == pytest.approx(searched / flops_by_torch(model, x), rel=1e-6)
