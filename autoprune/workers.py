@@ -84,6 +84,11 @@ def trainable(cfg: dict, prepared: Prepared, warm: tuple[WarmStart, ...], faults
     trial = int(cfg["trial"])
     if faults.get("fail_on_trial") == trial:  # fault injection for tests
         raise RuntimeError(f"injected failure in trial {trial}")
+    if faults.get("exit_on_trial") == trial:  # fault injection for tests: the worker process dies, once
+        marker = prepared.run.path / f".fault-exit-{trial}"
+        if not marker.exists():
+            marker.touch()
+            os._exit(1)
     start = time.perf_counter()
     ctx = context(prepared)
     context_s = time.perf_counter() - start  # non-zero only on a worker's first trial
@@ -193,10 +198,26 @@ def row_writer(run, config: SearchConfig, reference: tuple[str, float], log, des
         shown = {"best": best["val_acc"]} if best["val_acc"] >= 0 else {}  # -1: no ok trial yet
         progress.write(f"{line}  [{progress.step(**shown)}]")
 
+    pending: list[TrialResult] = []  # finished trials whose row could not be written yet (a full disk)
+
+    def save(r: TrialResult) -> None:
+        """Append ``r``'s row, after any still pending; a row that cannot be written is kept for later."""
+        for waiting in [*pending, r]:
+            try:
+                run.append(waiting, reference)
+            except OSError as e:
+                if waiting not in pending:
+                    pending.append(waiting)
+                    write(f"could not write trial {waiting.trial}'s row ({e.strerror or e}); it is kept and "
+                          "written with the next row")
+                return
+            if waiting in pending:
+                pending.remove(waiting)
+
     class RowWriter(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             r = TrialResult.from_json(result["result"])
-            run.append(r, reference)
+            save(r)
             if r.status == "ok":
                 best["val_acc"] = max(best["val_acc"], r.val_acc)
             ratio = getattr(r, objective)
@@ -213,13 +234,18 @@ def row_writer(run, config: SearchConfig, reference: tuple[str, float], log, des
             if getattr(trial, "error_file", None) and os.path.isfile(trial.error_file):
                 lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
                 message = lines[-1][:300] if lines else message
-            run.append(TrialResult(trial=number, status="failed", origin=origin, error=message,
-                                   target_ratio=target_size, parent=parent, epochs=epochs), reference)
+            save(TrialResult(trial=number, status="failed", origin=origin, error=message,
+                             target_ratio=target_size, parent=parent, epochs=epochs))
             write(f"trial {number:>3} failed: {message}")
 
         def on_experiment_end(self, trials, **info):
+            if pending:
+                save(pending.pop())  # one more try for what is still waiting
             if progress is not None:
                 progress.close()
+            if pending:
+                log(f"{len(pending)} finished trial(s) could not be written to {run.trials_csv} (trials "
+                    f"{', '.join(str(p.trial) for p in pending)}); free disk space, then --resume runs them again")
 
     return RowWriter()
 
