@@ -130,6 +130,8 @@ def _dims(m: nn.Module) -> tuple[int, int]:
         return m.num_channels, 0
     if isinstance(m, nn.LayerNorm):
         return int(m.normalized_shape[0]), 0
+    if isinstance(m, nn.MultiheadAttention):
+        return m.embed_dim, m.embed_dim
     return 0, 0
 
 
@@ -156,6 +158,13 @@ class CostModel:
         for g in layouts:
             for layer, side, per in g.touched:
                 (self._out if side == "out" else self._in).setdefault(layer, []).append((g.name, per))
+        # An attention layer's out_proj is pruned with it (Torch-Pruning's MultiheadAttention pruner), not
+        # as a layer of its own: it keeps the attention's embedding share on both sides.
+        for name, m in model.named_modules():
+            entries = self._out.get(name) or self._in.get(name)
+            if isinstance(m, nn.MultiheadAttention) and entries:
+                self._out.setdefault(f"{name}.out_proj", list(entries))
+                self._in.setdefault(f"{name}.out_proj", list(entries))
         # Bare parameters some group prunes: priced by their kept share, not as a constant.
         bare = {layer[len(UNWRAPPED):] for layer in self._out if layer.startswith(UNWRAPPED)}
         self._bare = {}  # parameter path -> (numel, width of its pruned dimension)
@@ -246,6 +255,12 @@ class CostModel:
                 params += weight * f_out * f_in + bias * f_out
             elif isinstance(m, _NORM_TYPES):
                 params += own * f_out
+            elif isinstance(m, nn.MultiheadAttention):
+                # its own in_proj (3E x E, + 3E bias), both sides the embedding width (out_proj is a Linear)
+                share = min(f_out, f_in)
+                weight = sum(p.numel() for p in (m.in_proj_weight, m.q_proj_weight, m.k_proj_weight,
+                                                 m.v_proj_weight) if p is not None)
+                params += weight * share * share + (own - weight) * share
             else:
                 params += own
         for path, (numel, width) in self._bare.items():

@@ -96,7 +96,7 @@ def _probe_once(model: nn.Module, x: torch.Tensor, exclude: Sequence[str], cm: C
             with torch.no_grad():
                 reference = small(probe_x)
             pruning.prune()
-            _regroup_norms(per_channel)
+            _regroup_norms(per_channel, small)
             with torch.no_grad():
                 out = small(probe_x)
             if tuple(out.shape) != shape:

@@ -147,7 +147,8 @@ def _channel_groups(group) -> int:
 
 def _norm_blocks(group) -> list[list[int]]:
     """The group's channels (root positions) in blocks that must each lose the same share of channels,
-    for the GroupNorms they feed to keep equal groups; [] when no GroupNorm sets a rule.
+    for the GroupNorms they feed to keep equal groups (and the attention layers, equal heads); [] when
+    nothing sets a rule.
 
     A GroupNorm of ``C`` channels in ``G`` groups makes ``G`` blocks of ``C / G``; channels reaching
     several GroupNorms (a residual sum) share one block per combination; channels that reach none (the
@@ -157,9 +158,12 @@ def _norm_blocks(group) -> list[list[int]]:
     member: dict[int, tuple] = {}
     for dep, idxs in group:
         m = dep.target.module
-        if not (isinstance(m, nn.GroupNorm) and 1 < m.num_groups < m.num_channels):
+        if isinstance(m, nn.GroupNorm) and 1 < m.num_groups < m.num_channels:
+            per = m.num_channels // m.num_groups
+        elif isinstance(m, nn.MultiheadAttention) and m.num_heads > 1:
+            per = m.embed_dim // m.num_heads  # each head loses as many of its dimensions, in q, k and v alike
+        else:
             continue
-        per = m.num_channels // m.num_groups
         for i in idxs:
             root = int(getattr(i, "root_idx", i))
             member[root] = member.get(root, ()) + ((id(m), int(getattr(i, "idx", i)) // per),)
@@ -195,11 +199,17 @@ def _per_channel_norms(model: nn.Module) -> list[nn.GroupNorm]:
     return [m for m in model.modules() if isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels > 1]
 
 
-def _regroup_norms(norms: Sequence[nn.GroupNorm]) -> None:
+def _regroup_norms(norms: Sequence[nn.GroupNorm], model: nn.Module | None = None) -> None:
     """After pruning: a GroupNorm that had one channel per group keeps one (its removed channels took
-    their groups with them; Torch-Pruning keeps ``num_groups`` as it was)."""
+    their groups with them; Torch-Pruning keeps ``num_groups`` as it was), and a torchvision vision
+    transformer reshapes its patches by its pruned hidden width (``hidden_dim``, a constant otherwise)."""
     for m in norms:
         m.num_groups = m.num_channels
+    if model is not None:
+        for m in model.modules():
+            proj = getattr(m, "conv_proj", None)
+            if type(m).__name__ == "VisionTransformer" and isinstance(proj, nn.Conv2d) and hasattr(m, "hidden_dim"):
+                m.hidden_dim = proj.out_channels
 
 
 def _root(group) -> tuple[nn.Module, object]:
@@ -317,7 +327,7 @@ def apply_policy(
     except Exception as e:  # a library crash on an odd layer: name it instead
         raise PruningError(f"Torch-Pruning failed on model {_model_label(model)!r}, group {name!r}: "
                            f"{type(e).__name__}: {e}") from None
-    _regroup_norms(per_channel)
+    _regroup_norms(per_channel, small)
     missing = sorted(set(policy.sparsity) - seen)
     if missing:
         raise PruningError(f"Policy names groups the model does not have: {missing[:3]}.")

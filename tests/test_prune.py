@@ -189,17 +189,29 @@ def test_concat_into_grouped_conv_leaves_the_branches_out(helpers_on_path):
         assert flops_by_torch(small, x) <= HALF.limit(flops_by_torch(model, x))
 
 
-def test_vision_transformer_prunes_its_mlps_only(helpers_on_path):
-    """torchvision's ViT reshapes its hidden width by a constant: that group is left out (it would
-    crash the forward pass); the MLP hidden groups are searched."""
+def test_vision_transformer_prunes_its_hidden_width_and_mlps(helpers_on_path):
+    """torchvision's ViT: the hidden width is searched too (it used to be left out: the patches are
+    reshaped by ``hidden_dim``, now set to the pruned width), each attention head losing as many of
+    its dimensions, so the heads stay whole; the cost model prices the attention's projections."""
     model, x = create_model("helpers_models:tiny_vit").eval(), torch.zeros(1, 3, 16, 16)
-    left = left_out_groups(model, x)
+    assert left_out_groups(model, x) == {}
     names = [g.name for g in prunable_groups(model, x)]
-    assert len(left) == 1 and "shape" in next(iter(left.values()))
-    assert names and all(n.endswith("mlp.0") for n in names)
-    small = apply_policy(model, uniform_policy(model, x, [Budget.parse("params", "80%")]), x)
-    with torch.no_grad():
-        assert small(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    hidden = [n for n in names if not n.endswith("mlp.0")]
+    assert len(names) == 3 and len(hidden) == 1
+    cm = cost_model(model, x)
+    for seed in range(3):
+        rng = random.Random(seed)
+        policy = fit_policy(model, x, {g: rng.uniform(0.0, 0.8) for g in names}, [HALF])
+        small = apply_policy(model, policy, x)
+        attention = small.encoder.layers[0].self_attention
+        assert small.hidden_dim == attention.embed_dim == small.conv_proj.out_channels < 32
+        assert attention.num_heads == 2 and attention.embed_dim % 2 == 0
+        kept = small.autoprune_policy.indices[hidden[0]]
+        assert sum(i < 16 for i in kept) == sum(i >= 16 for i in kept)  # both heads lose as many dims
+        assert cm.cost(policy.sparsity)["flops"] == pytest.approx(flops_by_torch(small, x), rel=1e-6)
+        assert cm.cost(policy.sparsity)["params"] == pytest.approx(count_params(small), rel=1e-6)
+        with torch.no_grad():
+            assert small(torch.randn(2, 3, 16, 16)).shape == (2, 10)
 
 
 def test_a_model_with_nothing_prunable_is_an_error():
