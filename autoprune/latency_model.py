@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 from bisect import bisect_left
@@ -65,7 +66,7 @@ def _cpu_name() -> str:
 
 def _counts(dim: int, round_to: int, multiple: int = 1, grid: Sequence[float] = GRID) -> list[int]:
     """The bucket counts of a dimension of ``dim`` channels: ``grid`` shares, multiples of ``round_to``."""
-    step = max(round_to, multiple)
+    step = math.lcm(round_to, multiple)
     out = {dim}
     for share in grid:
         c = max(step, int(round(share * dim / step)) * step)
@@ -119,6 +120,9 @@ class LatencyModel:
     def layer_sum(self, sparsity: Mapping[str, float], round_to: int | None = None) -> float:
         """The sum of the table's per-layer milliseconds for ``sparsity`` (group -> share removed)."""
         dims = self.cm.layer_dims(self.cm.pruned_channels(sparsity, round_to or self.settings["round_to"]))
+        return self._sum(dims)
+
+    def _sum(self, dims: Mapping[str, tuple[float, float]]) -> float:
         total = 0.0
         for layer in self.layers:
             out, inp = dims[layer.name]
@@ -127,7 +131,8 @@ class LatencyModel:
 
     def predict(self, sparsity: Mapping[str, float], round_to: int | None = None) -> float:
         """Predicted milliseconds of the model pruned by ``sparsity`` (the unpruned model for ``{}``)."""
-        params = self.cm.cost(sparsity, round_to or self.settings["round_to"])["params"] / 1e6
+        round_to = round_to or self.settings["round_to"]
+        params = self.cm.cost(sparsity, round_to)["params"] / 1e6 if self.per_mparam else 0.0
         return self.scale * self.layer_sum(sparsity, round_to) + self.per_mparam * params + self.offset
 
     def rescale(self, base_ms: float) -> None:
@@ -173,7 +178,10 @@ class LatencyModel:
                     "round_to": int(round_to), "grid": [list(GRID), list(GRID_2D)], "version": TABLE_VERSION, "cpu": _cpu_name(),
                     "torch": torch.__version__}
         signature = [(n, list(s), repr(m)) for n, (m, s) in sorted(shapes.items())]
-        key = hashlib.sha1(json.dumps([signature, settings], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        # the line is fitted on shapes of these groups: other groups (or exclusions) are another table
+        calibrated = [sorted(groups) if groups is not None else None, sorted(exclude)]
+        key = hashlib.sha1(json.dumps([signature, settings, calibrated], sort_keys=True,
+                                      default=str).encode()).hexdigest()[:16]
         path = cache_dir() / f"{key}.json"
         if cache and path.is_file():
             try:
@@ -293,7 +301,8 @@ def _time_layer(name: str, m: nn.Module, shape: tuple[int, ...], cm, round_to: i
         row = []
         for inp in ins:
             net = _standalone(m, out, inp)
-            xin = torch.zeros(1, *((inp,) if isinstance(m, nn.Linear) else (out if tied else inp, *shape[1:])))
+            xin = torch.zeros(1, *((*shape[:-1], inp) if isinstance(m, nn.Linear) else
+                                   (out if tied else inp, *shape[1:])))
             row.append(measure_latency(net, xin, device=device, batch_size=batch, backend=backend, threads=threads,
                                        warmup=2, repeats=5))
         layer.ms.append(row)

@@ -207,8 +207,9 @@ class Run:
         n_train = train_images or self.baseline.get("train_images")
         n_val = self.baseline.get("val_images")
         if not n_train or n_val is None:
-            raise RunError(f"Run {self.path.name!r} does not record its training and validation set sizes "
-                           "(written by searches since issue 24); give train_images.")
+            raise RunError(f"Run {self.path.name!r} does not record the size of its "
+                           + ("validation set" if n_train else "training and validation sets")
+                           + " (baseline.json of searches since issue 24 does), so its search cost is unknown.")
         ok = self.trials[self.trials["status"] == "ok"]
         epochs = ok["epochs"].fillna(c.finetune_epochs) if "epochs" in ok else [c.finetune_epochs] * len(ok)
         steps = int(n_train) // c.batch_size

@@ -200,19 +200,20 @@ def row_writer(run, config: SearchConfig, reference: tuple[str, float], log, des
 
     pending: list[TrialResult] = []  # finished trials whose row could not be written yet (a full disk)
 
-    def save(r: TrialResult) -> None:
-        """Append ``r``'s row, after any still pending; a row that cannot be written is kept for later."""
-        for waiting in [*pending, r]:
+    def save(r: TrialResult | None) -> None:
+        """Append ``r``'s row after any still pending, in order; a row that cannot be written stays
+        pending (with every row after it) for the next try."""
+        if r is not None:
+            pending.append(r)
+        while pending:
             try:
-                run.append(waiting, reference)
+                run.append(pending[0], reference)
             except OSError as e:
-                if waiting not in pending:
-                    pending.append(waiting)
-                    write(f"could not write trial {waiting.trial}'s row ({e.strerror or e}); it is kept and "
-                          "written with the next row")
+                if r is not None:
+                    write(f"could not write trial {r.trial}'s row ({e.strerror or e}); it is kept and written "
+                          "with the next row")
                 return
-            if waiting in pending:
-                pending.remove(waiting)
+            pending.pop(0)
 
     class RowWriter(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -239,8 +240,7 @@ def row_writer(run, config: SearchConfig, reference: tuple[str, float], log, des
             write(f"trial {number:>3} failed: {message}")
 
         def on_experiment_end(self, trials, **info):
-            if pending:
-                save(pending.pop())  # one more try for what is still waiting
+            save(None)  # one more try for what is still waiting
             if progress is not None:
                 progress.close()
             if pending:

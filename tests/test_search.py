@@ -479,14 +479,15 @@ def test_a_killed_worker_process_is_run_again(small_config):
 
 
 def test_a_row_that_cannot_be_written_is_written_later(small_config, monkeypatch):
-    """The disk full while writing trial 1's row: the row is kept and written with the next one."""
+    """The disk full while writing trial 1's row, and again when trial 2's arrives: both rows are kept,
+    in order, and written when the disk has room (here at the end of the search)."""
     from autoprune.results import RunDir
 
     real = RunDir.append
     struck = []
 
     def append(self, result, reference=None):
-        if result.trial == 1 and not struck:
+        if result.trial == 1 and len(struck) < 2:
             struck.append(1)
             raise OSError(28, "No space left on device")
         return real(self, result, reference)
@@ -494,6 +495,6 @@ def test_a_row_that_cannot_be_written_is_written_later(small_config, monkeypatch
     monkeypatch.setattr(RunDir, "append", append)
     lines = []
     outcome = search(small_config(trials=3, concurrency=1), log=lines.append)
-    assert struck and any("could not write trial 1's row" in line for line in lines)
+    assert len(struck) == 2 and any("could not write trial 1's row" in line for line in lines)
     trials = pd.read_csv(outcome.path / "trials.csv")
     assert sorted(trials["trial"]) == [0, 1, 2] and (trials["status"] == "ok").all()
