@@ -250,14 +250,15 @@ def row_writer(run, config: SearchConfig, reference: tuple[str, float], log, des
     return RowWriter()
 
 
-RETRIES = 1  # runs of a trial after its worker or node died, before it is recorded as failed
+RETRIES = 3  # runs of a trial after its worker or node died, before it is recorded as failed (a retry
+# placed before the cluster has noticed a lost node can die with it too: CI saw one such retry fail)
 
 
 def run_config(run, name: str, callback):
     from ray import tune
 
     return tune.RunConfig(name=name, storage_path=str(run.path / "ray"), callbacks=[callback], verbose=0,
-                          # A trial whose worker or node died is run again once, with the same config and
+                          # A trial whose worker or node died is run again (up to RETRIES times), with the same config and
                           # number (its row is written when it ends): run_trial itself never raises.
                           failure_config=tune.FailureConfig(max_failures=RETRIES),
                           checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False))

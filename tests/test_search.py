@@ -232,7 +232,7 @@ def test_a_cluster_that_loses_a_node_finishes_with_every_trial_once(rand20, tmp_
         assert removed, "no trial finished on the worker node before the search ended"
         trials = pd.read_csv(trials_csv)
         assert sorted(trials["trial"]) == list(range(4))  # none missing, none repeated
-        assert (trials["status"] == "ok").all(), trials[["trial", "status", "error"]]
+        assert (trials["status"] == "ok").all(), trials[["trial", "status", "error"]].to_dict("records")
         assert trials["node"].astype(str).nunique() >= 2
     finally:
         cluster.shutdown()
