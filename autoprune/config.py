@@ -77,6 +77,7 @@ class SearchConfig:
     confirm: int = 0  # rerun this many best candidates and the uniform policy at the budget before naming best
     confirm_epochs: float | None = None  # their finetune; None: CONFIRM_FACTOR x the longest rung's
     sensitivity: bool = False  # also warm-start from each group's pruning sensitivity (measured in the driver)
+    depth_starts: bool = True  # also warm-start at the budget from shapes graded by depth (DEPTH_STARTS)
     round_to: int | None = None  # kept channels per group in multiples of this; None: 8 on a GPU, 1 on the CPU
     batch_size: int = 64
     bn_batches: int = 10

@@ -218,6 +218,9 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
            "finetune; best is then the best of these (default 0: off); --confirm 3: a tie, -0.10 [-0.48, +0.27]")
     a("--confirm-epochs", type=float, default=None, metavar="E",
       help="the confirmation finetune (default 5x the longest finetune of the search)")
+    a("--no-depth-starts", dest="depth_starts", action="store_false", default=None,
+      help="leave out the three warm starts at the budget whose shapes are graded by depth (deeper layers kept "
+           "2x and 4x, earlier kept 2x, with the first criterion); they are on by default (issue 24)")
     a("--sensitivity", action="store_true", default=None,
       help="one more warm start at the budget: a shape that keeps more of the groups whose pruning alone "
            "costs the most validation accuracy (measured once, BatchNorm recalibration only); a tie, "

@@ -80,6 +80,7 @@ class RunDir:
         saved = dict(raw.get("search", {}))
         if "space" not in saved and "space" in raw:  # runs written before the config held its space
             saved["space"] = raw["space"]
+        saved.setdefault("depth_starts", False)  # runs written before depth warm starts had none
         return SearchConfig.from_dict(saved)
 
     def write_baseline(self, data: Mapping[str, Any]) -> None:

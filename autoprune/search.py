@@ -147,9 +147,50 @@ def _warm_starts(config: SearchConfig, ctx: TrialContext, done: pd.DataFrame, si
             log(f"note: the uniform policy cannot reach {size:.3g} of the model ({e})")
             continue
         warm.extend(WarmStart(uniform_origin(imp, size), point, imp, float(size)) for imp in missing)
+    if config.depth_starts and sizes:
+        warm.extend(_depth_starts(config, ctx, done, float(sizes[0])))
     if config.sensitivity and sizes:
         warm.extend(_sensitivity_start(config, ctx, done, float(sizes[0]), log))
     return tuple(warm)
+
+
+# Shapes graded by depth, run at the budget before the sampler's own trials: (label, span, deeper kept).
+# Chosen on the headroom study's seed-0 validation (results/benchmarks/headroom.csv): a depth-graded
+# shape was the best of 27 candidates at vgg11_cifar 12.5% params (deeper kept 4x) and 12.5% FLOPs
+# (deeper kept 2x), and second at resnet20 6.25% FLOPs (earlier kept 2x), where the default search's
+# 24 trials found none of them.
+DEPTH_STARTS = (("deeper2x", 2.0, True), ("deeper4x", 4.0, True), ("earlier2x", 2.0, False))
+
+
+def depth_shape(groups: Sequence[str], span: float, deeper: bool = True, high: float = 0.9) -> dict[str, float]:
+    """Group -> proposed sparsity of a shape graded by depth: the keep share grows geometrically by
+    ``span`` from the first group to the last (``deeper``) or from the last to the first. The group
+    kept most proposes sparsity ``1 - high``; the fit then scales the shape to the size it is run at.
+
+    Example:
+        >>> depth_shape(["a", "b", "c"], 4.0)
+        {'a': 0.775, 'b': 0.55, 'c': 0.09999999999999998}
+    """
+    n = len(groups)
+    sign = 1.0 if deeper else -1.0
+    keep = {g: span ** (sign * (i / max(n - 1, 1) - 0.5)) for i, g in enumerate(groups)}
+    top = max(keep.values())
+    return {g: 1.0 - high * k / top for g, k in keep.items()}
+
+
+def _depth_starts(config: SearchConfig, ctx: TrialContext, done: pd.DataFrame, size: float) -> list[WarmStart]:
+    """The depth-graded shapes of DEPTH_STARTS at ``size`` with the first criterion (origin
+    ``depth:<label>@<size>``), unless run already; none for a model of fewer than three groups."""
+    if len(ctx.group_names) < 3:
+        return []
+    out = []
+    for label, span, deeper in DEPTH_STARTS:
+        origin = f"depth:{label}@{size:.3f}"
+        if len(done) and (done["origin"] == origin).any():
+            continue
+        shape = depth_shape(ctx.group_names, span, deeper)
+        out.append(WarmStart(origin, config.space.point_of(shape), config.importances[0], size))
+    return out
 
 
 def _sensitivity_start(config: SearchConfig, ctx: TrialContext, done: pd.DataFrame, size: float,

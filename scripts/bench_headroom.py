@@ -35,7 +35,8 @@ about 34 finals and one 120-trial search per cell. Estimated before running, fro
 pruned model's epoch costs less than these upper bounds): vgg11_cifar, each cell ~45 min (baseline
 ~6 min once, 34 finals <= 25 min, the 5x search ~15 min); resnet20 at 6.25% ~1.5 h (baseline ~19 min,
 finals <= 68 min, search ~25 min); mobilenetv2_cifar ~2.5 h (baseline ~33 min, finals <= 113 min,
-search ~40 min); ``--with-autoprune`` adds 3 default searches and 3 finals per cell. Rows are appended as they finish and a rerun skips
+search ~40 min); ``--with-autoprune`` adds 3 default searches and 3 finals per cell; ``--judge`` (goal 3,
+``headroom_judge.csv``) 5 default searches and 10 finals per cell, on seeds 5-9 that no decision looked at. Rows are appended as they finish and a rerun skips
 what is there, so the study runs in parts.
 
     python scripts/bench_headroom.py                               # every cell, in the order below
@@ -67,6 +68,7 @@ CELLS = ("vgg11_cifar:params:12.5", "vgg11_cifar:flops:12.5", "resnet20:flops:6.
 FAMILIES = ("uniform", "depth", "stage", "sensitivity", "global", "random", "search5x")
 CRITERIA = ("l1", "bn_scale", "taylor")
 FRESH_SEEDS = (1, 2, 3)
+JUDGE_SEEDS = (5, 6, 7, 8, 9)  # goal 3 is judged once on these: no decision looked at them
 SPLIT_SEED = 0
 DATASET = ["fashion_mnist"]  # --quick: digits, for a smoke test of the script
 RECIPE = dict(final_epochs=1.0, final_lr=0.01, batch_size=128, bn_batches=10, baseline_epochs=10,
@@ -270,6 +272,10 @@ def run_cell(cell: Cell, table: Table, args) -> None:
     if args.with_autoprune:
         for seed in FRESH_SEEDS:
             _autoprune(cell, seed, record)
+    if args.judge:
+        for seed in JUDGE_SEEDS:
+            record("uniform_best", seed, uniform(best_crit), candidate=f"uniform_{best_crit}", criterion=best_crit)
+            _autoprune(cell, seed, record)
 
 
 def _rebuild(cell: Cell, best: dict):
@@ -297,8 +303,10 @@ def _autoprune(cell: Cell, seed: int, record) -> None:
     run = ap.load_run(folder)
     best = run.best()
     policy = run.policy(int(best["trial"]))
+    cost = run.search_cost()
     record("autoprune", seed, lambda: ap.apply_policy(cell.base, policy, cell.x), family="search",
-           candidate=f"trial{int(best['trial'])}_{best['origin']}", criterion=policy.importance)
+           candidate=f"trial{int(best['trial'])}_{best['origin']}", criterion=policy.importance,
+           search_images=cost["train"], search_cost=round(cost["cost"]))
 
 
 # -------------------------------------------------------------------------------------------- summary
@@ -327,30 +335,80 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def judge(rows: list[dict], summary: list[dict]) -> list[dict]:
+    """Goal 3, per cell: the default pick (``autoprune``) minus ``uniform_best`` on JUDGE_SEEDS, paired.
+    A cell with headroom >= 0.5 val points passes when the pick captures >= 60% of it on validation and
+    the test interval is above 0; a cell without, when the pick is not significantly behind (its val
+    interval reaches 0 or above)."""
+    heads = {(h["model"], h["measure"], h["budget"]): h["headroom"] for h in summary}
+    out = []
+    for (model, measure, budget), headroom in sorted(heads.items()):
+        mine = [r for r in rows if (r["model"], r["measure"], r["budget"]) == (model, measure, budget) and r["val_acc"]]
+        by = {(r["method"], r["seed"]): r for r in mine}
+        seeds = [s for s in map(str, JUDGE_SEEDS) if ("autoprune", s) in by and ("uniform_best", s) in by]
+        if not seeds:
+            continue
+        row = {"model": model, "measure": measure, "budget": budget, "headroom": headroom, "seeds": len(seeds)}
+        for split in ("val", "test"):
+            diffs = [100 * (float(by[("autoprune", s)][f"{split}_acc"]) - float(by[("uniform_best", s)][f"{split}_acc"]))
+                     for s in seeds]
+            mean, lo, hi = ap.paired_interval(diffs)
+            row.update({f"{split}_gain": mean, f"{split}_ci95_low": lo, f"{split}_ci95_high": hi,
+                        f"{split}_seeds_won": sum(d > 0 for d in diffs)})
+        picks = [by[("autoprune", s)]["candidate"] for s in seeds]
+        row["non_uniform_picks"] = sum(not p.split("_", 1)[1].startswith("uniform") for p in picks)
+        costs = [float(by[("autoprune", s)]["search_cost"]) for s in seeds if by[("autoprune", s)].get("search_cost")]
+        row["search_cost"] = sum(costs) / len(costs) if costs else ""
+        if headroom >= 0.5:
+            row["captured"] = row["val_gain"] / headroom
+            row["goal"] = "met" if row["captured"] >= 0.6 and row["test_ci95_low"] > 0 else "missed"
+        else:
+            row["captured"] = ""
+            row["goal"] = "met (not behind)" if row["val_ci95_high"] >= 0 else "missed (behind)"
+        out.append(row)
+    return out
+
+
+def _write(path: Path, table: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(table[0]))
+        w.writeheader()
+        w.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in table)
+
+
 def report(out_dir: Path) -> None:
     rows = Table(out_dir / "headroom.csv").rows
     summary = summarise(rows)
     if summary:
-        with open(out_dir / "headroom_summary.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(summary[0]))
-            w.writeheader()
-            w.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in summary)
+        _write(out_dir / "headroom_summary.csv", summary)
     for s in summary:
         print(f"{s['model']} {s['measure']} {s['budget']}: headroom {s['headroom']:+.2f} "
               f"[{s['ci95_low']:+.2f}, {s['ci95_high']:+.2f}] val points over {s['seeds']} seeds "
               f"({s['best_candidate']} of {s['n_candidates']}); test {s['test_headroom']:+.2f}")
+    judged = judge(rows, summary)
+    if judged:
+        _write(out_dir / "headroom_judge.csv", judged)
+    for j in judged:
+        print(f"{j['model']} {j['measure']} {j['budget']}: default pick vs uniform_best {j['val_gain']:+.2f} "
+              f"[{j['val_ci95_low']:+.2f}, {j['val_ci95_high']:+.2f}] val ({j['val_seeds_won']}/{j['seeds']} won), "
+              f"test {j['test_gain']:+.2f} [{j['test_ci95_low']:+.2f}, {j['test_ci95_high']:+.2f}]; "
+              f"headroom {j['headroom']:+.2f}: goal {j['goal']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cells", default=",".join(CELLS), help="model:measure:budget%%, comma-separated")
     p.add_argument("--with-autoprune", action="store_true", help="also the default search's pick on the fresh seeds")
+    p.add_argument("--judge", action="store_true",
+                   help="goal 3: the default search's pick and uniform_best on seeds 5-9 (headroom_judge.csv)")
     p.add_argument("--no-search5x", action="store_true", help="leave out the 5x search's picks (the costliest family)")
     p.add_argument("--out-dir", default=str(_OUT))
     p.add_argument("--summarise-only", action="store_true")
     p.add_argument("--quick", action="store_true", help="a smoke test: digits, tiny finetunes (give --out-dir)")
     args = p.parse_args(argv)
     if args.quick:
+        global _RUNS
+        _RUNS = Path(args.out_dir) / "runs"  # never beside a real study's searches (a rerun resumes them)
         DATASET[0] = "digits"
         RECIPE.update(final_epochs=0.05, baseline_epochs=1, search_trials=3, search_epochs=0.05)
     torch.set_num_threads(2)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 import autoprune as ap
@@ -150,7 +151,8 @@ def test_kill_9_then_resume_finishes_without_repeats(rand20, tmp_path):
     assert told == sorted((round(a, 9), round(f, 9)) for a, f in zip(trials["val_acc"], trials["flops_ratio"]))
     assert trials["trial"].is_unique and (trials["status"] == "ok").all()
     warm = trials[trials["origin"] != "optuna"]["origin"]  # each warm start once, resumed or not
-    assert sorted(warm) == ["uniform:l1@0.125", "uniform:l1@0.312", "uniform:l1@0.500"]
+    assert sorted(warm) == ["depth:deeper2x@0.500", "depth:deeper4x@0.500", "depth:earlier2x@0.500",
+                            "uniform:l1@0.125", "uniform:l1@0.312", "uniform:l1@0.500"]
     policies = trials[[c for c in trials.columns if c.startswith("s:")] + ["importance"]]
     assert not policies.duplicated().any()
     assert "RUNNING" not in _study_states(results / "k")
@@ -459,13 +461,35 @@ def test_confirmation_reruns_the_best_and_the_uniform_and_best_is_the_confirmed_
 
 
 def test_sensitivity_adds_one_non_uniform_warm_start_at_the_budget(small_config):
-    outcome = search(small_config(trials=4, importance="l1", sensitivity=True), log=lambda line: None)
+    outcome = search(small_config(trials=4, importance="l1", sensitivity=True, depth_starts=False), log=lambda line: None)
     t = outcome.trials.set_index("trial")
     assert list(t["origin"]) == ["uniform:l1@0.500", "uniform:l1@0.125", "uniform:l1@0.312", "sensitivity@0.500"]
     row = t.loc[3]
     assert row["status"] == "ok" and abs(row["flops_ratio"] - 0.5) <= 0.01
     shape = row[[c for c in t.columns if c.startswith("s:")]].astype(float)
     assert shape.max() - shape.min() > 0.1  # not the uniform shape
+
+
+def test_depth_starts_run_three_graded_shapes_at_the_budget_and_old_runs_resume_without_them(small_config):
+    outcome = search(small_config(trials=6, importance="l1"), log=lambda line: None)
+    t = outcome.trials.set_index("trial")
+    assert list(t["origin"]) == ["uniform:l1@0.500", "uniform:l1@0.125", "uniform:l1@0.312",
+                                 "depth:deeper2x@0.500", "depth:deeper4x@0.500", "depth:earlier2x@0.500"]
+    groups = [c for c in t.columns if c.startswith("s:")]  # in depth order
+    spans = {}
+    for trial in (3, 4, 5):
+        row = t.loc[trial]
+        assert row["status"] == "ok" and 0.49 <= row["flops_ratio"] <= 0.5  # filled to the budget
+        keep = 1 - row[groups].astype(float)
+        spans[row["origin"]] = keep.iloc[-1] / keep.iloc[0]
+    assert spans["depth:deeper4x@0.500"] > spans["depth:deeper2x@0.500"] > 1 > spans["depth:earlier2x@0.500"]
+    # a run written before depth starts existed resumes with none
+    cfg = outcome.path / "config.yaml"
+    raw = yaml.safe_load(cfg.read_text())
+    del raw["search"]["depth_starts"]
+    cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+    from autoprune.results import RunDir
+    assert RunDir(outcome.path).saved_config().depth_starts is False
 
 
 def test_a_killed_worker_process_is_run_again(small_config):
