@@ -334,7 +334,7 @@ def last_growth(trials: pd.DataFrame, share: float = GROWTH) -> tuple[int, int] 
 def front_table(front: pd.DataFrame) -> str:
     rungs = ("parent", "epochs") if _is_promotion(front).any() else ()  # with promotions: which trial, how long
     cols = [c for c in ("trial", *rungs, "origin", "importance", "val_acc", "gain_vs_uniform", "target_ratio",
-                        "flops_ratio", "params_ratio", "latency_ratio", "trial_s")
+                        "flops_ratio", "params_ratio", "latency_ratio", "latency_ms", "trial_s")
             if c in front and front[c].notna().any()]
     if front.empty:
         return "(no feasible trial)"
@@ -403,6 +403,10 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, path: Path, *, budgets
         span = max(xs) - min(xs)
         ax.set_xlim(min(xs) - 0.05 * span - 0.005, max(xs) + 0.05 * span + 0.005)
     ax.set_xlabel(f"{objective} of pruned model / unpruned model")
+    unpruned_ms = baseline.get("latency_ms")
+    if objective == "latency" and unpruned_ms:  # the same axis in milliseconds, on top
+        top = ax.secondary_xaxis("top", functions=(lambda r: r * unpruned_ms, lambda m: m / unpruned_ms))
+        top.set_xlabel(f"latency (ms; unpruned {unpruned_ms:.3g} ms)")
     ax.set_ylabel("validation accuracy after finetune")
     ax.set_title(f"{baseline.get('model', '')} on {baseline.get('dataset', '')}: accuracy vs {objective}")
     ax.grid(alpha=0.3)

@@ -35,7 +35,7 @@ __all__ = ["write_report", "render_report", "SECTIONS"]
 
 SECTIONS = ("Front", "Per-layer shape", "Convergence", "Budgets", "Left out", "Trials")
 _FRONT_COLUMNS = ("trial", "parent", "epochs", "origin", "importance", "val_acc", "gain_vs_uniform", "target_ratio",
-                  "flops_ratio", "params_ratio", "latency_ratio", "trial_s")
+                  "flops_ratio", "params_ratio", "latency_ratio", "latency_ms", "trial_s")
 _CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d2433; margin: 0;
        background: #f6f7f9; }
@@ -117,6 +117,11 @@ def _header(v: _View) -> str:
             f"<nav>{nav}</nav>")
 
 
+def _ms(row) -> str:
+    ms = row.get("latency_ms")
+    return f" ({float(ms):.3g} ms)" if ms is not None and pd.notna(ms) else ""
+
+
 def _front(v: _View) -> str:
     if v.ok.empty:
         return _note("No trial has finished ok yet, so there is no front to draw.")
@@ -126,13 +131,15 @@ def _front(v: _View) -> str:
                    curve=v.curve, floor=v.floor)
         img = _img(png.read_bytes(), f"validation accuracy against {v.objective}: trials, front, uniform curve")
     parts = [f"<p>Validation accuracy against {_e(v.objective)} as a share of the unpruned model: every ok trial, "
-             "the Pareto front, the uniform policy (best criterion at each size), the unpruned model and the budget."
+             "the Pareto front, the uniform policy (best criterion at each size; under a latency objective, with multiples of "
+             "8 where they are faster), the unpruned model and the budget (milliseconds on the top axis under a latency "
+             "objective)."
              "</p>", img]
     if v.best is not None:
         t = int(v.best["trial"])
         parts.append(f"<p>Pick (best within the budget{'' if v.finished else ' so far'}): trial {t}, "
                      f"{_e(v.best.get('origin', ''))}, val_acc {_num(v.best['val_acc'])} at {_e(v.size)} "
-                     f"{_num(v.best.get(v.size))}. Apply it with <code>autoprune apply {_e(str(v.run.path))} "
+                     f"{_num(v.best.get(v.size))}{_ms(v.best)}. Apply it with <code>autoprune apply {_e(str(v.run.path))} "
                      f"--pick {t}</code>.</p>")
         verdict = uniform_verdict(v.best, v.trials, v.objective, v.run.baseline.get("val_images"))
         so_far = "" if v.finished else " (So far: the run is unfinished.)"

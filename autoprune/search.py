@@ -142,16 +142,46 @@ def _warm_starts(config: SearchConfig, ctx: TrialContext, done: pd.DataFrame, si
         if not missing:
             continue
         try:
-            ctx.uniform(None, size)  # the same fit for every criterion: checked once per size
+            policy = ctx.uniform(None, size)  # the same fit for every criterion: checked once per size
         except InfeasibleError as e:
             log(f"note: the uniform policy cannot reach {size:.3g} of the model ({e})")
             continue
-        warm.extend(WarmStart(uniform_origin(imp, size), point, imp, float(size)) for imp in missing)
+        round_to = _faster_rounding(config, ctx, policy, size, log)
+        warm.extend(WarmStart(uniform_origin(imp, size), point, imp, float(size), round_to) for imp in missing)
     if config.depth_starts and sizes:
         warm.extend(_depth_starts(config, ctx, done, float(sizes[0])))
     if config.sensitivity and sizes:
         warm.extend(_sensitivity_start(config, ctx, done, float(sizes[0]), log))
     return tuple(warm)
+
+
+FAST_MULTIPLE = 8  # channel counts that vectorised kernels run fastest (the latency table: MobileNetV2 in ONNX Runtime)
+FASTER_MARGIN = 1.05  # ... when they keep at least this many times the FLOPs (beyond the fit's own granularity)
+
+
+def _faster_rounding(config: SearchConfig, ctx: TrialContext, policy, size: float, log) -> int | None:
+    """Under a latency objective, the uniform curve's channel rounding at ``size``: multiples of
+    FAST_MULTIPLE (with the run's own) when the uniform policy fitted to that latency with them keeps
+    FASTER_MARGIN times the FLOPs or more of the one with the run's rounding (the faster of the two at equal channels), else None (the
+    run's). Each fit measures the fitted model's latency, as every trial's does."""
+    import math
+
+    from .fit import InfeasibleError
+
+    if config.size_measure != "latency" or ctx.round_to % FAST_MULTIPLE == 0:
+        return None
+    other = math.lcm(ctx.round_to, FAST_MULTIPLE)
+    try:
+        alt = ctx.uniform(None, size, other)
+    except InfeasibleError:
+        return None
+    mine_flops = ctx.costs.cost(policy.sparsity, policy.round_to)["flops"]
+    alt_flops = ctx.costs.cost(alt.sparsity, alt.round_to)["flops"]
+    if alt_flops < FASTER_MARGIN * mine_flops:
+        return None
+    log(f"uniform curve at latency {size:.3g}: multiples of {other} keep {alt_flops / mine_flops:.2f}x the FLOPs "
+        f"of --round-to {ctx.round_to} at the same latency; its uniform policy uses them")
+    return other
 
 
 # Shapes graded by depth, run at the budget before the sampler's own trials: (label, span, deeper kept).

@@ -138,13 +138,15 @@ class TrialContext:
         self._teacher: nn.Module | None = None
         self._teacher_key = ""
 
-    def fit(self, proposal: Mapping[str, float], importance: str | None = None, target: float | None = None) -> Policy:
+    def fit(self, proposal: Mapping[str, float], importance: str | None = None, target: float | None = None,
+            round_to: int | None = None) -> Policy:
         """Fit a proposal to the config's budgets (raises ``InfeasibleError`` when impossible).
 
         With ``target`` (a share of the unpruned model in the size measure of the first budget), the
         proposal is a shape, scaled to that size; every budget still holds. The policy records
         ``importance`` (default: the config's first criterion), so whoever applies it later removes
-        the same channels the trial did.
+        the same channels the trial did. ``round_to`` overrides the run's channel rounding (the policy
+        records it).
         """
         from .budget import Budget
         from .fit import fit_policy
@@ -155,7 +157,8 @@ class TrialContext:
         # Never beyond the space's ranges: the sparsities the probe verified and the user allowed.
         caps = {g: self.config.space.range_of(g)[1] for g in self.group_names}
         policy = fit_policy(self.model, self.example, proposal, budgets, groups=self.group_names,
-                            exclude=self.exclude, round_to=self.round_to, device=self.device, max_sparsity=caps,
+                            exclude=self.exclude, round_to=round_to or self.round_to, device=self.device,
+                            max_sparsity=caps,
                             latency_batch=self.config.latency_batch, latency_backend=self.config.latency_backend,
                             latency_threads=self.config.latency_threads, model_name=self.config.model,
                             fill=self.config.fill_budget, latency_model=self.latency_model)
@@ -176,13 +179,14 @@ class TrialContext:
             self._teacher_key = key
         return self._teacher.eval()
 
-    def uniform(self, importance: str | None = None, target: float | None = None) -> Policy:
-        return self.fit({g: 0.0 for g in self.group_names}, importance, target)
+    def uniform(self, importance: str | None = None, target: float | None = None,
+                round_to: int | None = None) -> Policy:
+        return self.fit({g: 0.0 for g in self.group_names}, importance, target, round_to)
 
 
 def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: TrialContext, *, trial: int = 0,
               origin: str = "optuna", importance: str | None = None, target: float | None = None,
-              policy: Policy | None = None) -> TrialResult:
+              policy: Policy | None = None, round_to: int | None = None) -> TrialResult:
     """Fit ``proposal`` to the budgets, prune, recalibrate BatchNorm, finetune, evaluate on validation, measure.
 
     Never raises for a bad candidate: a proposal that cannot meet the budgets, or a latency budget
@@ -194,6 +198,8 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
         target: the size to scale the proposal to, a share of the unpruned model (default: the budget).
         policy: an already fitted policy to run instead of fitting ``proposal`` (a promotion reruns
             its parent's policy, with the channels it kept, at a longer finetune).
+        round_to: the kept channels' multiple (default: the run's; a latency-objective search runs
+            its uniform curve with multiples of 8 where they are faster).
     """
     from .criteria import needs_gradients
     from .costs import count_flops, count_params
@@ -224,7 +230,7 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
         t = time.perf_counter()
         if policy is None:
             try:
-                policy = context.fit(proposal, importance, target)
+                policy = context.fit(proposal, importance, target, round_to)
             except InfeasibleError as e:
                 lap("fit", t)
                 return end(status="infeasible", error=str(e))

@@ -39,6 +39,7 @@ class WarmStart:
     point: Mapping[str, float]
     importance: str
     target: float | None = None
+    round_to: int | None = None  # the kept channels' multiple; None: the run's
 
 
 _CONTEXTS: dict[str, TrialContext] = {}
@@ -92,7 +93,9 @@ def trainable(cfg: dict, prepared: Prepared, warm: tuple[WarmStart, ...], faults
     start = time.perf_counter()
     ctx = context(prepared)
     context_s = time.perf_counter() - start  # non-zero only on a worker's first trial
-    result = run_trial(config, proposal, ctx, trial=trial, origin=origin, importance=importance, target=target)
+    round_to = next((w.round_to for w in warm if w.origin == origin), None)
+    result = run_trial(config, proposal, ctx, trial=trial, origin=origin, importance=importance, target=target,
+                       round_to=round_to)
     report(config, result, context_s, faults)
 
 

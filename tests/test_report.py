@@ -10,7 +10,7 @@ import pytest
 from autoprune.config import SearchConfig
 from autoprune.policy import Policy
 from autoprune.report import SECTIONS, write_report
-from autoprune.results import RunDir
+from autoprune.results import RunDir, load_run
 from autoprune.trial import TrialResult
 
 GROUPS = {"conv1": 16, "layer1.0.conv1": 16, "layer1.1.conv1": 16, "layer2.0.conv1": 32, "layer2.1.conv1": 32,
@@ -140,3 +140,22 @@ def test_uniform_pick_draws_the_best_searched_shape_beside_it(tmp_path):
     assert "the pick is the uniform policy (bn_scale)" in page
     assert "Drawn instead: the best searched shape on the front, trial 3." in page
     assert "searched (trial 3)" in page and "uniform (trial 1)" in page
+
+
+def test_a_latency_run_shows_milliseconds_in_the_pick_the_front_and_the_plot(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from helpers_runs import make_run
+
+    axes = []
+    real = Axes.secondary_xaxis
+    monkeypatch.setattr(Axes, "secondary_xaxis", lambda self, loc, **kw: axes.append(kw) or real(self, loc, **kw))
+    path = make_run(tmp_path, latency=True)
+    run = load_run(path)
+    best = run.best()
+    page = write_report(path).read_text()
+    _check_page(page)
+    assert f"({best['latency_ms']:.3g} ms)" in page and "<th>latency_ms</th>" in page
+    forward, back = axes[-1]["functions"]  # the top axis: ratio -> ms of the unpruned 4 ms, and back
+    assert forward(0.5) == 2.0 and back(2.0) == 0.5
+    assert run.pareto["latency_ms"].notna().all()

@@ -200,6 +200,38 @@ def test_a_centred_space_starts_from_the_uniform_policy(context):
         assert centred.sparsity == pytest.approx(context.uniform(target=target).sparsity)
 
 
+@pytest.mark.parametrize("penalty", [2.0, 1.0], ids=["odd-counts-slow", "counts-free"])
+def test_the_uniform_curve_under_a_latency_objective_uses_multiples_of_8_where_they_are_faster(
+        context, monkeypatch, penalty):
+    """A stand-in timer where a convolution whose output count is not a multiple of 8 costs ``penalty``
+    times more: the uniform policy at a latency target then keeps more FLOPs with multiples of 8, and
+    the search's uniform warm starts use them; where counts are free, the run's rounding stays."""
+    import autoprune.latency
+    from autoprune.prune import _CACHE
+    from autoprune.search import _faster_rounding
+
+    def ms(model):
+        return sum(c.out_channels * c.in_channels * (1.0 if c.out_channels % 8 == 0 else penalty)
+                   for c in model.modules() if isinstance(c, torch.nn.Conv2d))
+
+    monkeypatch.setattr(autoprune.latency, "relative_latency",
+                        lambda pruned, original, x, **_: (ms(pruned), ms(original)))
+    monkeypatch.setitem(_CACHE, context.model, {})  # the fit's latency measurements, this timer's only
+    cfg = context.config.replace(budget_latency="50%", budget_flops=None)
+    ctx = TrialContext(cfg, context.model, context.train_ds, context.val_ds, context.example, device="cpu",
+                       groups=context.group_names)
+    lines = []
+    chosen = _faster_rounding(cfg, ctx, ctx.uniform(None, 0.5), 0.5, lines.append)
+    if penalty > 1:
+        assert chosen == 8 and "multiples of 8 keep" in lines[0]
+        r = run_trial(cfg, uniform(ctx), ctx, target=0.5, round_to=chosen)
+        assert r.status == "ok" and r.policy.round_to == 8 and r.latency_ratio <= 0.5
+        assert all(len(ix) % 8 == 0 for ix in r.policy.indices.values())
+    else:
+        assert chosen is None and not lines
+    assert _faster_rounding(context.config, context, context.uniform(None, 0.5), 0.5, lines.append) is None  # FLOPs
+
+
 def test_round_to_keeps_every_group_a_multiple_and_the_budget(context):
     cfg = context.config.replace(round_to=8)
     ctx = TrialContext(cfg, context.model, context.train_ds, context.val_ds, context.example, device="cpu")
