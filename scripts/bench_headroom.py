@@ -219,7 +219,8 @@ def run_cell(cell: Cell, table: Table, args) -> None:
         return table.get(**key, **more)
 
     def record(method: str, seed: int, make, **extra) -> dict:
-        row = done(method=method, seed=seed, candidate=extra.get("candidate", ""))
+        row = done(method=method, seed=seed, candidate=extra.get("candidate", ""),
+                   **({"note": extra["note"]} if "note" in extra else {}))
         if row is not None:
             return row
         start = time.perf_counter()
@@ -271,11 +272,11 @@ def run_cell(cell: Cell, table: Table, args) -> None:
         record("uniform_best", seed, uniform(best_crit), candidate=f"uniform_{best_crit}", criterion=best_crit)
     if args.with_autoprune:
         for seed in FRESH_SEEDS:
-            _autoprune(cell, seed, record)
+            _autoprune(cell, seed, record, args.search_epochs)
     if args.judge:
-        for seed in JUDGE_SEEDS:
+        for seed in args.judge_seeds:
             record("uniform_best", seed, uniform(best_crit), candidate=f"uniform_{best_crit}", criterion=best_crit)
-            _autoprune(cell, seed, record)
+            _autoprune(cell, seed, record, args.search_epochs)
 
 
 def _rebuild(cell: Cell, best: dict):
@@ -291,11 +292,17 @@ def _rebuild(cell: Cell, best: dict):
     return lambda: ap.apply_policy(cell.base, cell.fit(keep), cell.x, importance=crit, grad_batch=cell.grad)
 
 
-def _autoprune(cell: Cell, seed: int, record) -> None:
-    name = f"{cell.model_name}-{cell.measure}{cell.key['budget'].rstrip('%').replace('.', 'p')}-s{seed}"
+def variant(epochs: float) -> str:
+    """The ``note`` of an ``autoprune`` row: the search's finetune epochs per trial (0: BatchNorm only)."""
+    return f"search_epochs={epochs:g}"
+
+
+def _autoprune(cell: Cell, seed: int, record, epochs: float) -> None:
+    suffix = "" if epochs == RECIPE["search_epochs"] else f"-e{epochs:g}"
+    name = f"{cell.model_name}-{cell.measure}{cell.key['budget'].rstrip('%').replace('.', 'p')}-s{seed}{suffix}"
     cfg = ap.SearchConfig(model=cell.model_name, dataset=DATASET[0], checkpoint=cell.source,
                           **{f"budget_{cell.measure}": cell.key["budget"]}, trials=RECIPE["search_trials"],
-                          finetune_epochs=RECIPE["search_epochs"], concurrency=2,
+                          finetune_epochs=epochs, concurrency=2,
                           seed=seed, split_seed=SPLIT_SEED, results_dir=str(_RUNS), name=name)
     folder = _RUNS / name
     resume = (folder / "config.yaml").is_file()
@@ -306,7 +313,7 @@ def _autoprune(cell: Cell, seed: int, record) -> None:
     cost = run.search_cost()
     record("autoprune", seed, lambda: ap.apply_policy(cell.base, policy, cell.x), family="search",
            candidate=f"trial{int(best['trial'])}_{best['origin']}", criterion=policy.importance,
-           search_images=cost["train"], search_cost=round(cost["cost"]))
+           search_images=cost["train"], search_cost=round(cost["cost"]), note=variant(epochs))
 
 
 # -------------------------------------------------------------------------------------------- summary
@@ -336,6 +343,18 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def judge(rows: list[dict], summary: list[dict]) -> list[dict]:
+    """Per cell and search variant: the decision seeds (FRESH_SEEDS) and the judging ones (5 and above:
+    JUDGE_SEEDS, or later seeds for a variant judged after another, so that no seed is looked at twice)."""
+    out = []
+    variants = sorted({r["note"] or variant(RECIPE["search_epochs"]) for r in rows if r["method"] == "autoprune"})
+    for v in variants:
+        mine = [r for r in rows if r["method"] != "autoprune" or (r["note"] or variant(RECIPE["search_epochs"])) == v]
+        for label, seeds in (("decision", FRESH_SEEDS), ("judged", range(min(JUDGE_SEEDS), 100))):
+            out += [{"variant": v, "seed_set": label, **j} for j in _judge(mine, summary, seeds)]
+    return out
+
+
+def _judge(rows: list[dict], summary: list[dict], judge_seeds) -> list[dict]:
     """Goal 3, per cell: the default pick (``autoprune``) minus ``uniform_best`` on JUDGE_SEEDS, paired.
     A cell with headroom >= 0.5 val points passes when the pick captures >= 60% of it on validation and
     the test interval is above 0; a cell without, when the pick is not significantly behind (its val
@@ -345,7 +364,7 @@ def judge(rows: list[dict], summary: list[dict]) -> list[dict]:
     for (model, measure, budget), headroom in sorted(heads.items()):
         mine = [r for r in rows if (r["model"], r["measure"], r["budget"]) == (model, measure, budget) and r["val_acc"]]
         by = {(r["method"], r["seed"]): r for r in mine}
-        seeds = [s for s in map(str, JUDGE_SEEDS) if ("autoprune", s) in by and ("uniform_best", s) in by]
+        seeds = [s for s in map(str, judge_seeds) if ("autoprune", s) in by and ("uniform_best", s) in by]
         if not seeds:
             continue
         row = {"model": model, "measure": measure, "budget": budget, "headroom": headroom, "seeds": len(seeds)}
@@ -389,7 +408,7 @@ def report(out_dir: Path) -> None:
     if judged:
         _write(out_dir / "headroom_judge.csv", judged)
     for j in judged:
-        print(f"{j['model']} {j['measure']} {j['budget']}: default pick vs uniform_best {j['val_gain']:+.2f} "
+        print(f"{j['model']} {j['measure']} {j['budget']} [{j['variant']}, {j['seed_set']} seeds]: pick vs uniform_best {j['val_gain']:+.2f} "
               f"[{j['val_ci95_low']:+.2f}, {j['val_ci95_high']:+.2f}] val ({j['val_seeds_won']}/{j['seeds']} won), "
               f"test {j['test_gain']:+.2f} [{j['test_ci95_low']:+.2f}, {j['test_ci95_high']:+.2f}]; "
               f"headroom {j['headroom']:+.2f}: goal {j['goal']}")
@@ -401,11 +420,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with-autoprune", action="store_true", help="also the default search's pick on the fresh seeds")
     p.add_argument("--judge", action="store_true",
                    help="goal 3: the default search's pick and uniform_best on seeds 5-9 (headroom_judge.csv)")
+    p.add_argument("--judge-seeds", default=",".join(map(str, JUDGE_SEEDS)),
+                   help="the seeds --judge runs (default 5-9; a second variant is judged on seeds no look has used)")
+    p.add_argument("--search-epochs", type=float, default=RECIPE["search_epochs"],
+                   help="finetune epochs of each default-search trial in --with-autoprune/--judge (0: BatchNorm only)")
     p.add_argument("--no-search5x", action="store_true", help="leave out the 5x search's picks (the costliest family)")
     p.add_argument("--out-dir", default=str(_OUT))
     p.add_argument("--summarise-only", action="store_true")
     p.add_argument("--quick", action="store_true", help="a smoke test: digits, tiny finetunes (give --out-dir)")
     args = p.parse_args(argv)
+    args.judge_seeds = [int(v) for v in args.judge_seeds.split(",") if v]
     if args.quick:
         global _RUNS
         _RUNS = Path(args.out_dir) / "runs"  # never beside a real study's searches (a rerun resumes them)
