@@ -98,6 +98,9 @@ VARIANTS = {
     # headroom study's 27 vgg11_cifar 12.5%-params candidates by their final accuracy with Spearman 0.92
     # (seed 0), where the 0.1-epoch trials put the uniform policy first.
     "autoprune_bn": dict(finetune_epochs=0.0),
+    # ... and the default it is measured against: the search as it was before issue 24 (0.1-epoch trials,
+    # no depth-graded warm starts), searched again on the same baseline and seeds.
+    "autoprune_before24": dict(depth_starts=False),
 }
 CRITERIA = ("l1", "bn_scale", "taylor")  # the criteria the default search chooses among
 SPLIT_SEED = 0
