@@ -45,7 +45,7 @@ def left_out_groups(model: nn.Module, x: torch.Tensor, exclude: Sequence[str] = 
     per_model = _CACHE.setdefault(model, {})
     if key not in per_model:
         cm = cost_model(model, x, exclude)
-        left: dict[str, str] = {}
+        left: dict[str, str] = dict(getattr(cm, "unfollowed", {}))  # roots the graph could not follow
         for level in (max_sparsity, max_sparsity / 2):
             while True:  # each failure costs one more pass, on a fresh copy without that group
                 failure = _probe_once(model, x, exclude, cm, {g: level for g in cm.channels if g not in left})

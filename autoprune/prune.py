@@ -37,7 +37,30 @@ DEFAULT_MAX_SPARSITY = 0.9  # the default search space's upper end: how far the 
 def _tp():
     import torch_pruning as tp  # late: the package is heavy and only this module needs it
 
+    _guard_reshape_mapping(tp)
     return tp
+
+
+def _guard_reshape_mapping(tp) -> None:
+    """Torch-Pruning divides by a channel count it infers as 0 across some reshapes (ShuffleNetV2's
+    channel shuffle: ``view(b, g, c // g, h, w)``) and the whole graph fails with ZeroDivisionError.
+    Such a reshape keeps its default (channel-for-channel) mapping instead; that mapping is wrong
+    across a shuffle, and the probe, which compares each pruned group's output with the original
+    model's with the removed channels zeroed, leaves out every group it would break, with the reason."""
+    from torch_pruning.dependency import index_mapping
+
+    original = index_mapping.update_reshape_index_mapping
+    if getattr(original, "autoprune_guard", False):
+        return
+
+    def guarded(graph, node):
+        try:
+            return original(graph, node)
+        except ZeroDivisionError:  # raised before the mapping is touched: nothing half-written
+            return None
+
+    guarded.autoprune_guard = True
+    index_mapping.update_reshape_index_mapping = guarded
 
 
 def _model_label(model: nn.Module) -> str:
@@ -110,7 +133,8 @@ def _build_graph(model: nn.Module, x: torch.Tensor, exclude: Sequence[str]):
             warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
             ignored = _ignored_modules(model, out_dim, exclude)
-            groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES))
+            groups, unfollowed = _all_groups(model, graph, ignored)
+            graph.autoprune_unfollowed = unfollowed
     except (ZeroDivisionError, IndexError, KeyError, RuntimeError, ValueError, AttributeError, TypeError,
             MemoryError) as e:
         layer = _culprit(e.__traceback__)
@@ -123,6 +147,38 @@ def _build_graph(model: nn.Module, x: torch.Tensor, exclude: Sequence[str]):
     finally:
         model.train(was_training)
     return graph, groups
+
+
+def _all_groups(model: nn.Module, graph, ignored: Sequence[nn.Module]) -> tuple[list, dict[str, str]]:
+    """Torch-Pruning's ``get_all_groups``, one root layer at a time: a root whose channels it cannot
+    follow (an index mapping it got wrong, as at ShuffleNetV2's channel split after a shuffle) is
+    returned with the reason instead of failing the whole model; the probe then checks the rest."""
+    names = {m: n for n, m in model.named_modules()}
+    ignored = [*ignored, *graph.IGNORED_LAYERS_IN_TRACING]
+    visited: set[int] = set()
+    groups, unfollowed = [], {}
+    for m in list(graph.module2node):
+        if m in ignored or not isinstance(m, ROOT_TYPES) or id(m) in visited:
+            continue
+        pruner = graph.get_pruner_of_module(m)
+        if pruner is None or pruner.get_out_channels(m) is None:
+            continue
+        try:
+            group = graph.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+        except (IndexError, ZeroDivisionError, KeyError, ValueError) as e:
+            where = _culprit(e.__traceback__)
+            unfollowed[names.get(m, type(m).__name__)] = (
+                f"Torch-Pruning cannot follow its channels{f' through {where}' if where else ''} "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            continue
+        prunable = True
+        for dep, _ in group:
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                visited.add(id(dep.target.module))
+                prunable = prunable and dep.target.module not in ignored
+        if prunable:
+            groups.append(group)
+    return groups, unfollowed
 
 
 def _culprit(tb) -> str | None:
@@ -255,6 +311,7 @@ def cost_model(model: nn.Module, x: torch.Tensor, exclude: Sequence[str] = ()) -
         with _memory_headroom(model):
             graph, groups = _build_graph(model, x, exclude)
         per_model[key] = CostModel(model, x, _layouts(model, graph, groups), model_name=_model_label(model))
+        per_model[key].unfollowed = dict(getattr(graph, "autoprune_unfollowed", {}))  # roots left out, why
     return per_model[key]
 
 
