@@ -45,6 +45,7 @@ from .data import load_dataset
 from .errors import ConfigError, RunError
 from .export import EXPORT_TOLERANCE, export_onnx, load_pruned, onnx_missing, save_pruned
 from .latency import check_backend, relative_latency, slower_note
+from .loader import set_workers
 from .progress import Progress
 from .picks import Choice, resolve_pick, uniform_choices
 from .prune import apply_policy
@@ -68,6 +69,7 @@ def apply_run(
     distill: float = 0.0,
     latency_backend: str | None = None,
     latency_threads: int | None = None,
+    workers: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Finetune one policy of a run fully, report test accuracy against the baseline, save the model.
@@ -95,6 +97,7 @@ def apply_run(
             (0: off); the uniform comparison gets the same.
         latency_backend, latency_threads: how latency is timed (``torch`` on ``device``, or
             ``onnxruntime`` on the CPU); default: as the run's search timed it.
+        workers: processes decoding a disk-backed dataset (default: the run's ``--workers``).
         log: receives one line per epoch and the summary; this module never prints.
 
     Returns:
@@ -121,6 +124,8 @@ def apply_run(
         raise ConfigError(f"--latency-threads must be a whole number >= 1, but got {latency['threads']!r}.")
     if onnx and onnx_missing():
         raise ConfigError(f"--onnx: {onnx_missing()}.")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise ConfigError(f"--workers must be a whole number >= 0, but got {workers!r}.")
     dev = resolve_device(device)
     choice = resolve_pick(run, pick)
     exclude = tuple(run.config.space.exclude)
@@ -134,6 +139,7 @@ def apply_run(
                               batch_size=batch_size if batch_size is not None else recipe.batch_size,
                               distill=float(distill))
 
+    set_workers(workers if workers is not None else config.loader_workers)
     splits = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
                           val_fraction=config.val_fraction, seed=config.split_seed)
     shape = list(run.baseline.get("input_shape", splits.input_shape))

@@ -236,7 +236,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     apply_run(args.run, pick=args.pick, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
               device=args.device, seed=args.seed, compare_uniform=args.compare_uniform, onnx=args.onnx or None,
               save_module=args.save_module, distill=args.distill_weight if args.distill_on else 0.0,
-              latency_backend=args.latency_backend, latency_threads=args.latency_threads, log=_log)
+              latency_backend=args.latency_backend, latency_threads=args.latency_threads, workers=args.workers,
+              log=_log)
     return 0
 
 

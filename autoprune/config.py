@@ -41,7 +41,7 @@ DEVICES = ("auto", "cpu", "cuda")
 # the trials between the CPU and a GPU is allowed (policies record their channel rounding), except
 # under a latency budget, whose measurements belong to one device.
 RESUMABLE = ("trials", "concurrency", "cpus_per_trial", "gpus_per_trial", "device", "address", "dashboard",
-             "trial_timeout")
+             "trial_timeout", "workers")
 # Which run: the folder, not a setting of the search.
 _RUN_FOLDER = ("name", "results_dir")
 
@@ -99,6 +99,7 @@ class SearchConfig:
     latency_threads: int | None = None  # intra-op threads of latency timing; None: torch's, or 1 for onnxruntime
     latency_model: bool = True  # fit latency budgets with a per-layer latency table (latency_model.py)
     trial_timeout: float | None = None  # seconds: a trial still running then is recorded as failed
+    workers: int | None = None  # decoding workers of disk-backed data per trial; None: the trial's CPUs
     results_dir: str = "results"
     name: str | None = None
     address: str | None = None
@@ -135,6 +136,9 @@ class SearchConfig:
             # Ray hides the GPUs from a trial that asks for none: every trial would fail.
             raise ConfigError("--device cuda needs --gpus-per-trial (1 for a GPU per trial, 0.25 to share one "
                               "between four), but got 0.")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 0):
+            raise ConfigError(f"--workers must be a whole number >= 0, but got {self.workers!r}.")
         if self.trial_timeout is not None and (isinstance(self.trial_timeout, bool)
                                                or not isinstance(self.trial_timeout, (int, float))
                                                or not 0 < self.trial_timeout < float("inf")):
@@ -206,6 +210,12 @@ class SearchConfig:
     def importances(self) -> tuple[str, ...]:
         """The criteria the search chooses among (one: no choice); ``auto`` is ``AUTO_IMPORTANCES``."""
         return self._importances
+
+    @property
+    def loader_workers(self) -> int:
+        """Decoding worker processes of a loader over a disk-backed dataset (``--workers``; default one
+        per CPU a trial has). In-memory data is sliced where it lives and uses none."""
+        return int(self.workers) if self.workers is not None else max(0, int(self.cpus_per_trial))
 
     @property
     def rung_epochs(self) -> tuple[float, ...]:

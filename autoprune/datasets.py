@@ -14,11 +14,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
 from .data import Splits, TensorData, carve, carve_validation, normalise, register_dataset, resize
 from .errors import DataError
 
-__all__ = ["CIFAR_STATS", "IMAGENET_STATS", "FASHION_MNIST_DIRS"]
+__all__ = ["CIFAR_STATS", "IMAGENET_STATS", "FASHION_MNIST_DIRS", "imagefolder_transforms"]
 
 # Per-channel statistics of the training images; CIFAR-10's std is the true per-pixel one, not the
 # widely copied (0.2023, 0.1994, 0.2010), which was computed over per-image means.
@@ -108,21 +109,36 @@ def _imagefolder(*, data_dir: Path | None, image_size: int | None, val_fraction:
     if not (data_dir / "train").is_dir() or test_dir is None:
         raise DataError(f"Image folder {str(data_dir)!r} lacks train/ or val/; expected {expected}.")
     size = image_size or 224
-    mean, std = IMAGENET_STATS
-    tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
+    train_tf, eval_tf = imagefolder_transforms(size)
     parts = []
-    for folder in (data_dir / "train", test_dir):
+    for folder, tf in ((data_dir / "train", train_tf), (data_dir / "train", eval_tf), (test_dir, eval_tf)):
         try:
             parts.append(tvd.ImageFolder(str(folder), transform=tf))
         except (FileNotFoundError, RuntimeError) as e:  # no class folders, or no images in them
             msg = f"Image folder {str(folder)!r} holds no images ({e}); expected {expected}."
             raise DataError(msg) from None
-    train, test = parts
-    if train.classes != test.classes:
+    augmented, plain, test = parts
+    if plain.classes != test.classes:
         raise DataError(f"Image folders {str(data_dir / 'train')!r} and {str(test_dir)!r} have different "
-                        f"classes: {train.classes[:5]} vs {test.classes[:5]}.")
-    train, val = carve_validation(train, val_fraction, seed)
+                        f"classes: {plain.classes[:5]} vs {test.classes[:5]}.")
+    # One carve of train/: its training part read with augmentation, the held-out part as a test image is.
+    keep, held = carve(len(plain), val_fraction, seed, np.asarray(plain.targets))
+    train, val = Subset(augmented, keep.tolist()), Subset(plain, held.tolist())
+    train.augments = True  # the trainer adds no augmentation of its own
     return Splits("imagefolder", train, val, test, len(test.classes), (3, size, size))
+
+
+def imagefolder_transforms(size: int, mean: Sequence[float] = IMAGENET_STATS[0],
+                           std: Sequence[float] = IMAGENET_STATS[1]):
+    """(training, evaluation) transforms of an image folder: a random resized crop and a horizontal flip
+    for training, a resize to ``size / 0.875`` and a centre crop for evaluation (the validation part
+    carved from ``train/`` included), both normalised. A different recipe: register a dataset of your own
+    (:func:`~autoprune.data.register_dataset`) that builds its splits with it."""
+    import torchvision.transforms as T
+
+    train = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    evaluate = T.Compose([T.Resize(round(size / 0.875)), T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
+    return train, evaluate
 
 
 # --------------------------------------------------------------------------------------- Fashion-MNIST

@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap_.add_argument("--save-module", action="store_true",
                      help="also write model.pt, the pickled module (loading it runs code; model.safetensors "
                           "loads without)")
+    ap_.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="processes decoding a disk-backed dataset (default: the run's --workers)")
     ap_.add_argument("--latency-backend", default=None,
                      help="torch or onnxruntime, for the reported latency (default: the run's)")
     ap_.add_argument("--latency-threads", type=int, default=None, help="(default: the run's)")
@@ -194,6 +196,9 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     a("--concurrency", type=int, default=None, help="trials running at once (default 2)")
     a("--cpus-per-trial", type=float, default=None)
     a("--gpus-per-trial", type=float, default=None, help="fractions pack trials on a GPU, e.g. 0.25")
+    a("--workers", type=int, default=None, metavar="N",
+      help="processes decoding a disk-backed dataset (imagefolder, a dataset of your own) for each trial, "
+           "apply and the baseline (default: one per CPU a trial has; in-memory data uses none)")
     a("--device", default=None, help="auto, cpu or cuda")
     a("--address", default=None, help="join a Ray cluster: auto or HOST:PORT (or set RAY_ADDRESS)")
     a("--dashboard", action="store_true", default=None, help="start the Ray dashboard on 127.0.0.1")

@@ -16,7 +16,17 @@ from torch.utils.data import DataLoader, Dataset
 from .data import TensorData
 from .errors import ConfigError
 
-__all__ = ["Loader", "make_loader"]
+__all__ = ["Loader", "make_loader", "set_workers"]
+
+_WORKERS = [0]  # decoding worker processes of loaders over disk-backed datasets, unless given
+
+
+def set_workers(n: int) -> None:
+    """The decoding workers every later loader over a disk-backed dataset uses (``--workers``; a
+    trial's process sets it once, as it sets its threads). 0 decodes in the calling process."""
+    if int(n) != n or n < 0:
+        raise ConfigError(f"--workers must be a whole number >= 0, but got {n!r}.")
+    _WORKERS[0] = int(n)
 
 
 class Loader:
@@ -34,10 +44,10 @@ class Loader:
         self._loader = None
         if isinstance(dataset, TensorData):
             self.dataset = dataset.to(device)  # moved once; every batch is then a slice on the device
-        else:
+        else:  # decoded by workers that live as long as the loader (every epoch of one training run)
             self._loader = DataLoader(dataset, batch_size, shuffle=shuffle, generator=self._gen,
                                       drop_last=drop_last, num_workers=num_workers,
-                                      pin_memory=device.type == "cuda")
+                                      persistent_workers=num_workers > 0, pin_memory=device.type == "cuda")
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -68,7 +78,7 @@ def make_loader(
     seed: int = 0,
     device: str | torch.device = "cpu",
     drop_last: bool = False,
-    num_workers: int = 0,
+    num_workers: int | None = None,
 ) -> Loader:
     """An iterable of ``(x, y)`` batches on ``device``, with ``len()`` = batches per pass.
 
@@ -83,5 +93,6 @@ def make_loader(
     """
     if int(batch_size) != batch_size or batch_size < 1:
         raise ConfigError(f"batch_size must be a whole number >= 1, but got {batch_size!r}.")
+    workers = _WORKERS[0] if num_workers is None else int(num_workers)
     return Loader(dataset, int(batch_size), shuffle=shuffle, seed=seed,
-                  device=torch.device(device), drop_last=drop_last, num_workers=num_workers)
+                  device=torch.device(device), drop_last=drop_last, num_workers=workers)

@@ -169,6 +169,9 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
         if config.checkpoint:
             info = {"source": str(Path(config.checkpoint).resolve()), "test_acc": None}
         else:
+            from .loader import set_workers
+
+            set_workers(config.loader_workers)
             info = ensure_baseline(model, splits, config, device=device, log=log)
         baseline = {
             "model": config.model, "dataset": config.dataset, "num_classes": splits.num_classes,

@@ -250,6 +250,9 @@ def _train(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, dev: torch.dev
                          drop_last=len(train_ds) >= cfg.batch_size)
     if isinstance(val_ds, TensorData):
         val_ds = val_ds.to(dev)  # moved once rather than at every epoch's evaluation
+    # A dataset that augments its own images (imagefolder: random resized crop and flip, decoded by the
+    # loader's workers) gets no second augmentation here.
+    augmented = bool(getattr(train_ds, "augments", False))
     per_epoch = len(loader)
     total = math.ceil(cfg.epochs * per_epoch)
     warmup = min(total, round(cfg.warmup_epochs * per_epoch))
@@ -270,7 +273,7 @@ def _train(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, dev: torch.dev
             lr = _lr_at(step, total, warmup, cfg.lr)
             for group in opt.param_groups:
                 group["lr"] = lr
-            x = _prepare(_augment(x, cfg), dev)
+            x = _prepare(x if augmented else _augment(x, cfg), dev)
             with _autocast(dev):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)

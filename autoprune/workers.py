@@ -71,6 +71,9 @@ def context(prepared: Prepared, *, driver: bool = False) -> TrialContext:
 
 
 def set_threads(config: SearchConfig) -> None:
+    from .loader import set_workers
+
+    set_workers(config.loader_workers)  # decoding processes of disk-backed data, per loader
     threads = max(1, int(config.cpus_per_trial))
     if torch.get_num_threads() != threads:
         # Trials side by side must not fight over cores. Set once per process: changing the

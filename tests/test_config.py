@@ -76,7 +76,7 @@ SAVED = SearchConfig(budget_flops="50%", name="run", results_dir="results")
 OTHER = {
     "model": "resnet56", "dataset": "cifar10", "data_dir": "/data", "download": True, "checkpoint": "b.pt",
     "budget_flops": "30%", "budget_params": "50%", "budget_latency": "60%", "objective": "flops", "front_from": "10%", "trials": 99, "finetune_epochs": 3.0,
-    "finetune_lr": 0.05, "distill": 0.5, "rungs": "4,6", "reduction": 4, "promote_criteria": True, "confirm": 2, "confirm_epochs": 9.0, "sensitivity": True, "depth_starts": False, "round_to": 8, "latency_backend": "onnxruntime", "latency_threads": 2, "batch_size": 32, "bn_batches": 3, "importance": "l1", "fill_budget": False, "latency_model": False, "trial_timeout": 30.0,
+    "finetune_lr": 0.05, "distill": 0.5, "rungs": "4,6", "reduction": 4, "promote_criteria": True, "confirm": 2, "confirm_epochs": 9.0, "sensitivity": True, "depth_starts": False, "round_to": 8, "latency_backend": "onnxruntime", "latency_threads": 2, "batch_size": 32, "bn_batches": 3, "importance": "l1", "fill_budget": False, "latency_model": False, "trial_timeout": 30.0, "workers": 3,
     "concurrency": 4, "cpus_per_trial": 2.0, "gpus_per_trial": 0.25, "device": "cpu", "sampler": "nsga2",
     "search_space": "mobilenet", "seed": 7, "split_seed": 3, "val_fraction": 0.2, "image_size": 64,
     "baseline_epochs": 30, "latency_batch": 8, "results_dir": "elsewhere", "name": "run",

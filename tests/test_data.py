@@ -148,6 +148,36 @@ def test_imagefolder_loads(tmp_path):
     assert sorted(torch.cat([y for _, y in batches]).tolist()) == [0, 0, 0, 1, 1, 1]
 
 
+def test_imagefolder_trains_on_augmented_crops_and_evaluates_on_centre_crops_with_workers(tmp_path):
+    """The training part of train/ gives a different random crop or flip of an image at each read; the
+    validation part carved from it, and val/, give the same centre crop every time. Loaders decode in
+    worker processes (set_workers, --workers) and give the batches the main process would."""
+    from autoprune.loader import set_workers
+    from autoprune.train import TrainConfig, train
+
+    _write_pngs(tmp_path / "train", ["cat", "dog"], 6)
+    _write_pngs(tmp_path / "val", ["cat", "dog"], 2)
+    s = load_dataset("imagefolder", data_dir=tmp_path, image_size=8, val_fraction=0.5, seed=1)
+    assert getattr(s.train, "augments", False) and not getattr(s.val, "augments", False)
+    torch.manual_seed(0)
+    reads = [s.train[0][0] for _ in range(6)]
+    assert any(not torch.equal(reads[0], r) for r in reads[1:])  # random resized crop and flip
+    assert torch.equal(s.val[0][0], s.val[0][0]) and torch.equal(s.test[0][0], s.test[0][0])
+    plain = [torch.cat([x for x, _ in make_loader(s.val, 4, shuffle=False, num_workers=0)])]
+    set_workers(2)
+    try:
+        loader = make_loader(s.val, 4, shuffle=False)
+        assert loader._loader.num_workers == 2 and loader._loader.persistent_workers
+        assert torch.equal(plain[0], torch.cat([x for x, _ in loader]))
+        rows = train(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2)), s.train,
+                     TrainConfig(epochs=1, batch_size=4, lr=0.01), device="cpu")
+        assert rows[-1]["step"] == 1 and math.isfinite(rows[-1]["train_loss"])
+    finally:
+        set_workers(0)
+    with pytest.raises(ConfigError, match="--workers"):
+        set_workers(-1)
+
+
 def test_imagefolder_missing_or_empty(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_dataset("imagefolder", data_dir=tmp_path / "nope")
