@@ -51,13 +51,13 @@ import dataclasses
 import math
 import os
 import random
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
 import autoprune as ap
+import benchrows  # scripts/ is on sys.path when a script runs
 
 _ROOT = Path(__file__).resolve().parent.parent
 _OUT = _ROOT / "results" / "benchmarks"
@@ -77,13 +77,6 @@ COLUMNS = ["model", "dataset", "measure", "budget", "method", "seed", "family", 
            "test_acc", "val_acc_bn", "flops_ratio", "params_ratio", "search_images", "search_cost", "final_epochs",
            "seconds", "commit", "note"]
 
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:  # noqa: BLE001 - a copy outside git still benchmarks
-        return "unknown"
 
 
 class Table:
@@ -213,7 +206,7 @@ def _search5x(cell: Cell) -> list[tuple[str, ap.Policy]]:
 
 
 def run_cell(cell: Cell, table: Table, args) -> None:
-    key, commit = cell.key, _commit()
+    key, commit = cell.key, benchrows.commit()
 
     def done(**more) -> dict | None:
         return table.get(**key, **more)

@@ -22,13 +22,13 @@ import csv
 import os
 import random
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
 import autoprune as ap
+import benchrows  # scripts/ is on sys.path when a script runs
 
 _ROOT = Path(__file__).resolve().parent.parent
 _OUT = _ROOT / "results" / "benchmarks"
@@ -37,13 +37,6 @@ COLUMNS = ["model", "backend", "threads", "batch", "round_to", "image_size", "ca
            "measured_ms", "error", "flops_ratio", "commit"]
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:  # noqa: BLE001 - a copy outside git still benchmarks
-        return "unknown"
-
 
 def run(args) -> None:
     from autoprune.latency_model import LatencyModel
@@ -51,7 +44,7 @@ def run(args) -> None:
     out = Path(args.out_dir) / "latency_model.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     new = not out.is_file()
-    commit = _commit()
+    commit = benchrows.commit()
     with open(out, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         if new:

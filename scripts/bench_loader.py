@@ -16,7 +16,6 @@ Not measured here yet: a search on a >= 1 GB folder against a 0.1 GB one (issue 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -26,18 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchrows  # scripts/ is on sys.path when a script runs
+
 _ROOT = Path(__file__).resolve().parent.parent
 _OUT = _ROOT / "results" / "benchmarks" / "loader.csv"
 COLUMNS = ["loader", "workers", "image_size", "images", "images_per_s", "peak_rss_mb", "folder_mb", "commit"]
 BATCH = 64
 
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def make_folder(root: Path, images: int) -> float:
@@ -119,17 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             for kind, r in best.items():
                 rows.append({"loader": kind, "workers": workers, "image_size": args.image_size, "images": r["images"],
                              "images_per_s": round(r["images_per_s"], 1), "peak_rss_mb": round(r["peak_rss_mb"]),
-                             "folder_mb": round(folder_mb), "commit": _commit()})
+                             "folder_mb": round(folder_mb), "commit": benchrows.commit()})
             ratio = best["autoprune"]["images_per_s"] / best["torchvision"]["images_per_s"]
             print(f"workers {workers}: autoprune {best['autoprune']['images_per_s']:.0f} images/s, plain DataLoader "
                   f"{best['torchvision']['images_per_s']:.0f} images/s: {ratio:.2f}x", flush=True)
-    new = not out.is_file()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    benchrows.append_rows(out, COLUMNS, rows)
     print(f"written: {out}")
     return 0
 
