@@ -78,7 +78,7 @@ class SearchConfig:
     confirm_epochs: float | None = None  # their finetune; None: CONFIRM_FACTOR x the longest rung's
     sensitivity: bool = False  # also warm-start from each group's pruning sensitivity (measured in the driver)
     depth_starts: bool = True  # also warm-start at the budget from shapes graded by depth (DEPTH_STARTS)
-    round_to: int | None = None  # kept channels per group in multiples of this; None: 8 on a GPU, 1 on the CPU
+    round_to: int | None = None  # kept channels per group in multiples of this; None: costs.default_round_to
     batch_size: int = 64
     bn_batches: int = 10
     importance: str = "auto"  # a criterion, a comma-separated list to search over, or auto

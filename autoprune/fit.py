@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from .budget import Budget, fit_to_budgets, scale_keep
-from .costs import CostModel
+from .costs import CostModel, default_round_to
 from .errors import BudgetError, ConfigError
 from .policy import Policy
 from .probe import prunable_groups
@@ -92,7 +92,7 @@ def fit_policy(
     if groups is None:
         groups = [g.name for g in prunable_groups(model, x, exclude)]
     if round_to is None:
-        round_to = 8 if x.is_cuda else 1
+        round_to = default_round_to(model, x.device)
     unknown = sorted(set(proposal) - set(groups))
     if unknown:
         raise ConfigError(f"Proposal names unknown or left-out groups {unknown[:3]}; valid groups: "

@@ -168,7 +168,7 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
            "bn_scale, taylor, random, or a comma-separated list to search over")
     a("--round-to", type=int, default=None, metavar="N",
       help="keep each group's channel count a multiple of N, in fitting, pruning and costs (default: 8 when "
-           "trials run on a GPU, else 1); recorded in each policy")
+           "trials run on a GPU or the model has depthwise convolutions, else 1); recorded in each policy")
     a("--no-fill-budget", dest="fill_budget", action="store_false", default=None,
       help="keep proposals under budget as they are (default: scale each proposal to the budget)")
     a("--seed", type=int, default=None)

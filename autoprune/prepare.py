@@ -200,11 +200,12 @@ def _latency_table(config: SearchConfig, model, example, groups, log, base_ms: f
     here once, or read from this machine's cache), as plain data for the workers."""
     if config.budget("latency") is None or not config.latency_model:
         return None
+    from .costs import default_round_to
     from .latency_model import LatencyModel
 
     lm = LatencyModel.build(model, example, backend=config.latency_backend, threads=config.latency_threads,
                             batch=config.latency_batch, device=config.trial_device, base_ms=base_ms,
-                            round_to=config.round_to or (8 if str(config.trial_device).startswith("cuda") else 1),
+                            round_to=config.round_to or default_round_to(model, config.trial_device),
                             exclude=config.space.exclude, groups=groups, log=log)
     return lm.to_dict()
 
@@ -214,10 +215,11 @@ def _reach(config: SearchConfig, model, example, groups, left: Mapping[str, str]
     """The smallest model the searched groups reach (each at the space's highest sparsity), as shares of
     the unpruned FLOPs and params; a FLOPs or params budget below it is refused here, before any
     baseline is trained, and a front floor below it is raised to it (with a note)."""
+    from .costs import default_round_to
     from .prune import cost_model
 
     space = config.space
-    round_to = config.round_to or (8 if str(config.trial_device).startswith("cuda") else 1)
+    round_to = config.round_to or default_round_to(model, config.trial_device)
     cm = cost_model(model, example, space.exclude)
     smallest = cm.cost({g: space.range_of(g)[1] for g in groups}, round_to)
     reach = {f"reachable_{k}": smallest[k] / sizes[k] for k in ("flops", "params")}

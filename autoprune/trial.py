@@ -113,6 +113,7 @@ class TrialContext:
     def __init__(self, config: SearchConfig, model: nn.Module, train_ds, val_ds, example: torch.Tensor,
                  *, device: str | torch.device, groups: Sequence[str] | None = None,
                  exclude: Sequence[str] | None = None, latency_table: Mapping | None = None) -> None:
+        from .costs import default_round_to
         from .probe import prunable_groups
         from .prune import cost_model
 
@@ -129,7 +130,7 @@ class TrialContext:
         self.group_names = list(groups)
         self.base_flops = self.costs.flops
         self.base_params = self.costs.params
-        self.round_to = config.round_to or (8 if self.device.type == "cuda" else 1)
+        self.round_to = config.round_to or default_round_to(model, self.device)
         self.latency_model = None
         if latency_table is not None:
             from .latency_model import LatencyModel

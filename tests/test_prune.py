@@ -94,7 +94,8 @@ def test_contract(case):
         assert isinstance(case.error, PruningError) and case.name in str(case.error)
         return
     ratio = flops_by_torch(case.pruned, case.x) / case.flops
-    assert 0.48 <= ratio <= 0.50, ratio
+    # multiples of 8 (the default for models with depthwise convolutions) fit a small model more coarsely
+    assert (0.48 if case.policy.round_to == 1 else 0.45) <= ratio <= 0.50, ratio
     # one sparsity everywhere, up to the single rounding steps the fit gives back
     assert max(case.policy.sparsity.values()) - min(case.policy.sparsity.values()) < 0.02
     assert count_params(case.pruned) < case.params
@@ -113,10 +114,10 @@ def test_cost_model_is_what_pruning_gives(case):
         rng = random.Random(seed)
         policy = fit_policy(case.model, case.x, {g: rng.uniform(0.0, 0.3) for g in names}, [HALF])
         assert set(policy.sparsity) == set(names)
-        assert cm.cost(policy.sparsity)["flops"] <= limit
+        assert cm.cost(policy.sparsity, policy.round_to)["flops"] <= limit
         if seed == 0:  # prune one for real: the cost model's figures are the pruned model's
             small = apply_policy(case.model, policy, case.x)
-            cost = cm.cost(policy.sparsity)
+            cost = cm.cost(policy.sparsity, policy.round_to)
             assert flops_by_torch(small, case.x) <= limit
             assert cost["flops"] == pytest.approx(flops_by_torch(small, case.x), rel=1e-6)
             assert cost["params"] == pytest.approx(count_params(small), rel=1e-6)
