@@ -45,7 +45,7 @@ from .data import load_dataset
 from .errors import ConfigError, RunError
 from .export import EXPORT_TOLERANCE, export_onnx, load_pruned, onnx_missing, save_pruned
 from .latency import check_backend, relative_latency, slower_note
-from .loader import set_workers
+from .loader import workers as loader_workers
 from .progress import Progress
 from .picks import Choice, resolve_pick, uniform_choices
 from .prune import apply_policy
@@ -139,34 +139,34 @@ def apply_run(
                               batch_size=batch_size if batch_size is not None else recipe.batch_size,
                               distill=float(distill))
 
-    set_workers(workers if workers is not None else config.loader_workers)
-    splits = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                          val_fraction=config.val_fraction, seed=config.split_seed)
-    shape = list(run.baseline.get("input_shape", splits.input_shape))
-    if list(splits.input_shape) != shape:
-        raise RunError(f"Dataset {config.dataset!r} now gives inputs of shape {list(splits.input_shape)}, but the "
-                       f"run's baseline was searched at {shape}; was --image-size or the data changed?")
-    log(f"apply: run {run.path}  model {config.model} on {config.dataset}  device {dev}")
-    base = _measure_baseline(base_model, splits, x, dev)
-    log(f"unpruned baseline: test_acc {base['test_acc']:.4f}  val_acc {base['val_acc']:.4f}  "
-        f"flops {base['flops']:,}  params {base['params']:,}")
+    with loader_workers(workers if workers is not None else config.loader_workers):  # restored after
+        splits = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                              val_fraction=config.val_fraction, seed=config.split_seed)
+        shape = list(run.baseline.get("input_shape", splits.input_shape))
+        if list(splits.input_shape) != shape:
+            raise RunError(f"Dataset {config.dataset!r} now gives inputs of shape {list(splits.input_shape)}, but the "
+                           f"run's baseline was searched at {shape}; was --image-size or the data changed?")
+        log(f"apply: run {run.path}  model {config.model} on {config.dataset}  device {dev}")
+        base = _measure_baseline(base_model, splits, x, dev)
+        log(f"unpruned baseline: test_acc {base['test_acc']:.4f}  val_acc {base['val_acc']:.4f}  "
+            f"flops {base['flops']:,}  params {base['params']:,}")
 
-    common = dict(run=run, splits=splits, base_model=base_model, x=x, dev=dev, cfg=cfg, base=base,
-                  exclude=exclude, onnx=onnx, save_module=save_module, latency=latency, log=log)
-    result = _apply_one(choice, **common)
-    if not uniforms:
+        common = dict(run=run, splits=splits, base_model=base_model, x=x, dev=dev, cfg=cfg, base=base,
+                      exclude=exclude, onnx=onnx, save_module=save_module, latency=latency, log=log)
+        result = _apply_one(choice, **common)
+        if not uniforms:
+            return result
+        others = []
+        for u in uniforms:
+            if u is choice:
+                log(f"--compare-uniform: the pick is the uniform policy with its criterion ({u.policy.importance}); "
+                    "nothing else to train for it")
+                others.append(dict(result))
+            else:
+                others.append(_apply_one(u, **common))
+        result["uniform"], result["uniform_best"] = others[0], others[-1]
+        result["comparison"] = _compare(result, others, log)
         return result
-    others = []
-    for u in uniforms:
-        if u is choice:
-            log(f"--compare-uniform: the pick is the uniform policy with its criterion ({u.policy.importance}); "
-                "nothing else to train for it")
-            others.append(dict(result))
-        else:
-            others.append(_apply_one(u, **common))
-    result["uniform"], result["uniform_best"] = others[0], others[-1]
-    result["comparison"] = _compare(result, others, log)
-    return result
 
 
 # ------------------------------------------------------------------------------------------ checks

@@ -76,5 +76,7 @@ def gradient_batch(dataset, batch_size: int = GRADIENT_BATCH_SIZE) -> tuple[torc
     if hasattr(dataset, "x") and hasattr(dataset, "y"):  # in-memory TensorData: slice on its device
         idx = order.to(dataset.x.device)
         return dataset.x[idx], dataset.y[idx]
-    items = [dataset[int(i)] for i in order]
+    with torch.random.fork_rng():  # a dataset that augments (imagefolder) draws the same crops every time
+        torch.manual_seed(0)
+        items = [dataset[int(i)] for i in order]
     return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])

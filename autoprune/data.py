@@ -209,7 +209,10 @@ def carve_validation(train: Dataset, val_fraction: float, seed: int) -> tuple[Da
     keep, held = carve(len(train), val_fraction, seed, _labels_of(train))
     if isinstance(train, TensorData):
         return train.take(keep), train.take(held)
-    return Subset(train, keep.tolist()), Subset(train, held.tolist())
+    kept = Subset(train, keep.tolist())
+    if getattr(train, "augments", False):  # the dataset augments its own images: the trainer must not again
+        kept.augments = True
+    return kept, Subset(train, held.tolist())
 
 
 def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -224,8 +224,8 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     a("--confirm-epochs", type=float, default=None, metavar="E",
       help="the confirmation finetune (default 5x the longest finetune of the search)")
     a("--no-depth-starts", dest="depth_starts", action="store_false", default=None,
-      help="leave out the three warm starts at the budget whose shapes are graded by depth (deeper layers kept "
-           "2x and 4x, earlier kept 2x, with the first criterion); they are on by default (issue 24)")
+      help="leave out the three warm starts at the budget whose shapes are graded by depth (earlier layers kept "
+           "4x and 2x wider than the last, deeper kept 2x, with the first criterion); on by default (issue 24)")
     a("--sensitivity", action="store_true", default=None,
       help="one more warm start at the budget: a shape that keeps more of the groups whose pruning alone "
            "costs the most validation accuracy (measured once, BatchNorm recalibration only); a tie, "

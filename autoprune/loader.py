@@ -7,6 +7,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Iterator
 
@@ -16,9 +17,20 @@ from torch.utils.data import DataLoader, Dataset
 from .data import TensorData
 from .errors import ConfigError
 
-__all__ = ["Loader", "make_loader", "set_workers"]
+__all__ = ["Loader", "make_loader", "set_workers", "workers"]
 
 _WORKERS = [0]  # decoding worker processes of loaders over disk-backed datasets, unless given
+
+
+@contextlib.contextmanager
+def workers(n: int):
+    """:func:`set_workers` for the block only (apply and the baseline in a caller's process)."""
+    before = _WORKERS[0]
+    set_workers(n)
+    try:
+        yield
+    finally:
+        _WORKERS[0] = before
 
 
 def set_workers(n: int) -> None:

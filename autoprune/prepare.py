@@ -169,10 +169,10 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
         if config.checkpoint:
             info = {"source": str(Path(config.checkpoint).resolve()), "test_acc": None}
         else:
-            from .loader import set_workers
+            from .loader import workers
 
-            set_workers(config.loader_workers)
-            info = ensure_baseline(model, splits, config, device=device, log=log)
+            with workers(config.loader_workers):
+                info = ensure_baseline(model, splits, config, device=device, log=log)
         baseline = {
             "model": config.model, "dataset": config.dataset, "num_classes": splits.num_classes,
             "input_shape": list(splits.input_shape), **sizes,

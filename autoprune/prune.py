@@ -37,16 +37,19 @@ DEFAULT_MAX_SPARSITY = 0.9  # the default search space's upper end: how far the 
 def _tp():
     import torch_pruning as tp  # late: the package is heavy and only this module needs it
 
-    _guard_reshape_mapping(tp)
+    _guard_reshape_mapping()
     return tp
 
 
-def _guard_reshape_mapping(tp) -> None:
+def _guard_reshape_mapping() -> None:
     """Torch-Pruning divides by a channel count it infers as 0 across some reshapes (ShuffleNetV2's
-    channel shuffle: ``view(b, g, c // g, h, w)``) and the whole graph fails with ZeroDivisionError.
+    channel shuffle, ``view(b, g, c // g, h, w)``), and the whole graph fails with ZeroDivisionError.
     Such a reshape keeps its default (channel-for-channel) mapping instead; that mapping is wrong
     across a shuffle, and the probe, which compares each pruned group's output with the original
-    model's with the removed channels zeroed, leaves out every group it would break, with the reason."""
+    model's with the removed channels zeroed, leaves out every group it would break, with the reason.
+    Installed once per process, for good: Torch-Pruning recomputes the mappings whenever it builds a
+    graph and whenever it gathers a group, so a guard around one call would not cover the others. Other
+    users of Torch-Pruning in the same process get the default mapping there instead of the error."""
     from torch_pruning.dependency import index_mapping
 
     original = index_mapping.update_reshape_index_mapping
@@ -338,7 +341,7 @@ def apply_policy(
             (needs ``grad_batch=(inputs, targets)`` for one backward pass), ``random``. Default: the
             policy's own (a searched policy records the criterion its trial used), else ``l1``.
         round_to: kept channels per group rounded up to a multiple; default: the policy's own
-            (set when it was fitted: 1 for a CPU example input, 8 for CUDA), so the pruned model
+            (set when it was fitted: ``costs.default_round_to`` unless given), so the pruned model
             has exactly the size the policy was fitted to.
         exclude: the same layer patterns the policy was fitted with.
     """

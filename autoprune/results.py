@@ -80,8 +80,12 @@ class RunDir:
         saved = dict(raw.get("search", {}))
         if "space" not in saved and "space" in raw:  # runs written before the config held its space
             saved["space"] = raw["space"]
-        saved.setdefault("depth_starts", False)  # runs written before depth warm starts had none
-        return SearchConfig.from_dict(saved)
+        old = "depth_starts" not in saved  # written before issue 24 changed two defaults
+        saved.setdefault("depth_starts", False)  # ... it had no depth warm starts
+        config = SearchConfig.from_dict(saved)
+        if old and config.round_to is None:  # ... and free channel counts on the CPU, whatever the model
+            config = config.replace(round_to=8 if str(config.trial_device).startswith("cuda") else 1)
+        return config
 
     def write_baseline(self, data: Mapping[str, Any]) -> None:
         write_json(self.path / "baseline.json", data)

@@ -170,6 +170,8 @@ def _faster_rounding(config: SearchConfig, ctx: TrialContext, policy, size: floa
 
     if config.size_measure != "latency" or ctx.round_to % FAST_MULTIPLE == 0:
         return None
+    if config.latency_backend == "torch" and str(config.trial_device).split(":")[0] != ctx.device.type:
+        return None  # the trials time on a device the driver cannot (a GPU): their own rounding stays
     other = math.lcm(ctx.round_to, FAST_MULTIPLE)
     try:
         alt = ctx.uniform(None, size, other)
@@ -184,18 +186,26 @@ def _faster_rounding(config: SearchConfig, ctx: TrialContext, policy, size: floa
     return other
 
 
-# Shapes graded by depth, run at the budget before the sampler's own trials: (label, span, deeper kept).
-# Chosen on the headroom study's seed-0 validation (results/benchmarks/headroom.csv): a depth-graded
-# shape was the best of 27 candidates at vgg11_cifar 12.5% params (deeper kept 4x) and 12.5% FLOPs
-# (deeper kept 2x), and second at resnet20 6.25% FLOPs (earlier kept 2x), where the default search's
-# 24 trials found none of them.
-DEPTH_STARTS = (("deeper2x", 2.0, True), ("deeper4x", 4.0, True), ("earlier2x", 2.0, False))
+# Shapes graded by depth (groups in the order the model defines their layers), run at the budget
+# before the sampler's own trials: (label, span, deeper kept). Chosen on the headroom study's seed-0
+# validation (results/benchmarks/headroom.csv): at vgg11_cifar 12.5% params the best of 27 candidates
+# kept the earlier layers 4x wider than the last (at the same parameter count they are cheap), at
+# 12.5% FLOPs the earlier layers 2x; the default search's 24 trials had found neither.
+DEPTH_STARTS = (("earlier4x", 4.0, False), ("earlier2x", 2.0, False), ("deeper2x", 2.0, True))
+
+
+def depth_order(model, groups: Sequence[str]) -> list[str]:
+    """``groups`` in the order the model defines their root layers (input side first), which is the
+    order of depth for the usual CNN; Torch-Pruning lists groups in another order (a VGG's deepest first)."""
+    position = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return sorted(groups, key=lambda g: position.get(g, len(position)))
 
 
 def depth_shape(groups: Sequence[str], span: float, deeper: bool = True, high: float = 0.9) -> dict[str, float]:
-    """Group -> proposed sparsity of a shape graded by depth: the keep share grows geometrically by
-    ``span`` from the first group to the last (``deeper``) or from the last to the first. The group
-    kept most proposes sparsity ``1 - high``; the fit then scales the shape to the size it is run at.
+    """Group -> proposed sparsity of a shape graded by depth (``groups`` input side first): the keep
+    share grows geometrically by ``span`` from the first group to the last (``deeper``) or from the last
+    to the first. The group kept most proposes sparsity ``1 - high``; the fit then scales the shape to
+    the size it is run at.
 
     Example:
         >>> depth_shape(["a", "b", "c"], 4.0)
@@ -213,12 +223,13 @@ def _depth_starts(config: SearchConfig, ctx: TrialContext, done: pd.DataFrame, s
     ``depth:<label>@<size>``), unless run already; none for a model of fewer than three groups."""
     if len(ctx.group_names) < 3:
         return []
+    ordered = depth_order(ctx.model, ctx.group_names)
     out = []
     for label, span, deeper in DEPTH_STARTS:
         origin = f"depth:{label}@{size:.3f}"
         if len(done) and (done["origin"] == origin).any():
             continue
-        shape = depth_shape(ctx.group_names, span, deeper)
+        shape = depth_shape(ordered, span, deeper)
         out.append(WarmStart(origin, config.space.point_of(shape), config.importances[0], size))
     return out
 

@@ -163,6 +163,9 @@ def shapes(cell: Cell, seed: int = 0) -> list[tuple[str, str, dict[str, float]]]
     """(family, name, keep shares) of every fixed-shape candidate: depth, stage, sensitivity, random."""
     n = len(cell.groups)
     out = []
+    # Graded along cell.groups, Torch-Pruning's order of the groups, which is not depth order: a VGG's
+    # deepest layer comes first, so on the VGG "deeper_kept" keeps the earlier layers (docs/benchmarks.md).
+    # Left as run, so that the study's rows and their rebuilt candidates stay the same shapes.
     for span in (2.0, 4.0):
         for direction, sign in (("deeper_kept", 1), ("earlier_kept", -1)):
             out.append(("depth", f"{direction}_{span:g}x",

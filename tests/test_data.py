@@ -163,6 +163,11 @@ def test_imagefolder_trains_on_augmented_crops_and_evaluates_on_centre_crops_wit
     reads = [s.train[0][0] for _ in range(6)]
     assert any(not torch.equal(reads[0], r) for r in reads[1:])  # random resized crop and flip
     assert torch.equal(s.val[0][0], s.val[0][0]) and torch.equal(s.test[0][0], s.test[0][0])
+    from autoprune.criteria import gradient_batch
+    from autoprune.data import carve_validation
+
+    assert torch.equal(gradient_batch(s.train, 4)[0], gradient_batch(s.train, 4)[0])  # Taylor's batch is fixed
+    assert getattr(carve_validation(s.train, 0.5, 0)[0], "augments", False)  # carving again keeps the flag
     plain = [torch.cat([x for x, _ in make_loader(s.val, 4, shuffle=False, num_workers=0)])]
     set_workers(2)
     try:

@@ -151,7 +151,7 @@ def test_kill_9_then_resume_finishes_without_repeats(rand20, tmp_path):
     assert told == sorted((round(a, 9), round(f, 9)) for a, f in zip(trials["val_acc"], trials["flops_ratio"]))
     assert trials["trial"].is_unique and (trials["status"] == "ok").all()
     warm = trials[trials["origin"] != "optuna"]["origin"]  # each warm start once, resumed or not
-    assert sorted(warm) == ["depth:deeper2x@0.500", "depth:deeper4x@0.500", "depth:earlier2x@0.500",
+    assert sorted(warm) == ["depth:deeper2x@0.500", "depth:earlier2x@0.500", "depth:earlier4x@0.500",
                             "uniform:l1@0.125", "uniform:l1@0.312", "uniform:l1@0.500"]
     policies = trials[[c for c in trials.columns if c.startswith("s:")] + ["importance"]]
     assert not policies.duplicated().any()
@@ -474,22 +474,35 @@ def test_depth_starts_run_three_graded_shapes_at_the_budget_and_old_runs_resume_
     outcome = search(small_config(trials=6, importance="l1"), log=lambda line: None)
     t = outcome.trials.set_index("trial")
     assert list(t["origin"]) == ["uniform:l1@0.500", "uniform:l1@0.125", "uniform:l1@0.312",
-                                 "depth:deeper2x@0.500", "depth:deeper4x@0.500", "depth:earlier2x@0.500"]
-    groups = [c for c in t.columns if c.startswith("s:")]  # in depth order
+                                 "depth:earlier4x@0.500", "depth:earlier2x@0.500", "depth:deeper2x@0.500"]
     spans = {}
     for trial in (3, 4, 5):
         row = t.loc[trial]
         assert row["status"] == "ok" and 0.49 <= row["flops_ratio"] <= 0.5  # filled to the budget
-        keep = 1 - row[groups].astype(float)
-        spans[row["origin"]] = keep.iloc[-1] / keep.iloc[0]
-    assert spans["depth:deeper4x@0.500"] > spans["depth:deeper2x@0.500"] > 1 > spans["depth:earlier2x@0.500"]
+        keep = 1 - row[[c for c in t.columns if c.startswith("s:")]].astype(float)
+        # resnet20's stem (the first layer; stage 1's width) against the last block's inner convolution
+        spans[row["origin"]] = keep["s:layer3.2.conv1"] / keep["s:conv1"]
+    assert spans["depth:earlier4x@0.500"] < spans["depth:earlier2x@0.500"] < 1 < spans["depth:deeper2x@0.500"]
     # a run written before depth starts existed resumes with none
     cfg = outcome.path / "config.yaml"
     raw = yaml.safe_load(cfg.read_text())
     del raw["search"]["depth_starts"]
     cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
     from autoprune.results import RunDir
-    assert RunDir(outcome.path).saved_config().depth_starts is False
+    old = RunDir(outcome.path).saved_config()
+    assert old.depth_starts is False and old.round_to == 1  # and the CPU rounding of its day, whatever the model
+
+
+def test_depth_order_follows_the_model_not_the_dependency_graph():
+    import torch
+
+    from autoprune.search import depth_order
+
+    model = ap.create_model("vgg11_cifar", num_classes=10, in_channels=1)
+    groups = [g.name for g in ap.prunable_groups(model, torch.zeros(1, 1, 28, 28))]
+    assert groups[0] == "features.25"  # Torch-Pruning lists the deepest first
+    ordered = depth_order(model, groups)
+    assert ordered[0] == "features.0" and ordered[-1] == "features.25" and sorted(ordered) == sorted(groups)
 
 
 def test_a_killed_worker_process_is_run_again(small_config):
