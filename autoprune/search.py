@@ -276,7 +276,9 @@ def _search_trials(prepared: Prepared, done: pd.DataFrame, remaining: int, *, lo
     ranges = config.space.param_ranges(ctx.group_names)
     floor, top = size_range(prepared)
     # the budget first (the size the pick is judged at), then the floor, then the sizes between
-    sizes = [round(float(v), 6) for v in np.linspace(floor, top, UNIFORM_SIZES)]
+    # rounded for the origins' labels, but never outside [floor, top] (Optuna warns of a fixed value
+    # out of its range when rounding lands just under the floor)
+    sizes = [min(top, max(floor, round(float(v), 6))) for v in np.linspace(floor, top, UNIFORM_SIZES)]
     sizes = [sizes[-1], sizes[0], *sizes[1:-1]]
     warm = _warm_starts(config, ctx, done, sizes, log)
     told, stale = close_stale_trials(run, config)
