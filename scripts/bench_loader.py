@@ -5,7 +5,8 @@ A folder of generated JPEGs (``--images`` per split, 256 x 256, two classes) is 
 ``make_loader`` and by a plain ``torch.utils.data.DataLoader`` over ``torchvision.datasets.ImageFolder``
 with the same transforms, batch and workers. Each (loader, workers) runs in its own process, one pass
 over the training split, twice in alternation; the faster pass counts. ``peak_rss_mb`` is the peak
-resident memory of that process plus its workers (``ru_maxrss`` of self and children). Rows go to
+resident memory of that process plus ``workers`` times the largest worker's peak (the kernel keeps
+only the largest finished child's; an upper bound). Rows go to
 ``results/benchmarks/loader.csv``; compare ratios within one run (the machine is shared).
 
 Not measured here yet: a search on a >= 1 GB folder against a 0.1 GB one (issue 28's memory goal).
@@ -16,6 +17,7 @@ Not measured here yet: a search on a >= 1 GB folder against a 0.1 GB one (issue 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -78,9 +80,12 @@ def one_pass(kind: str, folder: str, workers: int, size: int) -> dict:
     for x, _ in loader:
         seen += len(x)
     seconds = time.perf_counter() - start
-    rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-           + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
-    return {"images": seen, "images_per_s": seen / seconds, "peak_rss_mb": rss}
+    del loader  # its workers exit and are reaped, so that their peaks are counted below
+    gc.collect()
+    main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if workers else 0.0
+    # the kernel keeps the largest finished child's peak, not their sum: an upper bound of all of them
+    return {"images": seen, "images_per_s": seen / seconds, "peak_rss_mb": main + workers * worker}
 
 
 def main(argv: list[str] | None = None) -> int:
