@@ -181,6 +181,9 @@ def _all_groups(model: nn.Module, graph, ignored: Sequence[nn.Module]) -> tuple[
                 prunable = prunable and dep.target.module not in ignored
         if prunable:
             groups.append(group)
+    # a root that failed on its own but whose layer another root's group prunes is not left out
+    modules = dict(model.named_modules())
+    unfollowed = {n: why for n, why in unfollowed.items() if id(modules.get(n)) not in visited}
     return groups, unfollowed
 
 
