@@ -98,7 +98,6 @@ def _imagefolder(*, data_dir: Path | None, image_size: int | None, val_fraction:
                  **_: object) -> Splits:
     """``data_dir/train/<class>/*.png`` and ``data_dir/val/`` (or ``test/``), read lazily from disk."""
     import torchvision.datasets as tvd
-    import torchvision.transforms as T
 
     expected = "train/ and val/ (or test/) subfolders, each with one folder of images per class"
     if data_dir is None:
