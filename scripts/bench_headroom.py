@@ -384,25 +384,18 @@ def _judge(rows: list[dict], summary: list[dict], judge_seeds) -> list[dict]:
     return out
 
 
-def _write(path: Path, table: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(table[0]))
-        w.writeheader()
-        w.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in table)
-
-
 def report(out_dir: Path) -> None:
     rows = Table(out_dir / "headroom.csv").rows
     summary = summarise(rows)
     if summary:
-        _write(out_dir / "headroom_summary.csv", summary)
+        benchrows.write_table(out_dir / "headroom_summary.csv", summary, 4)
     for s in summary:
         print(f"{s['model']} {s['measure']} {s['budget']}: headroom {s['headroom']:+.2f} "
               f"[{s['ci95_low']:+.2f}, {s['ci95_high']:+.2f}] val points over {s['seeds']} seeds "
               f"({s['best_candidate']} of {s['n_candidates']}); test {s['test_headroom']:+.2f}")
     judged = judge(rows, summary)
     if judged:
-        _write(out_dir / "headroom_judge.csv", judged)
+        benchrows.write_table(out_dir / "headroom_judge.csv", judged, 4)
     for j in judged:
         print(f"{j['model']} {j['measure']} {j['budget']} [{j['variant']}, {j['seed_set']} seeds]: pick vs uniform_best {j['val_gain']:+.2f} "
               f"[{j['val_ci95_low']:+.2f}, {j['val_ci95_high']:+.2f}] val ({j['val_seeds_won']}/{j['seeds']} won), "

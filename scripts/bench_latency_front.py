@@ -180,10 +180,7 @@ def summarise(out_dir: Path) -> None:
                             "other_latency_ratio": round(sum(float(by[(method, s)]["latency_ratio"])
                                                              for s in seeds) / len(seeds), 4)})
     if summary:
-        with open(out_dir / "latency_front_summary.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(summary[0]))
-            w.writeheader()
-            w.writerows(summary)
+        benchrows.write_table(out_dir / "latency_front_summary.csv", summary)
     for s in summary:
         print(f"{s['model']}: autoprune - {s['against']} {s['test_gain']:+.2f} [{s['ci95_low']:+.2f}, {s['ci95_high']:+.2f}] "
               f"test points ({s['seeds_won']}/{s['seeds']} won); latency {s['autoprune_latency_ratio']:.3f} vs "

@@ -92,10 +92,7 @@ def summarise(out_dir: Path) -> None:
         summary.append(dict(zip(("model", "backend", "threads", "batch", "round_to", "image_size"), key),
                             candidates=len(errs), median_abs_error=f"{statistics.median(errs):.4f}",
                             p95_abs_error=f"{p95:.4f}", mean_error=f"{statistics.fmean(signed):+.4f}"))
-    with open(out_dir / "latency_model_summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(summary[0]))
-        w.writeheader()
-        w.writerows(summary)
+    benchrows.write_table(out_dir / "latency_model_summary.csv", summary)
     for s in summary:
         print(f"{s['model']:<28} round_to {s['round_to']} n={s['candidates']}: median |error| {s['median_abs_error']}"
               f"  p95 {s['p95_abs_error']}  mean {s['mean_error']}")

@@ -32,3 +32,15 @@ def append_rows(path: str | Path, columns: Sequence[str], rows: Iterable[Mapping
         if new:
             w.writeheader()
         w.writerows(rows)
+
+
+def write_table(path: str | Path, rows: Sequence[Mapping], float_digits: int | None = None) -> None:
+    """Write ``rows`` as the whole CSV at ``path`` (a summary rebuilt from the appended rows), its columns
+    those of the first row; floats with ``float_digits`` decimals when given."""
+    def cell(v):
+        return f"{v:.{float_digits}f}" if float_digits is not None and isinstance(v, float) else v
+
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({k: cell(v) for k, v in r.items()} for r in rows)
