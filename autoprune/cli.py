@@ -61,6 +61,20 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .results import RunDir
 
     config, given = _search_config(args)
+    task = None
+    if args.task:
+        if args.resume:
+            raise ConfigError("--resume reads the task from the run's config.yaml; drop --task.")
+        clash = [f"--{k}" for k in ("model", "dataset", "checkpoint", "data_dir") if getattr(args, k, None)]
+        if clash:
+            raise ConfigError(f"--task {args.task} brings its own model and data; drop {', '.join(clash)}.")
+        from .task import load_task
+        from .task_search import task_config
+
+        loaded = load_task(args.task)
+        user = loaded.task(args.task)
+        config = task_config(config, loaded.model, user)
+        task = (loaded.model, loaded.example_input, user)
     if not args.resume and not config.budgets:
         raise ConfigError("Give at least one budget: --budget-flops, --budget-params or --budget-latency (e.g. 50%).")
     if not args.resume and config.name is None:
@@ -68,7 +82,7 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .search import search
 
     try:
-        outcome = search(config, resume=args.resume, given=given, argv=["autoprune", *argv], log=_log)
+        outcome = search(config, resume=args.resume, given=given, argv=["autoprune", *argv], log=_log, task=task)
     except KeyboardInterrupt:
         where = f" --results-dir {config.results_dir}" if config.results_dir != "results" else ""
         if RunDir(Path(config.results_dir) / str(config.name)).exists():
@@ -87,14 +101,18 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if promoted:
         _log(f"{promoted} of them reran a trial's policy with a longer finetune (--rungs, --confirm); the front "
              "uses the longest rung")
-    _log("Pareto front (validation accuracy, sizes relative to the unpruned model):")
+    from .front import metric_label
+
+    metric = metric_label(outcome.baseline)
+    _log(f"Pareto front (validation {metric} in column val_acc, sizes relative to the unpruned model):")
     _log(front_table(outcome.front))
     _log_confirmed(outcome.trials, outcome.objective)
     best = outcome.best
     if best is not None:
         size = f"{outcome.objective}_ratio"
-        _log(f"best within budget{_confirmed_note(best)}: trial {int(best['trial'])} val_acc {best['val_acc']:.4f} "
-             f"{size} {best[size]:.3f}  (unpruned val_acc {outcome.baseline.get('val_acc', float('nan')):.4f})")
+        name = "val_acc" if metric == "accuracy" else metric
+        _log(f"best within budget{_confirmed_note(best)}: trial {int(best['trial'])} {name} {best['val_acc']:.4f} "
+             f"{size} {best[size]:.3f}  (unpruned {name} {outcome.baseline.get('val_acc', float('nan')):.4f})")
         _log(_verdict(best, outcome.trials, outcome.objective, outcome.baseline))
     _log(f"written: {outcome.path}/trials.csv, pareto.csv, pareto.png, policies/")
     if not outcome.finished:
@@ -164,7 +182,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
         _log(f"left out as unsafe to prune ({len(run.left_out)} groups): "
              + "; ".join(f"{g} ({why})" for g, why in run.left_out.items()))
     size = f"{run.config.size_measure}_ratio"
-    _log(f"Pareto front (validation accuracy; gain_vs_uniform: over the uniform curve at the same {size}):")
+    from .front import metric_label
+
+    _log(f"Pareto front (validation {metric_label(run.baseline)} in column val_acc; gain_vs_uniform: over the "
+         f"uniform curve at the same {size}):")
     _log(front_table(front))
     _log_confirmed(run.trials, run.config.size_measure)
     best = run.best()
@@ -232,7 +253,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_apply(args: argparse.Namespace) -> int:
     from .apply import apply_run
+    from .results import load_run
+    from .task_apply import apply_task_run, task_of
 
+    if task_of(load_run(args.run)):  # a user's task: its finetune trains, its evaluate judges
+        apply_task_run(args.run, pick=args.pick, epochs=args.epochs, device=args.device, seed=args.seed, log=_log)
+        return 0
     apply_run(args.run, pick=args.pick, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
               device=args.device, seed=args.seed, compare_uniform=args.compare_uniform, onnx=args.onnx or None,
               save_module=args.save_module, distill=args.distill_weight if args.distill_on else 0.0,

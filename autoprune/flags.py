@@ -137,6 +137,9 @@ _EXPERIMENTAL = ("levers the benchmark found no better than the default; all off
 def _search_flags(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("model and data")
     data.add_argument("--model", default=None, help="default resnet20")
+    data.add_argument("--task", default=None, metavar="PKG.MOD:FN",
+                      help="your own task instead of --model/--dataset: a function returning autoprune.TaskSpec "
+                           "(trained model, example input, finetune, evaluate, calibration batches, optional loss)")
     data.add_argument("--checkpoint", default=None,
                       help="trained weights of the model (else a baseline is trained once and cached)")
     _data_flags(data)

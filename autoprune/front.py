@@ -226,6 +226,15 @@ def pick_trial(front: pd.DataFrame, objective: str, at_most: float | None = None
     return best_trial(front)
 
 
+def metric_label(baseline: Mapping[str, Any]) -> str:
+    """What the ``val_acc`` column holds, in words: ``accuracy``, or a user task's metric (``-name`` when
+    the task minimises it: the column holds minus the metric, so higher is better everywhere)."""
+    name = baseline.get("metric")
+    if not name:
+        return "accuracy"
+    return f"-{name}" if baseline.get("direction") == "minimize" else str(name)
+
+
 def uniform_curve(trials: pd.DataFrame, objective: str) -> pd.DataFrame:
     """The uniform policy's accuracy against size: at each size it was measured at, its best criterion.
 
@@ -407,8 +416,9 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, path: Path, *, budgets
     if objective == "latency" and unpruned_ms:  # the same axis in milliseconds, on top
         top = ax.secondary_xaxis("top", functions=(lambda r: r * unpruned_ms, lambda m: m / unpruned_ms))
         top.set_xlabel(f"latency (ms; unpruned {unpruned_ms:.3g} ms)")
-    ax.set_ylabel("validation accuracy after finetune")
-    ax.set_title(f"{baseline.get('model', '')} on {baseline.get('dataset', '')}: accuracy vs {objective}")
+    metric = metric_label(baseline)
+    ax.set_ylabel(f"validation {metric} after finetune")
+    ax.set_title(f"{baseline.get('model', '')} on {baseline.get('dataset', '')}: {metric} vs {objective}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()

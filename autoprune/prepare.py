@@ -38,6 +38,9 @@ class Prepared:
     baseline: dict
     left_out: dict = field(default_factory=dict)
     latency_table: dict | None = None  # the per-layer latency table the trials fit with (latency_model.py)
+    task: Any = None  # a user's task (task.UserTask): its functions, pickled to the workers; None: classification
+    model: Any = None  # a user's task's model object (its weights are ``state_dict``)
+    example: Any = None  # a user's task's example input; None: zeros of ``input_shape``
 
 
 def run_name(config: SearchConfig) -> str:
@@ -48,7 +51,7 @@ def run_name(config: SearchConfig) -> str:
 
 def prepare_run(config: SearchConfig, *, resume: bool, given: Mapping[str, Any] | None = None,
                 argv: list[str] | None = None, log: Callable[[str], None] = print,
-                on_checked: Callable[[SearchConfig, int], None] | None = None) -> Prepared:
+                on_checked: Callable[[SearchConfig, int], None] | None = None, task=None) -> Prepared:
     """Check the run folder and the inputs, then load data and baseline; no Ray yet.
 
     ``given`` holds the settings given again on ``--resume`` (see
@@ -58,6 +61,9 @@ def prepare_run(config: SearchConfig, *, resume: bool, given: Mapping[str, Any] 
 
     Raises :class:`RunError` for a finished run, an existing unfinished run without ``--resume``,
     or ``--resume`` of a folder that is not a run.
+
+    ``task`` is a user's task as ``(model, example_input, task.UserTask)``: no dataset is loaded and no
+    baseline trained; the model is the baseline, scored by the task's ``evaluate``.
     """
     if resume:
         if config.name is None:
@@ -83,17 +89,120 @@ def prepare_run(config: SearchConfig, *, resume: bool, given: Mapping[str, Any] 
         config = config.replace(name=name)
     if not config.budgets:
         raise ConfigError("Give at least one budget: --budget-flops, --budget-params or --budget-latency (e.g. 50%).")
+    if task is not None:
+        return _prepare_task(config, run, task, resume=resume, argv=argv, log=log, on_checked=on_checked)
     return _prepare(config, run, resume=resume, argv=argv, log=log, on_checked=on_checked)
+
+
+def _prepare_task(config: SearchConfig, run: RunDir, task, *, resume: bool, argv, log, on_checked) -> Prepared:
+    """``_prepare`` for a user's task: the given model is the baseline; its metric the task's."""
+    import copy
+
+    from .costs import count_flops
+    from .data import memory_bytes
+    from .models import load_checkpoint
+    from .train import resolve_device
+
+    model, example, user = task
+    model = copy.deepcopy(model).cpu().eval()
+    example = example.detach().cpu()
+    device = resolve_device(config.device)
+    if on_checked is not None and resume:
+        on_checked(config, memory_bytes(model.state_dict().values(), None, None))
+    if resume:
+        load_checkpoint(model, run.path / "baseline.pt")
+        baseline = json.loads((run.path / "baseline.json").read_text())
+        saved = run.read_config()
+        groups, left = list(saved.get("groups") or []), dict(saved.get("left_out") or {})
+        saved_table = run.path / "latency_model.json"
+        table = json.loads(saved_table.read_text()) if saved_table.is_file() else None
+    else:
+        try:
+            count_flops(model, example)
+        except Exception as e:  # a model that cannot take its own example input: say so, not a traceback
+            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise ModelError(f"The task's model {type(model).__name__} cannot take its example input of shape "
+                             f"{list(example.shape)} ({type(e).__name__}: {text[:160]}).") from None
+        sizes, groups, left, table = _measure(config, model, example, device, log)
+        if on_checked is not None:
+            on_checked(config, memory_bytes(model.state_dict().values(), None, None))
+        baseline = {"model": config.model, "dataset": config.dataset, "num_classes": None,
+                    "input_shape": list(example.shape[1:]), **sizes, "metric": user.metric,
+                    "direction": user.direction, "val_acc": user.evaluate(model, device=device),
+                    "test_acc": None, "source": user.spec or "python", "task": user.spec or "python",
+                    "groups": len(groups)}
+        model.cpu()
+        _write(config, run, model, baseline, groups, left, table, [], argv,
+               {"task": user.spec or "python", "metric": user.metric, "direction": user.direction})
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return Prepared(config, run, state, None, None, tuple(example.shape[1:]), 0, groups, baseline, left, table,
+                    task=user, model=model, example=example)
+
+
+def _measure(config: SearchConfig, model, example, device, log) -> tuple[dict, list[str], dict, dict | None]:
+    """Sizes (FLOPs, params, latency), budgets against them, the probed groups, the budget's reach and
+    the latency table: what depends on the architecture, not the weights."""
+    from .costs import count_flops, count_params
+    from .probe import left_out_groups, prunable_groups
+    from .train import resolve_device
+
+    sizes = {"flops": count_flops(model, example), "params": count_params(model)}
+    if config.budget("latency") is not None:
+        from .latency import measure_latency
+
+        trial_device = resolve_device(config.trial_device)  # where the trials run and measure
+        sizes["latency_ms"] = measure_latency(model, example, device=trial_device,
+                                              batch_size=config.latency_batch, backend=config.latency_backend,
+                                              threads=config.latency_threads)
+        sizes["latency_backend"] = config.latency_backend
+        sizes["latency_device"] = str(trial_device)
+    for b in config.budgets:  # an absolute budget above the unpruned model fails before any training
+        if b.kind in ("flops", "params"):
+            b.limit(sizes[b.kind])
+        elif not b.relative and "latency_ms" in sizes:
+            b.limit(sizes["latency_ms"])
+    space = config.space
+    left = left_out_groups(model, example, space.exclude, space.max_sparsity)  # unsupported models fail here
+    groups = [g.name for g in prunable_groups(model, example, space.exclude, max_sparsity=space.max_sparsity)]
+    if not groups:
+        raise ConfigError(
+            f"Model {config.model!r} has no prunable group outside the excluded layers {list(space.exclude)}"
+            + (f"; left out as unsafe: {_left_out_text(left)}" if left else "") + ".")
+    if left:
+        log(f"left out {len(left)} of {len(left) + len(groups)} groups that cannot be pruned safely: "
+            f"{_left_out_text(left)}")
+    sizes.update(_reach(config, model, example, groups, left, sizes, device, log))
+    table = _latency_table(config, model, example, groups, log, sizes.get("latency_ms"))
+    return sizes, groups, left, table
+
+
+def _write(config: SearchConfig, run: RunDir, model, baseline: dict, groups, left, table, warnings, argv,
+           task: Mapping[str, str] | None = None) -> None:
+    """The run folder's baseline.pt, baseline.json, config.yaml (``task``: a user task's import path,
+    metric and direction), state and latency table."""
+    import torch
+
+    run.path.mkdir(parents=True, exist_ok=True)
+    with atomic_path(run.path / "baseline.pt") as tmp:
+        torch.save(model.state_dict(), tmp)
+    run.write_baseline(baseline)
+    run.write_config(config, {"groups": groups, "left_out": left, "warnings": warnings,
+                              "versions": _versions(), "command": " ".join(argv) if argv else None,
+                              **(task or {})})
+    run.write_state(finished=False)
+    if table is not None:
+        with atomic_path(run.path / "latency_model.json") as tmp:
+            Path(tmp).write_text(json.dumps(table))
 
 
 def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_checked) -> Prepared:
     import torch
 
     from .baseline import ensure_baseline
-    from .costs import count_flops, count_params
+    from .costs import count_flops
     from .data import load_dataset, memory_bytes
     from .models import create_model, load_checkpoint
-    from .probe import left_out_groups, prunable_groups
+    from .probe import prunable_groups
     from .train import evaluate, resolve_device
 
     device = resolve_device(config.device)
@@ -132,39 +241,13 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
         # Sizes, latency and groups do not depend on the weights: check them before a baseline is
         # trained, so an absolute budget above the model or an unsupported model fails in seconds.
         try:
-            flops = count_flops(model, example)
+            count_flops(model, example)
         except Exception as e:  # a model that cannot take the data's inputs: say which, not a traceback
             text = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise ModelError(f"Model {config.model!r} cannot take inputs of shape {list(splits.input_shape)} from "
                              f"dataset {config.dataset!r} ({type(e).__name__}: {text[:160]}); give the --image-size "
                              f"it was built for.") from None
-        sizes = {"flops": flops, "params": count_params(model)}
-        if config.budget("latency") is not None:
-            from .latency import measure_latency
-
-            trial_device = resolve_device(config.trial_device)  # where the trials run and measure
-            sizes["latency_ms"] = measure_latency(model, example, device=trial_device,
-                                                  batch_size=config.latency_batch, backend=config.latency_backend,
-                                                  threads=config.latency_threads)
-            sizes["latency_backend"] = config.latency_backend
-            sizes["latency_device"] = str(trial_device)
-        for b in config.budgets:  # an absolute budget above the unpruned model fails before any training
-            if b.kind in ("flops", "params"):
-                b.limit(sizes[b.kind])
-            elif not b.relative and "latency_ms" in sizes:
-                b.limit(sizes["latency_ms"])
-        space = config.space
-        left = left_out_groups(model, example, space.exclude, space.max_sparsity)  # unsupported models fail here
-        groups = [g.name for g in prunable_groups(model, example, space.exclude, max_sparsity=space.max_sparsity)]
-        if not groups:
-            raise ConfigError(
-                f"Model {config.model!r} has no prunable group outside the excluded layers {list(space.exclude)}"
-                + (f"; left out as unsafe: {_left_out_text(left)}" if left else "") + ".")
-        if left:
-            log(f"left out {len(left)} of {len(left) + len(groups)} groups that cannot be pruned safely: "
-                f"{_left_out_text(left)}")
-        sizes.update(_reach(config, model, example, groups, left, sizes, device, log))
-        table = _latency_table(config, model, example, groups, log, sizes.get("latency_ms"))
+        sizes, groups, left, table = _measure(config, model, example, device, log)
         checked()
         if config.checkpoint:
             info = {"source": str(Path(config.checkpoint).resolve()), "test_acc": None}
@@ -181,16 +264,7 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
             "test_acc": info.get("test_acc"), "source": info.get("source"), "groups": len(groups),
         }
         model.cpu()  # evaluation left it on the device; workers get CPU weights and move them themselves
-        run.path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(run.path / "baseline.pt") as tmp:
-            torch.save(model.state_dict(), tmp)
-        run.write_baseline(baseline)
-        run.write_config(config, {"groups": groups, "left_out": left, "warnings": warnings,
-                                  "versions": _versions(), "command": " ".join(argv) if argv else None})
-        run.write_state(finished=False)
-        if table is not None:
-            with atomic_path(run.path / "latency_model.json") as tmp:
-                Path(tmp).write_text(json.dumps(table))
+        _write(config, run, model, baseline, groups, left, table, warnings, argv)
     return Prepared(config, run, model.state_dict(), splits.train, splits.val, tuple(splits.input_shape),
                     splits.num_classes, groups, baseline, left, table)
 

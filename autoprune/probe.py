@@ -21,7 +21,7 @@ import torch.nn as nn
 from .costs import CostModel, Group, count_flops, is_depthwise, pruned_count
 from .prune import (DEFAULT_MAX_SPARSITY, _CACHE, _build_graph, _blocks_multiple, _channel_groups, _from_blocks,
                     _norm_blocks, _per_channel_norms,
-                    _regroup_norms, _root, cost_model)
+                    _regroup_norms, _root, cost_model, output_leaves)
 
 __all__ = ["left_out_groups", "prunable_groups", "searchable_flops_share"]
 
@@ -68,7 +68,7 @@ def _probe_once(model: nn.Module, x: torch.Tensor, exclude: Sequence[str], cm: C
     small = copy.deepcopy(model).eval()
     probe_x = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
     with torch.no_grad():
-        shape = tuple(small(probe_x).shape)
+        shape = _shapes(small(probe_x))
     graph, groups = _build_graph(small, x, exclude)
     names = {m: n for n, m in small.named_modules()}
     per_channel = _per_channel_norms(small)
@@ -94,13 +94,14 @@ def _probe_once(model: nn.Module, x: torch.Tensor, exclude: Sequence[str], cm: C
             pruning = graph.get_pruning_group(root, handler, idxs)
             comparable = _zero_consumers(graph, pruning)
             with torch.no_grad():
-                reference = small(probe_x)
+                reference = _flat(small(probe_x))
             pruning.prune()
             _regroup_norms(per_channel, small)
             with torch.no_grad():
                 out = small(probe_x)
-            if tuple(out.shape) != shape:
-                return name, f"the pruned model's output shape {tuple(out.shape)} is not {shape}"
+            if _shapes(out) != shape:
+                return name, f"the pruned model's output shape {_text(_shapes(out))} is not {_text(shape)}"
+            out = _flat(out)
             gap = float((out - reference).norm() / max(float(reference.norm()), float(out.norm()), 1e-12))
             want = cm.cost(done)
             params = sum(p.numel() for p in small.parameters())
@@ -119,6 +120,20 @@ def _probe_once(model: nn.Module, x: torch.Tensor, exclude: Sequence[str], cm: C
                                                           rel_tol=1e-6):
         return _probe_once(model, x, exclude, cm, sparsity, check_flops_each=True)  # find which group
     return None
+
+
+def _shapes(out) -> tuple:
+    return tuple(tuple(t.shape) for t in output_leaves(out))
+
+
+def _text(shapes: tuple) -> str:
+    return str(shapes[0]) if len(shapes) == 1 else str(list(shapes))
+
+
+def _flat(out) -> torch.Tensor:
+    """A model's floating-point outputs as one vector, for comparing before and after a prune."""
+    leaves = [t.float().flatten() for t in output_leaves(out) if t.is_floating_point()]
+    return torch.cat(leaves) if leaves else torch.zeros(0)
 
 
 def _spread_rank(i: int, blocks) -> float:

@@ -122,13 +122,31 @@ def _memory_headroom(model: nn.Module):
 _HEADROOM = 6 * 2**30  # bytes a dependency graph and the probe may take beyond the model's copies
 
 
+def output_leaves(out) -> list[torch.Tensor]:
+    """The tensors of a model's output, in order: a tensor, or the tensors inside the tuples, lists
+    and dicts a segmenter (``{"out": ...}``) or a detector (a list of dicts) returns."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in output_leaves(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in output_leaves(v)]
+    return []
+
+
+def _out_dim(out) -> int:
+    """The output width the classifier heads are matched by: the first output tensor's dimension 1."""
+    leaves = [t for t in output_leaves(out) if t.dim() >= 2]
+    return int(leaves[0].shape[1]) if leaves else -1
+
+
 def _build_graph(model: nn.Module, x: torch.Tensor, exclude: Sequence[str]):
     tp = _tp()
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out_dim = model(x).shape[1]
+            out_dim = _out_dim(model(x))
         with warnings.catch_warnings():
             # Torch-Pruning warns about every bare parameter (ConvNeXt's layer_scale, ViT's class token);
             # pruning them along their channel dimension is what the probe checks and the cost model prices.
@@ -399,15 +417,19 @@ def apply_policy(
     return small
 
 
-def _backward(model: nn.Module, grad_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-    """One backward pass for gradient criteria. The gradients are those of a training step (BatchNorm
-    on batch statistics); the running statistics that step would update are put back, so the
-    criterion only reads the model."""
+def _backward(model: nn.Module, grad_batch) -> None:
+    """One backward pass for gradient criteria: of cross-entropy on ``grad_batch=(inputs, targets)``,
+    or of the loss a task's callable ``grad_batch(model)`` returns. The gradients are those of a
+    training step (BatchNorm on batch statistics); the running statistics that step would update are
+    put back, so the criterion only reads the model."""
     buffers = {k: b.clone() for k, b in model.named_buffers()}
     was_training = model.training
     model.train()
     where = next(model.parameters()).device  # the batch may live on a GPU while the model copy is on the CPU
-    nn.functional.cross_entropy(model(grad_batch[0].to(where)), grad_batch[1].to(where)).backward()
+    if callable(grad_batch):
+        grad_batch(model).backward()
+    else:
+        nn.functional.cross_entropy(model(grad_batch[0].to(where)), grad_batch[1].to(where)).backward()
     model.train(was_training)
     with torch.no_grad():
         for k, b in model.named_buffers():
@@ -466,7 +488,7 @@ def global_prune(model: nn.Module, x: torch.Tensor, budget: float, *, importance
     size = count_flops if measure == "flops" else (lambda m, _x: count_params(m))
     base = size(model, x)
     with torch.no_grad():
-        out_dim = model.eval()(x).shape[1]
+        out_dim = _out_dim(model.eval()(x))
     lo, hi = 0.0, 1.0  # the measure falls as the global ratio rises (near 1, layers stop at one channel)
     best: tuple[nn.Module, float, float] | None = None
     for _ in range(steps):

@@ -74,13 +74,29 @@ class SearchOutcome:
         confirmed = confirmed_best(self.trials)
         return confirmed if confirmed is not None else best_trial(self.front)
 
+    def policy(self, trial: int | None = None):
+        """The policy of ``trial`` (default: :attr:`best`), with the channels it kept; apply it with
+        ``autoprune.apply_policy(model, policy, example_input)``."""
+        from .errors import RunError
+        from .policy import Policy
+
+        if trial is None:
+            best = self.best
+            if best is None:
+                raise RunError(f"Run {str(self.path)!r} has no feasible trial to pick.")
+            trial = int(best["trial"])
+        path = self.path / "policies" / f"{int(trial)}.json"
+        if not path.is_file():
+            raise RunError(f"Run {str(self.path)!r} has no policy for trial {trial}.")
+        return Policy.from_json(path.read_text())
+
 
 # --------------------------------------------------------------------------------------------- driver
 
 
 def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, Any] | None = None,
            argv: list[str] | None = None, log: Callable[[str], None] = print,
-           faults: Mapping[str, int] | None = None) -> SearchOutcome:
+           faults: Mapping[str, int] | None = None, task=None) -> SearchOutcome:
     """Run (or resume) a search and write its results folder.
 
     Args:
@@ -92,13 +108,20 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
         argv: the command line, recorded in config.yaml.
         log: where progress lines go (the CLI prints them).
         faults: test hooks, ``{"fail_on_trial": n}`` or ``{"nan_on_trial": n}``.
+        task: a user's task, ``(model, example_input, task.UserTask)`` (see :func:`search_task`); a
+            resumed run of a ``--task`` import path imports it again when not given.
     """
     start = time.perf_counter()
     timings: dict[str, float] = {}
     ray_starter = RayStarter()
     try:
-        prepared = prepare_run(config, resume=resume, given=given, argv=argv, log=log, on_checked=ray_starter.start)
+        if resume and task is None:
+            task = _saved_task(config)
+        prepared = prepare_run(config, resume=resume, given=given, argv=argv, log=log, on_checked=ray_starter.start,
+                               task=task)
         config, run = prepared.config, prepared.run
+        if prepared.task is not None:
+            _ship_by_value(prepared)
         timings["prepare"] = time.perf_counter() - start
         done = run.read_trials()
         remaining = config.trials - proposed_count(done)
@@ -124,6 +147,45 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
     timings["front"] = time.perf_counter() - t
     return SearchOutcome(run.path, trials, front, config.trials, finished, time.perf_counter() - start,
                          prepared.baseline, timings, prepared.left_out, config.size_measure)
+
+
+def _saved_task(config: SearchConfig):
+    """On resume, the task a run searched, imported again from its ``--task`` path (None: classification)."""
+    from .errors import RunError
+    from .results import RunDir
+    from .task import load_task
+
+    if config.name is None:
+        return None
+    run = RunDir(Path(config.results_dir) / config.name)
+    spec = run.read_config().get("task") if run.exists() else None
+    if not spec:
+        return None
+    if spec == "python":
+        raise RunError(f"Run {str(run.path)!r} searched a task given from Python; resume it from Python with "
+                       "autoprune.search_task(..., name=..., resume=True) and the same functions.")
+    loaded = load_task(spec)
+    return loaded.model, loaded.example_input, loaded.task(spec)
+
+
+def _ship_by_value(prepared: Prepared) -> None:
+    """Let Ray pickle a user task's functions and model class by value: the modules they come from
+    (a script, a test, a package only the driver has) need not be importable where the trials run;
+    only the libraries they import must be installed there."""
+    import sys
+
+    from ray import cloudpickle
+
+    task = prepared.task
+    objs = [task.evaluate_fn, task.finetune_fn, task.loss_fn, task.forward_fn, type(prepared.model)]
+    for obj in objs:
+        name = getattr(obj, "__module__", None)
+        mod = sys.modules.get(name or "")
+        where = str(getattr(mod, "__file__", "") or "")
+        if mod is None or name == "__main__" or not where or "-packages" in where or name.split(".")[0] in (
+                "autoprune", "torch", "torchvision"):
+            continue  # __main__ is pickled by value anyway; installed packages are imported on the workers
+        cloudpickle.register_pickle_by_value(mod)
 
 
 def _warm_starts(config: SearchConfig, ctx: TrialContext, done: pd.DataFrame, sizes: Sequence[float],

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 import json
 import math
 import time
@@ -112,14 +111,19 @@ class TrialContext:
 
     def __init__(self, config: SearchConfig, model: nn.Module, train_ds, val_ds, example: torch.Tensor,
                  *, device: str | torch.device, groups: Sequence[str] | None = None,
-                 exclude: Sequence[str] | None = None, latency_table: Mapping | None = None) -> None:
+                 exclude: Sequence[str] | None = None, latency_table: Mapping | None = None,
+                 task=None) -> None:
         from .costs import default_round_to
         from .probe import prunable_groups
         from .prune import cost_model
 
+        from .task import Classification
+
         self.config = config
         self.model = model.eval()
         self.train_ds, self.val_ds = train_ds, val_ds
+        # What trains and scores a pruned copy: the built-in classification on the splits, or a user's task.
+        self.task = task if task is not None else Classification(train_ds, val_ds)
         self.example = example
         self.device = torch.device(device)
         self.exclude = tuple(config.space.exclude if exclude is None else exclude)
@@ -165,12 +169,10 @@ class TrialContext:
                             fill=self.config.fill_budget, latency_model=self.latency_model)
         return dataclasses.replace(policy, importance=importance or self.config.importances[0])
 
-    @functools.cached_property
-    def gradient_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``taylor`` criterion's batch, drawn once per worker rather than once per trial."""
-        from .criteria import gradient_batch
-
-        return gradient_batch(self.train_ds)
+    @property
+    def gradient_batch(self):
+        """The ``taylor`` criterion's batch (or a task's loss callable), drawn once per worker."""
+        return self.task.gradient_source()
 
     def teacher(self, device: torch.device) -> nn.Module:
         """The unpruned model on ``device``, the teacher of distillation (moved there once per worker)."""
@@ -206,7 +208,6 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
     from .costs import count_flops, count_params
     from .fit import InfeasibleError
     from .prune import apply_policy
-    from .train import TrainConfig, evaluate, recalibrate_bn, train
 
     start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -249,22 +250,22 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
         params = count_params(small)
         t = lap("count", t)
         in_time("BatchNorm recalibration")
+        task = context.task
         if config.bn_batches:
-            recalibrate_bn(small, context.train_ds, device=dev, batches=config.bn_batches,
-                           batch_size=config.batch_size, seed=config.seed + trial)
+            task.recalibrate(small, device=dev, batches=config.bn_batches, batch_size=config.batch_size,
+                             seed=config.seed + trial)
         t = lap("bn_recalibration", t)
         if config.finetune_epochs > 0:
-            cfg = TrainConfig(epochs=config.finetune_epochs, lr=config.finetune_lr, batch_size=config.batch_size,
-                              seed=config.seed + trial, warmup_epochs=0, distill=config.distill)
             in_time("the finetune")
             try:
-                train(small, context.train_ds, cfg, device=dev, deadline=deadline,
-                      teacher=context.teacher(dev) if config.distill else None)
+                task.finetune(small, config.finetune_epochs, device=dev, lr=config.finetune_lr,
+                              batch_size=config.batch_size, seed=config.seed + trial, deadline=deadline,
+                              teacher=context.teacher(dev) if config.distill else None, distill=config.distill)
             except TimeoutError as e:
                 raise TimeoutError(f"ran longer than --trial-timeout {config.trial_timeout:g}s (finetune {e})") from None
         t = lap("finetune", t)
         in_time("evaluation")
-        val_acc = evaluate(small, context.val_ds, device=dev)
+        val_acc = task.evaluate(small, device=dev)
         t = lap("evaluate", t)
         latency_ms = latency_ratio = None
         status, error = "ok", ""

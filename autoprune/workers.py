@@ -57,9 +57,19 @@ def context(prepared: Prepared, *, driver: bool = False) -> TrialContext:
         from .train import resolve_device
 
         config = prepared.config
+        device = resolve_device("cpu" if driver else config.trial_device)
+        task = getattr(prepared, "task", None)
+        if task is not None:  # a user's task: their model object and example input, their functions
+            import copy
+
+            model = copy.deepcopy(prepared.model)
+            model.load_state_dict(prepared.state_dict)
+            _CONTEXTS.clear()
+            _CONTEXTS[key] = TrialContext(config, model, None, None, prepared.example, device=device,
+                                          groups=prepared.groups, latency_table=prepared.latency_table, task=task)
+            return _CONTEXTS[key]
         model = create_model(config.model, num_classes=prepared.num_classes, in_channels=prepared.input_shape[0])
         model.load_state_dict(prepared.state_dict)
-        device = resolve_device("cpu" if driver else config.trial_device)
         train_ds, val_ds = prepared.train, prepared.val
         if hasattr(train_ds, "to"):  # in-memory tensors: move once, every batch is then a slice
             train_ds, val_ds = train_ds.to(device), val_ds.to(device)

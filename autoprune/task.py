@@ -1,0 +1,249 @@
+"""What a trial trains and scores a pruned model with: the task.
+
+A trial, ``apply`` and the baseline ask a :class:`Task` to recalibrate normalisation, finetune and
+evaluate; they know nothing of losses or metrics. Classification on a named dataset
+(:class:`Classification`: cross-entropy, top-1 accuracy) is the built-in task; a user's own task
+(:class:`UserTask`) brings their functions: ``evaluate(model) -> float``, ``finetune(model, epochs)``,
+calibration batches and, for the ``taylor`` criterion, ``loss(model, batch)``.
+
+Example:
+    >>> task = UserTask(evaluate=miou, finetune=train_seg, calib_batches=[images[:8]], metric="miou")
+    >>> task.evaluate(model, device="cpu")   # the user's metric (negated when direction is minimize)
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from .errors import ConfigError
+
+__all__ = ["Task", "Classification", "UserTask", "TaskSpec", "load_task", "DIRECTIONS"]
+
+DIRECTIONS = ("maximize", "minimize")  # Optuna's words for which way the metric improves
+
+
+class Task:
+    """The seam between a trial and what trains and scores: recalibrate, finetune, evaluate."""
+
+    metric = "val_acc"
+    direction = "maximize"
+    has_loss = True  # whether a gradient criterion (taylor) can score channels
+
+    def recalibrate(self, model: nn.Module, *, device, batches: int, batch_size: int, seed: int) -> None:
+        raise NotImplementedError
+
+    def finetune(self, model: nn.Module, epochs: float, *, device, lr: float, batch_size: int, seed: int,
+                 deadline: float | None = None, teacher: nn.Module | None = None, distill: float = 0.0,
+                 warmup_epochs: float = 0.0) -> None:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, *, device) -> float:
+        """The score a search maximises: the metric itself, or minus it for ``direction="minimize"``."""
+        raise NotImplementedError
+
+    def gradient_source(self):
+        """What ``prune.apply_policy`` takes as ``grad_batch`` for a gradient criterion."""
+        raise NotImplementedError
+
+
+class Classification(Task):
+    """The built-in task: an image classifier on a training and a validation split (cross-entropy,
+    top-1 accuracy), trained by ``train.train``."""
+
+    def __init__(self, train_ds, val_ds) -> None:
+        self.train_ds, self.val_ds = train_ds, val_ds
+
+    def recalibrate(self, model, *, device, batches, batch_size, seed) -> None:
+        from .train import recalibrate_bn
+
+        recalibrate_bn(model, self.train_ds, device=device, batches=batches, batch_size=batch_size, seed=seed)
+
+    def finetune(self, model, epochs, *, device, lr, batch_size, seed, deadline=None, teacher=None, distill=0.0,
+                 warmup_epochs=0.0) -> None:
+        from .train import TrainConfig, train
+
+        cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, warmup_epochs=warmup_epochs,
+                          distill=distill)
+        train(model, self.train_ds, cfg, device=device, deadline=deadline, teacher=teacher)
+
+    def evaluate(self, model, *, device) -> float:
+        from .train import evaluate
+
+        return evaluate(model, self.val_ds, device=device)
+
+    @functools.cached_property
+    def _gradient_batch(self):
+        from .criteria import gradient_batch
+
+        return gradient_batch(self.train_ds)
+
+    def gradient_source(self):
+        return self._gradient_batch  # drawn once per worker, not once per trial
+
+
+@dataclass
+class UserTask(Task):
+    """A user's task: their validation metric, training loop and batches.
+
+    ``evaluate(model) -> float`` and ``finetune(model, epochs)`` get the model on the device the trial
+    runs on (``next(model.parameters()).device``) and must move their batches there; ``finetune``
+    trains in place, for a fractional number of epochs. ``calib_batches`` are what BatchNorm
+    recalibration (model in eval mode, BatchNorm layers in train mode) and the criteria run on: each is
+    fed as ``forward(model, batch)`` (default: ``model(batch)`` for a tensor, ``model(batch[0])`` for
+    a tuple or list, as a loader's ``(inputs, targets)``). ``loss(model, batch) -> Tensor`` enables the
+    ``taylor`` criterion (one backward pass on the first calibration batch, model in train mode).
+    """
+
+    evaluate_fn: Callable[[nn.Module], float]
+    finetune_fn: Callable[[nn.Module, float], Any]
+    calib_batches: Sequence[Any]
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None
+    forward_fn: Callable[[nn.Module, Any], Any] | None = None
+    metric: str = "metric"
+    direction: str = "maximize"
+    spec: str = field(default="")  # the import path it came from ("pkg.mod:fn"), if any
+
+    def __post_init__(self) -> None:
+        for name in ("evaluate_fn", "finetune_fn"):
+            if not callable(getattr(self, name)):
+                raise ConfigError(f"The task's {name.removesuffix('_fn')} must be a function, "
+                                  f"but got {type(getattr(self, name)).__name__}.")
+        for name in ("loss_fn", "forward_fn"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise ConfigError(f"The task's {name.removesuffix('_fn')} must be a function or None, "
+                                  f"but got {type(getattr(self, name)).__name__}.")
+        if self.direction not in DIRECTIONS:
+            raise ConfigError(f"The task's direction must be one of {', '.join(DIRECTIONS)}, "
+                              f"but got {self.direction!r}.")
+        if not isinstance(self.metric, str) or not self.metric.strip() or "," in self.metric:
+            raise ConfigError(f"The task's metric must be a name without commas, but got {self.metric!r}.")
+        self.calib_batches = list(self.calib_batches)
+        if not self.calib_batches:
+            raise ConfigError("The task needs at least one calibration batch (calib_batches) for BatchNorm "
+                              "recalibration and the channel criteria.")
+
+    @property
+    def has_loss(self) -> bool:  # type: ignore[override]
+        return self.loss_fn is not None
+
+    def _feed(self, model: nn.Module, batch) -> Any:
+        batch = _to(batch, _device_of(model))
+        if self.forward_fn is not None:
+            return self.forward_fn(model, batch)
+        return model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+
+    def recalibrate(self, model, *, device, batches, batch_size, seed) -> None:
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns or batches < 1:
+            return
+        model.to(device)
+        momenta = [bn.momentum for bn in bns]
+        model.eval()
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        try:
+            with torch.no_grad():
+                for batch in self.calib_batches[:batches]:
+                    self._feed(model, batch)
+        finally:
+            for bn, momentum in zip(bns, momenta):
+                bn.momentum = momentum
+            model.eval()
+
+    def finetune(self, model, epochs, *, device, lr, batch_size, seed, deadline=None, teacher=None, distill=0.0,
+                 warmup_epochs=0.0) -> None:
+        if distill:
+            raise ConfigError("Distillation (--distill) is for the built-in classification task; a user's task "
+                              "distils in its own finetune if it wants to.")
+        model.to(device).train()
+        torch.manual_seed(seed)
+        self.finetune_fn(model, float(epochs))
+        model.eval()
+
+    def evaluate(self, model, *, device) -> float:
+        model.to(device).eval()
+        with torch.no_grad():
+            value = float(self.evaluate_fn(model))
+        model.eval()
+        return value if self.direction == "maximize" or not math.isfinite(value) else -value
+
+    def gradient_source(self):
+        if self.loss_fn is None:
+            raise ConfigError("The taylor criterion needs the task's loss(model, batch); give loss= or choose "
+                              "--importance l1 or bn_scale.")
+        batch, loss = self.calib_batches[0], self.loss_fn
+        return lambda model: loss(model, _to(batch, _device_of(model)))
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What ``--task pkg.mod:function`` returns: the pieces of a :class:`UserTask`, plus the trained
+    model and an example input. A function may also return a dict with these keys."""
+
+    model: nn.Module
+    example_input: torch.Tensor
+    evaluate: Callable[[nn.Module], float]
+    finetune: Callable[[nn.Module, float], Any]
+    calib_batches: Sequence[Any]
+    loss: Callable[[nn.Module, Any], torch.Tensor] | None = None
+    forward: Callable[[nn.Module, Any], Any] | None = None
+    metric: str = "metric"
+    direction: str = "maximize"
+
+    def task(self, spec: str = "") -> UserTask:
+        return UserTask(self.evaluate, self.finetune, self.calib_batches, self.loss, self.forward, self.metric,
+                        self.direction, spec)
+
+
+def load_task(spec: str) -> TaskSpec:
+    """Import ``pkg.mod:function`` and call it; its result (a :class:`TaskSpec` or a dict of its fields)
+    is checked. Raises ConfigError naming the bad value."""
+    mod_name, sep, fn_name = str(spec).partition(":")
+    if not sep or not mod_name or not fn_name:
+        raise ConfigError(f"--task must be package.module:function, but got {spec!r}.")
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except ImportError as e:
+        raise ConfigError(f"--task {spec!r}: cannot import module {mod_name!r} ({e}); put it on PYTHONPATH.") from None
+    except AttributeError:
+        raise ConfigError(f"--task {spec!r}: module {mod_name!r} has no function {fn_name!r}.") from None
+    out = fn()
+    if isinstance(out, dict):
+        known = set(TaskSpec.__dataclass_fields__)
+        unknown = sorted(set(out) - known)
+        missing = sorted(k for k in ("model", "example_input", "evaluate", "finetune", "calib_batches")
+                         if k not in out)
+        if unknown or missing:
+            raise ConfigError(f"--task {spec!r} returned a dict with " + (f"unknown keys {unknown}" if unknown else "")
+                              + (" and " if unknown and missing else "") + (f"missing keys {missing}" if missing else "")
+                              + f"; the keys are {', '.join(TaskSpec.__dataclass_fields__)}.")
+        out = TaskSpec(**out)
+    if not isinstance(out, TaskSpec):
+        raise ConfigError(f"--task {spec!r} must return autoprune.TaskSpec or a dict of its fields, "
+                          f"but returned {type(out).__name__}.")
+    if not isinstance(out.model, nn.Module) or not isinstance(out.example_input, torch.Tensor):
+        raise ConfigError(f"--task {spec!r} must return a torch.nn.Module model and a tensor example_input.")
+    return out
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _to(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch

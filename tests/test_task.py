@@ -1,0 +1,136 @@
+"""A user's own task (issue 27): search_task from Python, --task from the CLI, apply and report on it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+import autoprune as ap
+from autoprune.errors import ConfigError
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import helpers_tasks  # noqa: E402
+
+
+def _torch_flops(model, x) -> int:
+    """PyTorch's own count, independent of autoprune's."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.eval()(x)
+    return counter.get_total_flops()
+
+
+def test_a_segmenter_is_searched_with_its_own_metric_and_applied(tmp_path):
+    spec = helpers_tasks.small_segmentation()
+    outcome = ap.search_spec(spec, "", {"flops": "50%"}, trials=6, finetune_epochs=0.25, bn_batches=2,
+                             concurrency=2, results_dir=str(tmp_path), name="seg", log=lambda line: None)
+    assert outcome.finished
+    ok = outcome.trials[outcome.trials["status"] == "ok"]
+    assert len(ok) >= 5, outcome.trials[["trial", "status", "error"]]
+    base = _torch_flops(spec.model, spec.example_input)
+    for trial in ok["trial"]:
+        small = ap.apply_policy(spec.model, outcome.policy(int(trial)), spec.example_input)
+        assert _torch_flops(small, spec.example_input) <= 0.5 * base
+        assert small(spec.example_input)["out"].shape == spec.model(spec.example_input)["out"].shape
+    # the user's metric (mean IoU, in [0, 1]) is what the front holds, and config.yaml names it
+    assert ok["val_acc"].between(0, 1).all() and not outcome.front.empty
+    saved = yaml.safe_load((tmp_path / "seg" / "config.yaml").read_text())
+    assert saved["metric"] == "miou" and saved["task"] == "python" and saved["direction"] == "maximize"
+    assert saved["search"]["model"] == "LRASPP" and saved["search"]["dataset"] == "task"
+    # taylor ran through the task's loss; a model with no loss would not be offered it
+    assert set(ok["importance"]) <= {"l1", "bn_scale", "taylor"} and "taylor" in set(outcome.trials["importance"])
+    # report names the metric; apply trains the pick with the task's own loop and scores it with its metric
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    shown = subprocess.run([sys.executable, "-m", "autoprune.cli", "report", str(tmp_path / "seg")],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert "validation miou" in shown.stdout
+    from autoprune.errors import RunError
+    from autoprune.task_apply import apply_task_run
+
+    with pytest.raises(RunError, match="from Python"):  # its functions cannot be imported again
+        apply_task_run(tmp_path / "seg", epochs=1, log=lambda line: None)
+
+    result = apply_task_run(tmp_path / "seg", epochs=1, spec=spec, log=lambda line: None)
+    metrics = json.loads((Path(result["path"]) / "metrics.json").read_text())
+    assert metrics["metric"] == "miou" and 0 <= metrics["metric_after"] <= 1
+    assert metrics["flops_ratio"] <= 0.5 + 1e-9
+    assert (Path(result["path"]) / "model.safetensors").is_file()
+
+
+def test_a_task_from_the_command_line_searches_resumes_and_applies(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True,
+                              env=env, timeout=600)
+
+    common = ["--results-dir", str(tmp_path), "--name", "tiny", "--finetune-epochs", "0.5", "--bn-batches", "2"]
+    first = cli("search", "--task", "helpers_tasks:tiny_task", "--budget-flops", "50%", "--trials", "3", *common)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "pixel_acc" in first.stdout
+    more = cli("search", "--resume", "--trials", "5", "--results-dir", str(tmp_path), "--name", "tiny")
+    assert more.returncode == 0, more.stderr[-2000:]
+    trials = ap.load_run(tmp_path / "tiny").trials
+    assert sorted(trials["trial"]) == [0, 1, 2, 3, 4]
+    assert (trials["status"] == "ok").sum() >= 4
+    assert "taylor" not in set(trials["importance"])  # the task has no loss: taylor is not offered
+    applied = cli("apply", str(tmp_path / "tiny"), "--epochs", "1")
+    assert applied.returncode == 0, applied.stderr[-2000:]
+    assert "pixel_acc" in applied.stdout
+    folder = tmp_path / "tiny" / "apply-best"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["task"] == "helpers_tasks:tiny_task" and 0 <= metrics["metric_after"] <= 1
+
+
+def test_a_user_function_that_raises_is_a_failed_trial_with_its_message(tmp_path):
+    pieces = helpers_tasks.tiny_pieces(broken_finetune=True)
+    outcome = ap.search_task(pieces["model"], pieces["example_input"], {"flops": "60%"},
+                             evaluate=pieces["evaluate"], finetune=pieces["finetune"],
+                             calib_batches=pieces["calib_batches"], metric="pixel_acc", trials=3,
+                             finetune_epochs=0.5, bn_batches=2, results_dir=str(tmp_path), name="broken",
+                             log=lambda line: None)
+    assert len(outcome.trials) == 3 and set(outcome.trials["status"]) == {"failed"}
+    assert outcome.trials["error"].str.contains("the user's loop exploded on purpose").all()
+
+
+def test_bad_tasks_are_one_clear_error(tmp_path, capsys):
+    pieces = helpers_tasks.tiny_pieces()
+    args = (pieces["model"], pieces["example_input"], {"flops": "50%"})
+    kw = dict(evaluate=pieces["evaluate"], finetune=pieces["finetune"], calib_batches=pieces["calib_batches"],
+              results_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="taylor needs the task's loss"):
+        ap.search_task(*args, importance="taylor", **kw)
+    with pytest.raises(ConfigError, match="direction must be one of maximize, minimize"):
+        ap.search_task(*args, direction="up", **kw)
+    with pytest.raises(ConfigError, match="budgets must map"):
+        ap.search_task(pieces["model"], pieces["example_input"], {"size": "50%"}, **kw)
+    with pytest.raises(ConfigError, match="does not take 'dataset'"):
+        ap.search_task(*args, dataset="digits", **kw)
+    with pytest.raises(ConfigError, match="calibration batch"):
+        ap.search_task(*args, **{**kw, "calib_batches": []})
+    assert not any(tmp_path.iterdir())  # nothing written
+    from autoprune import cli
+
+    for argv, needle in ((["--task", "no_such_module_xyz:fn"], "cannot import module 'no_such_module_xyz'"),
+                         (["--task", "helpers_tasks:missing"], "has no function 'missing'"),
+                         (["--task", "helpers_tasks"], "must be package.module:function"),
+                         (["--task", "helpers_tasks:not_a_task"], "must return autoprune.TaskSpec"),
+                         (["--task", "helpers_tasks:tiny_task", "--model", "resnet20"], "drop --model")):
+        code = cli.main(["search", *argv, "--budget-flops", "50%", "--results-dir", str(tmp_path)])
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert code == 2 and len(err) == 1 and needle in err[0], (argv, err)
+    done = subprocess.run([sys.executable, "-m", "autoprune.cli", "search", "--task", "no_such_module_xyz:fn",
+                           "--budget-flops", "50%", "--results-dir", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no_such_module_xyz" in lines[0] and "Traceback" not in done.stderr
+    assert not any(tmp_path.iterdir())
