@@ -268,11 +268,11 @@ def run_cell(cell: Cell, table: Table, args) -> None:
         record("uniform_best", seed, uniform(best_crit), candidate=f"uniform_{best_crit}", criterion=best_crit)
     if args.with_autoprune:
         for seed in FRESH_SEEDS:
-            _autoprune(cell, seed, record, args.search_epochs)
+            _autoprune(cell, seed, record, args.search_epochs, args.pick_near)
     if args.judge:
         for seed in args.judge_seeds:
             record("uniform_best", seed, uniform(best_crit), candidate=f"uniform_{best_crit}", criterion=best_crit)
-            _autoprune(cell, seed, record, args.search_epochs)
+            _autoprune(cell, seed, record, args.search_epochs, args.pick_near)
 
 
 def _rebuild(cell: Cell, best: dict):
@@ -288,12 +288,23 @@ def _rebuild(cell: Cell, best: dict):
     return lambda: ap.apply_policy(cell.base, cell.fit(keep), cell.x, importance=crit, grad_batch=cell.grad)
 
 
-def variant(epochs: float) -> str:
-    """The ``note`` of an ``autoprune`` row: the search's finetune epochs per trial (0: BatchNorm only)."""
-    return f"search_epochs={epochs:g}"
+def variant(epochs: float, near: float | None = None) -> str:
+    """The ``note`` of an ``autoprune`` row: the search's finetune epochs per trial (0: BatchNorm only),
+    and the pick's smallest size as a share of the budget when it is not the front's best (``--pick-near``)."""
+    return f"search_epochs={epochs:g}" + (f",pick_near={near:g}" if near else "")
 
 
-def _autoprune(cell: Cell, seed: int, record, epochs: float) -> None:
+def _near_budget(run, budget: float, share: float):
+    """The best ok trial (highest fidelity) whose size in the run's measure lies in [share x budget, budget]."""
+    from autoprune.front import best_trial, top_rung
+
+    col = f"{run.config.size_measure}_ratio"
+    t = top_rung(run.trials)
+    return best_trial(t[(t["status"] == "ok") & t["val_acc"].notna()
+                        & t[col].between(share * budget, budget + 1e-12)])
+
+
+def _autoprune(cell: Cell, seed: int, record, epochs: float, near: float | None = None) -> None:
     suffix = "" if epochs == RECIPE["search_epochs"] else f"-e{epochs:g}"
     name = f"{cell.model_name}-{cell.measure}{cell.key['budget'].rstrip('%').replace('.', 'p')}-s{seed}{suffix}"
     cfg = ap.SearchConfig(model=cell.model_name, dataset=DATASET[0], checkpoint=cell.source,
@@ -304,12 +315,12 @@ def _autoprune(cell: Cell, seed: int, record, epochs: float) -> None:
     resume = (folder / "config.yaml").is_file()
     ap.search(cfg, resume=resume, given={} if resume else None, log=lambda line: None)
     run = ap.load_run(folder)
-    best = run.best()
+    best = _near_budget(run, cell.budget, near) if near else run.best()
     policy = run.policy(int(best["trial"]))
     cost = run.search_cost()
     record("autoprune", seed, lambda: ap.apply_policy(cell.base, policy, cell.x), family="search",
            candidate=f"trial{int(best['trial'])}_{best['origin']}", criterion=policy.importance,
-           search_images=cost["train"], search_cost=round(cost["cost"]), note=variant(epochs))
+           search_images=cost["train"], search_cost=round(cost["cost"]), note=variant(epochs, near))
 
 
 # -------------------------------------------------------------------------------------------- summary
@@ -413,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the seeds --judge runs (default 5-9; a second variant is judged on seeds no look has used)")
     p.add_argument("--search-epochs", type=float, default=RECIPE["search_epochs"],
                    help="finetune epochs of each default-search trial in --with-autoprune/--judge (0: BatchNorm only)")
+    p.add_argument("--pick-near", type=float, default=None, metavar="SHARE",
+                   help="the autoprune rows pick the best trial sized within [SHARE x budget, budget], not the "
+                        "front's best (issue 24's cost lever: BatchNorm-only scores do not compare across sizes)")
     p.add_argument("--no-search5x", action="store_true", help="leave out the 5x search's picks (the costliest family)")
     p.add_argument("--out-dir", default=str(_OUT))
     p.add_argument("--summarise-only", action="store_true")
