@@ -46,6 +46,7 @@ what is there, so the study runs in parts.
 from __future__ import annotations
 
 import argparse
+import json
 import csv
 import dataclasses
 import math
@@ -192,7 +193,8 @@ def _search5x(cell: Cell) -> list[tuple[str, ap.Policy]]:
                           seed=0, split_seed=SPLIT_SEED, results_dir=str(_RUNS), name=name)
     folder = _RUNS / name
     resume = (folder / "config.yaml").is_file()
-    ap.search(cfg, resume=resume, given={} if resume else None, log=lambda line: None)
+    if not resume or not _finished(folder):
+        ap.search(cfg, resume=resume, given={} if resume else None, log=lambda line: None)
     run = ap.load_run(folder)
     ok = run.trials[run.trials["status"] == "ok"].sort_values("val_acc", ascending=False).head(3)
     out = []
@@ -288,6 +290,12 @@ def _rebuild(cell: Cell, best: dict):
     return lambda: ap.apply_policy(cell.base, cell.fit(keep), cell.x, importance=crit, grad_batch=cell.grad)
 
 
+def _finished(folder: Path) -> bool:
+    """A search folder that finished (state.json says so): resuming it would be refused."""
+    state = folder / "state.json"
+    return (folder / "pareto.csv").is_file() and state.is_file() and bool(json.loads(state.read_text()).get("finished"))
+
+
 def variant(epochs: float, near: float | None = None) -> str:
     """The ``note`` of an ``autoprune`` row: the search's finetune epochs per trial (0: BatchNorm only),
     and the pick's smallest size as a share of the budget when it is not the front's best (``--pick-near``)."""
@@ -313,7 +321,8 @@ def _autoprune(cell: Cell, seed: int, record, epochs: float, near: float | None 
                           seed=seed, split_seed=SPLIT_SEED, results_dir=str(_RUNS), name=name)
     folder = _RUNS / name
     resume = (folder / "config.yaml").is_file()
-    ap.search(cfg, resume=resume, given={} if resume else None, log=lambda line: None)
+    if not resume or not _finished(folder):
+        ap.search(cfg, resume=resume, given={} if resume else None, log=lambda line: None)
     run = ap.load_run(folder)
     best = _near_budget(run, cell.budget, near) if near else run.best()
     policy = run.policy(int(best["trial"]))
