@@ -204,11 +204,16 @@ class TaskSpec:
 
 
 def load_task(spec: str) -> TaskSpec:
-    """Import ``pkg.mod:function`` and call it; its result (a :class:`TaskSpec` or a dict of its fields)
-    is checked. Raises ConfigError naming the bad value."""
+    """Import ``pkg.mod:function`` (from PYTHONPATH, or the current directory) and call it; its result
+    (a :class:`TaskSpec` or a dict of its fields) is checked. Raises ConfigError naming the bad value."""
     mod_name, sep, fn_name = str(spec).partition(":")
     if not sep or not mod_name or not fn_name:
         raise ConfigError(f"--task must be package.module:function, but got {spec!r}.")
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())  # as `python -m` would: a task module beside where the command runs
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except ImportError as e:

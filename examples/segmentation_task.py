@@ -4,7 +4,7 @@ Everything here is what a user brings: a model (torchvision's, built without wei
 shapes: squares are class 1, discs class 2, the rest background), a training loop and a metric.
 autoprune searches per-group sparsities under the FLOPs budget with them.
 
-    python examples/segmentation_task.py --trials 12            # the search, then its front in mean IoU
+    python examples/segmentation_task.py --trials 16            # the search, then its front in mean IoU
     autoprune search --task examples.segmentation_task:task --budget-flops 50% --trials 12 \\
         --finetune-epochs 0.5                                   # the same task from the command line
 """
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=12)
+    p.add_argument("--trials", type=int, default=16)
     p.add_argument("--budget-flops", default="50%")
     p.add_argument("--finetune-epochs", type=float, default=0.5)
     p.add_argument("--results-dir", default="results")
