@@ -26,7 +26,7 @@ import pandas as pd
 
 from .atomic import write_text
 from .errors import AutopruneError
-from .front import (best_trial, confirmed_best, gain_vs_uniform, hypervolume_column, is_uniform, last_growth,
+from .front import (best_pick, best_trial, gain_vs_uniform, hypervolume_column, is_uniform, last_growth,
                     pareto_front, plot_front, proposed_count, uniform_curve, uniform_verdict)
 from .policy import Policy
 from .results import Run, RunDir, load_run, unpruned_size
@@ -84,8 +84,7 @@ class _View:
         self.front = pareto_front(self.trials, self.objective)
         self.curve = uniform_curve(self.trials, self.objective)
         self.front["gain_vs_uniform"] = gain_vs_uniform(self.front, self.curve, self.objective)
-        confirmed = confirmed_best(self.trials) if len(self.trials) else None
-        self.best = confirmed if confirmed is not None else best_trial(self.front)
+        self.best = best_pick(self.trials, self.front, self.objective, run.near_budget)
         self.unpruned = unpruned_size(run.baseline, self.objective)
         try:
             self.floor, self.top = run.config.size_range(self.unpruned) if self.unpruned else (None, None)

@@ -29,7 +29,7 @@ from .atomic import write_json, write_text
 from .budget import Budget
 from .config import SearchConfig
 from .errors import RunError
-from .front import (confirmed_best, gain_vs_uniform, hypervolume_column, pareto_front, pick_trial, plot_front,
+from .front import (best_pick, gain_vs_uniform, hypervolume_column, pareto_front, pick_trial, plot_front,
                     uniform_curve)
 from .policy import Policy
 from .trial import TRIAL_COLUMNS, TrialResult
@@ -146,6 +146,14 @@ def number_or_none(v: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def near_budget_of(config: SearchConfig, baseline: Mapping[str, Any]) -> float | None:
+    """The budget's share (in the size measure) when the run's trials are BatchNorm-only, else None."""
+    if config.finetune_epochs > 0 or config.rungs or config.confirm:
+        return None
+    unpruned = unpruned_size(baseline, config.size_measure)
+    return config.size_range(unpruned)[1] if unpruned else None
+
+
 def unpruned_size(baseline: Mapping[str, Any], objective: str) -> float | None:
     """The unpruned model's figure in the size measure ``objective``, from baseline.json."""
     value = baseline.get("latency_ms" if objective == "latency" else objective)
@@ -187,8 +195,13 @@ class Run:
     def best(self) -> pd.Series | None:
         """The best confirmed candidate when the run confirmed some (``--confirm``), else the front's
         highest validation accuracy within the budget."""
-        confirmed = confirmed_best(self.trials)
-        return confirmed if confirmed is not None else pick_trial(self.pareto, self.config.size_measure)
+        return best_pick(self.trials, self.pareto, self.config.size_measure, self.near_budget)
+
+    @property
+    def near_budget(self) -> float | None:
+        """For a run of BatchNorm-only trials (``finetune_epochs`` 0, no rungs), the budget's share of
+        the unpruned model the pick is made near (``front.NEAR_BUDGET``); None otherwise."""
+        return near_budget_of(self.config, self.baseline)
 
     def pick(self, at_most: float | None = None) -> pd.Series | None:
         """The front point with the highest validation accuracy at or under the size ``at_most`` (a

@@ -23,9 +23,8 @@ from .cluster import RayStarter
 from .config import UNIFORM_SIZES, SearchConfig
 from .data import memory_bytes
 from .front import (
-    best_trial,
+    best_pick,
     confirmations_due,
-    confirmed_best,
     promotions,
     proposed_count,
     uniform_origin,
@@ -33,6 +32,7 @@ from .front import (
 from .prepare import Prepared, prepare_run
 from .promote import confirm, promote_rungs
 from .searcher import close_stale_trials, make_searcher
+from .results import near_budget_of
 from .trial import TrialContext
 from .workers import (
     WarmStart,
@@ -63,6 +63,7 @@ class SearchOutcome:
     timings: dict = field(default_factory=dict)
     left_out: dict = field(default_factory=dict)
     objective: str = "flops"  # the size measure of the front
+    near_budget: float | None = None  # BatchNorm-only trials: the budget's share the pick is made near
 
     @property
     def counts(self) -> dict[str, int]:
@@ -71,8 +72,7 @@ class SearchOutcome:
     @property
     def best(self) -> pd.Series | None:
         """The best confirmed candidate (``--confirm``), else the front's highest validation accuracy."""
-        confirmed = confirmed_best(self.trials)
-        return confirmed if confirmed is not None else best_trial(self.front)
+        return best_pick(self.trials, self.front, self.objective, self.near_budget)
 
     def policy(self, trial: int | None = None):
         """The policy of ``trial`` (default: :attr:`best`), with the channels it kept; apply it with
@@ -146,7 +146,8 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
     run.write_state(finished=finished)
     timings["front"] = time.perf_counter() - t
     return SearchOutcome(run.path, trials, front, config.trials, finished, time.perf_counter() - start,
-                         prepared.baseline, timings, prepared.left_out, config.size_measure)
+                         prepared.baseline, timings, prepared.left_out, config.size_measure,
+                         near_budget_of(config, prepared.baseline))
 
 
 def _saved_task(config: SearchConfig):

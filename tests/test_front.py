@@ -211,3 +211,37 @@ def test_confirmation_reruns_the_best_candidates_and_the_uniform_at_the_budget_a
     assert "search_val_acc" in table[0] and "confirmed_val_acc" in table[0]
     assert table[1].split()[:2] == ["12", "6"] and "0.7500" in table[1] and "0.8700" in table[1]
     assert len(table) == 5  # a header and the four confirmations, the failed one included
+
+
+def test_batchnorm_only_picks_are_made_near_the_budget():
+    """A score after BatchNorm recalibration alone does not compare across sizes (issue 24): with
+    ``near_budget`` the pick is the best trial sized within [0.9, 1] x the budget, even where a much
+    smaller one scored higher; a confirmed candidate still wins, and without any trial near the
+    budget the front's best is the pick."""
+    from autoprune.front import NEAR_BUDGET, best_pick, near_budget_trial
+
+    t = _trials([
+        (0, "ok", "uniform:l1@0.250", 0.40, 0.249),
+        (1, "ok", "optuna", 0.55, 0.080),    # the front's best: a third of the budget
+        (2, "ok", "optuna", 0.45, 0.240),    # the best near the budget
+        (3, "ok", "optuna", 0.60, 0.200),    # higher, but under 0.9 x the budget
+        (4, "infeasible", "optuna", None, None),
+    ])
+    front = pareto_front(t, "flops")
+    assert int(best_pick(t, front, "flops")["trial"]) == 3
+    assert int(best_pick(t, front, "flops", near_budget=0.25)["trial"]) == 2
+    assert int(near_budget_trial(t, "flops", 0.25)["trial"]) == 2
+    assert near_budget_trial(t, "flops", 0.5) is None  # nothing within [0.45, 0.5]
+    assert int(best_pick(t, front, "flops", near_budget=0.5)["trial"]) == 3
+    assert NEAR_BUDGET == pytest.approx(0.9)
+
+
+def test_a_run_of_batchnorm_only_trials_picks_near_its_budget():
+    from autoprune.config import SearchConfig
+    from autoprune.results import near_budget_of
+
+    base = {"flops": 1000.0, "params": 50.0}
+    assert near_budget_of(SearchConfig(budget_flops="25%", finetune_epochs=0), base) == pytest.approx(0.25)
+    assert near_budget_of(SearchConfig(budget_flops="250", finetune_epochs=0), base) == pytest.approx(0.25)
+    assert near_budget_of(SearchConfig(budget_flops="25%", finetune_epochs=0.1), base) is None
+    assert near_budget_of(SearchConfig(budget_flops="25%", finetune_epochs=0, rungs="0.2"), base) is None
