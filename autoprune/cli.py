@@ -190,7 +190,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     _log_confirmed(run.trials, run.config.size_measure)
     best = run.best()
     if best is not None:
-        _log(f"best within budget{_confirmed_note(best)}: trial {int(best['trial'])} (val_acc {best['val_acc']:.4f}, "
+        name = run.baseline.get("metric") or "val_acc"
+        _log(f"best within budget{_confirmed_note(best)}: trial {int(best['trial'])} ({name} {best['val_acc']:.4f}, "
              f"{size} {best[size]:.3f}); apply it with: autoprune apply {run.path} --pick {int(best['trial'])}"
              f" (or --pick 30% for the best at or under a size)")
         _log(_verdict(best, run.trials, run.config.size_measure, run.baseline))

@@ -106,7 +106,7 @@ def _header(v: _View) -> str:
         f"unfinished: {done} of {c.trials} trials recorded (running, or interrupted: continue with "
         f"<code>autoprune search --resume --name {_e(run.path.name)}</code>)")
     b = run.baseline
-    base = (f"unpruned: val_acc {_num(b.get('val_acc'))}, {_num(b.get('flops'))} FLOPs, {_num(b.get('params'))} params"
+    base = (f"unpruned: {_e(b.get('metric') or 'val_acc')} {_num(b.get('val_acc'))}, {_num(b.get('flops'))} FLOPs, {_num(b.get('params'))} params"
             if b else "no baseline.json yet (the run stopped while preparing)")
     nav = " ".join(f'<a href="#{_anchor(s)}">{s}</a>' for s in SECTIONS)
     return (f"<h1>{_e(run.path.name)}</h1>\n"
@@ -137,7 +137,8 @@ def _front(v: _View) -> str:
     if v.best is not None:
         t = int(v.best["trial"])
         parts.append(f"<p>Pick (best within the budget{'' if v.finished else ' so far'}): trial {t}, "
-                     f"{_e(v.best.get('origin', ''))}, val_acc {_num(v.best['val_acc'])} at {_e(v.size)} "
+                     f"{_e(v.best.get('origin', ''))}, {_e(v.run.baseline.get('metric') or 'val_acc')} "
+                     f"{_num(v.best['val_acc'])} at {_e(v.size)} "
                      f"{_num(v.best.get(v.size))}{_ms(v.best)}. Apply it with <code>autoprune apply {_e(str(v.run.path))} "
                      f"--pick {t}</code>.</p>")
         verdict = uniform_verdict(v.best, v.trials, v.objective, v.run.baseline.get("val_images"))
