@@ -69,6 +69,7 @@ _EXPORTS = {
     "search": "search",
     "search_task": "task_search",
     "search_spec": "task_search",
+    "apply_task_run": "task_apply",
     "TaskSpec": "task",
     "UserTask": "task",
     "load_task": "task",

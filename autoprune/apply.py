@@ -115,6 +115,11 @@ def apply_run(
         >>> r["test_acc"], r["comparison"]["test_acc_diff_points"]
     """
     run = run if isinstance(run, Run) else load_run(run)
+    from .task_apply import task_of
+
+    if task_of(run):
+        raise RunError(f"Run {str(run.path)!r} searched a user's task ({task_of(run)}); its own loop trains the pick: "
+                       "autoprune apply RUN (for a --task run) or autoprune.apply_task_run(run, spec=...).")
     _check_numbers(epochs, lr, batch_size, distill)
     latency = {"backend": latency_backend or run.config.latency_backend,
                "threads": latency_threads if latency_threads is not None else run.config.latency_threads}

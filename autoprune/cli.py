@@ -258,6 +258,14 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from .task_apply import apply_task_run, task_of
 
     if task_of(load_run(args.run)):  # a user's task: its finetune trains, its evaluate judges
+        given = {"--lr": args.lr, "--batch-size": args.batch_size, "--compare-uniform": args.compare_uniform,
+                 "--onnx": args.onnx, "--save-module": args.save_module, "--distill": args.distill_on,
+                 "--latency-backend": args.latency_backend, "--latency-threads": args.latency_threads,
+                 "--workers": args.workers}
+        bad = [flag for flag, value in given.items() if value not in (None, False)]
+        if bad:
+            raise ConfigError(f"{', '.join(bad)} cannot be used with a run of a user's task: its own finetune trains "
+                              "the pick (give --pick, --epochs, --device and --seed only).")
         apply_task_run(args.run, pick=args.pick, epochs=args.epochs, device=args.device, seed=args.seed, log=_log)
         return 0
     apply_run(args.run, pick=args.pick, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,

@@ -260,12 +260,8 @@ def pick_trial(front: pd.DataFrame, objective: str, at_most: float | None = None
 
 
 def metric_label(baseline: Mapping[str, Any]) -> str:
-    """What the ``val_acc`` column holds, in words: ``accuracy``, or a user task's metric (``-name`` when
-    the task minimises it: the column holds minus the metric, so higher is better everywhere)."""
-    name = baseline.get("metric")
-    if not name:
-        return "accuracy"
-    return f"-{name}" if baseline.get("direction") == "minimize" else str(name)
+    """What the ``val_acc`` column holds, in words: ``accuracy``, or a user task's metric."""
+    return str(baseline.get("metric") or "accuracy")
 
 
 def uniform_curve(trials: pd.DataFrame, objective: str) -> pd.DataFrame:
@@ -412,7 +408,8 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, path: Path, *, budgets
         lo, hi = min(main), max(main)
         pad = max(0.02, (hi - lo) * 0.3)
         bottom = lo - pad
-        ax.set_ylim(bottom, min(1.005, hi + pad / 2))
+        top = hi + pad / 2
+        ax.set_ylim(bottom, min(1.005, top) if metric_label(baseline) == "accuracy" else top)
         below = int((ok["val_acc"] < bottom).sum())
     else:
         below = 0

@@ -41,6 +41,14 @@ class Prepared:
     task: Any = None  # a user's task (task.UserTask): its functions, pickled to the workers; None: classification
     model: Any = None  # a user's task's model object (its weights are ``state_dict``)
     example: Any = None  # a user's task's example input; None: zeros of ``input_shape``
+    task_bytes: int = 0  # a user's task pickled (functions, calibration batches, what their closures hold)
+
+    @property
+    def payload_bytes(self) -> int:
+        """What a search ships to its workers through Ray's object store, in bytes."""
+        from .data import memory_bytes
+
+        return memory_bytes(self.state_dict.values(), self.train, self.val) + self.task_bytes
 
 
 def run_name(config: SearchConfig) -> str:
@@ -98,6 +106,8 @@ def _prepare_task(config: SearchConfig, run: RunDir, task, *, resume: bool, argv
     """``_prepare`` for a user's task: the given model is the baseline; its metric the task's."""
     import copy
 
+    import torch
+
     from .costs import count_flops
     from .data import memory_bytes
     from .models import load_checkpoint
@@ -107,8 +117,13 @@ def _prepare_task(config: SearchConfig, run: RunDir, task, *, resume: bool, argv
     model = copy.deepcopy(model).cpu().eval()
     example = example.detach().cpu()
     device = resolve_device(config.device)
+    if config.gpus_per_trial > 0 and not config.address and not torch.cuda.is_available():
+        raise ConfigError(f"--gpus-per-trial {config.gpus_per_trial:g} needs a CUDA GPU, and this machine has none; "
+                          "drop the flag to run the trials on the CPU, or join a GPU cluster with --address.")
+    task_bytes = _pickled_size(user)
+    payload = memory_bytes(model.state_dict().values(), None, None) + task_bytes
     if on_checked is not None and resume:
-        on_checked(config, memory_bytes(model.state_dict().values(), None, None))
+        on_checked(config, payload)
     if resume:
         load_checkpoint(model, run.path / "baseline.pt")
         baseline = json.loads((run.path / "baseline.json").read_text())
@@ -125,7 +140,7 @@ def _prepare_task(config: SearchConfig, run: RunDir, task, *, resume: bool, argv
                              f"{list(example.shape)} ({type(e).__name__}: {text[:160]}).") from None
         sizes, groups, left, table = _measure(config, model, example, device, log)
         if on_checked is not None:
-            on_checked(config, memory_bytes(model.state_dict().values(), None, None))
+            on_checked(config, payload)
         baseline = {"model": config.model, "dataset": config.dataset, "num_classes": None,
                     "input_shape": list(example.shape[1:]), **sizes, "metric": user.metric,
                     "direction": user.direction, "val_acc": user.evaluate(model, device=device),
@@ -136,7 +151,22 @@ def _prepare_task(config: SearchConfig, run: RunDir, task, *, resume: bool, argv
                {"task": user.spec or "python", "metric": user.metric, "direction": user.direction})
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return Prepared(config, run, state, None, None, tuple(example.shape[1:]), 0, groups, baseline, left, table,
-                    task=user, model=model, example=example)
+                    task=user, model=model, example=example, task_bytes=task_bytes)
+
+
+def _pickled_size(task) -> int:
+    """Bytes of a user's task as Ray will pickle it (closures and calibration batches included)."""
+    try:
+        import cloudpickle
+    except ImportError:
+        try:
+            from ray import cloudpickle
+        except ImportError:
+            return 0
+    try:
+        return len(cloudpickle.dumps(task))
+    except Exception:  # noqa: BLE001 - an estimate only; Ray reports what it cannot pickle itself
+        return 0
 
 
 def _measure(config: SearchConfig, model, example, device, log) -> tuple[dict, list[str], dict, dict | None]:

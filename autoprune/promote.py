@@ -13,7 +13,6 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from .cluster import RayStarter
-from .data import memory_bytes
 from .front import CONFIRM_PREFIX, confirmations_due, promotions
 from .prepare import Prepared
 from .results import number_or_none
@@ -68,7 +67,7 @@ def _rerun(prepared: Prepared, parents: Sequence[int], epochs: float, prefix: st
     config, run = prepared.config, prepared.run
     _, top = size_range(prepared)
     t = time.perf_counter()
-    ray_starter.wait(config, memory_bytes(prepared.state_dict.values(), prepared.train, prepared.val))
+    ray_starter.wait(config, prepared.payload_bytes)
     lap(timings, "ray_start", t)
     trials = run.read_trials()
     rows = trials.set_index("trial")

@@ -21,7 +21,6 @@ import pandas as pd
 
 from .cluster import RayStarter
 from .config import UNIFORM_SIZES, SearchConfig
-from .data import memory_bytes
 from .front import (
     best_pick,
     confirmations_due,
@@ -177,8 +176,13 @@ def _ship_by_value(prepared: Prepared) -> None:
 
     from ray import cloudpickle
 
+    import functools
+
     task = prepared.task
-    objs = [task.evaluate_fn, task.finetune_fn, task.loss_fn, task.forward_fn, type(prepared.model)]
+    objs = [task.evaluate_fn, task.finetune_fn, task.loss_fn, task.forward_fn,
+            *{type(m) for m in prepared.model.modules()}]
+    objs = [o.func if isinstance(o, functools.partial) else o for o in objs]
+    objs += [type(o) for o in objs if o is not None and not isinstance(o, type) and not hasattr(o, "__code__")]
     for obj in objs:
         name = getattr(obj, "__module__", None)
         mod = sys.modules.get(name or "")
@@ -352,7 +356,7 @@ def _search_trials(prepared: Prepared, done: pd.DataFrame, remaining: int, *, lo
     offset = int(done["trial"].max()) + 1 if len(done) else 0
     t = lap(timings, "driver_context", t)
     # Started in the background once the inputs were checked; what is left of its start-up is waited for here.
-    ray_starter.wait(config, memory_bytes(prepared.state_dict.values(), prepared.train, prepared.val))
+    ray_starter.wait(config, prepared.payload_bytes)
     t = lap(timings, "ray_start", t)
     try:
         _run_tuner(prepared, ranges, warm, offset, remaining, faults, (floor, top), log=log)

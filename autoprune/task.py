@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -25,7 +25,11 @@ from .errors import ConfigError
 
 __all__ = ["Task", "Classification", "UserTask", "TaskSpec", "load_task", "DIRECTIONS"]
 
-DIRECTIONS = ("maximize", "minimize")  # Optuna's words for which way the metric improves
+# Optuna's word for the way the metric improves. Only "maximize" for now: the front, its hypervolume, the
+# uniform curve and Optuna's scores all take higher as better; a task whose metric falls when it
+# improves returns minus it from evaluate (and names it so, e.g. metric="-loss").
+DIRECTIONS = ("maximize",)
+MAX_CALIB_BATCHES = 64  # calibration batches kept (a DataLoader is read this far, not through)
 
 
 class Task:
@@ -44,7 +48,7 @@ class Task:
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, *, device) -> float:
-        """The score a search maximises: the metric itself, or minus it for ``direction="minimize"``."""
+        """The score a search maximises: the task's validation metric."""
         raise NotImplementedError
 
     def gradient_source(self):
@@ -119,11 +123,14 @@ class UserTask(Task):
                 raise ConfigError(f"The task's {name.removesuffix('_fn')} must be a function or None, "
                                   f"but got {type(getattr(self, name)).__name__}.")
         if self.direction not in DIRECTIONS:
-            raise ConfigError(f"The task's direction must be one of {', '.join(DIRECTIONS)}, "
-                              f"but got {self.direction!r}.")
+            raise ConfigError(f"The task's direction must be maximize, but got {self.direction!r} (minimize is not "
+                              "supported yet: return minus your metric from evaluate, e.g. metric='-loss').")
         if not isinstance(self.metric, str) or not self.metric.strip() or "," in self.metric:
             raise ConfigError(f"The task's metric must be a name without commas, but got {self.metric!r}.")
-        self.calib_batches = list(self.calib_batches)
+        if isinstance(self.calib_batches, torch.Tensor) or not hasattr(self.calib_batches, "__iter__"):
+            raise ConfigError(f"The task's calib_batches must be a list (or loader) of batches, but got "
+                              f"{type(self.calib_batches).__name__}; wrap one tensor batch as [batch].")
+        self.calib_batches = list(itertools.islice(self.calib_batches, MAX_CALIB_BATCHES))
         if not self.calib_batches:
             raise ConfigError("The task needs at least one calibration batch (calib_batches) for BatchNorm "
                               "recalibration and the channel criteria.")
@@ -173,7 +180,7 @@ class UserTask(Task):
         with torch.no_grad():
             value = float(self.evaluate_fn(model))
         model.eval()
-        return value if self.direction == "maximize" or not math.isfinite(value) else -value
+        return value
 
     def gradient_source(self):
         if self.loss_fn is None:
@@ -196,7 +203,7 @@ class TaskSpec:
     loss: Callable[[nn.Module, Any], torch.Tensor] | None = None
     forward: Callable[[nn.Module, Any], Any] | None = None
     metric: str = "metric"
-    direction: str = "maximize"
+    direction: str = "maximize"  # the only one supported for now (see DIRECTIONS)
 
     def task(self, spec: str = "") -> UserTask:
         return UserTask(self.evaluate, self.finetune, self.calib_batches, self.loss, self.forward, self.metric,
@@ -213,13 +220,23 @@ def load_task(spec: str) -> TaskSpec:
     import sys
 
     if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())  # as `python -m` would: a task module beside where the command runs
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: a task module beside where the command runs
     try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
-    except ImportError as e:
-        raise ConfigError(f"--task {spec!r}: cannot import module {mod_name!r} ({e}); put it on PYTHONPATH.") from None
-    except AttributeError:
-        raise ConfigError(f"--task {spec!r}: module {mod_name!r} has no function {fn_name!r}.") from None
+        module = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        if e.name and mod_name.startswith(e.name):
+            raise ConfigError(f"--task {spec!r}: cannot import module {mod_name!r} ({e}); put it on PYTHONPATH "
+                              "or run from the folder that holds it.") from None
+        raise ConfigError(f"--task {spec!r}: importing module {mod_name!r} failed: {e}.") from None
+    except Exception as e:  # noqa: BLE001 - the user's module raised on import: say so in one line
+        raise ConfigError(f"--task {spec!r}: importing module {mod_name!r} failed: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}.") from None
+    fn = getattr(module, fn_name, None)
+    if fn is None:
+        raise ConfigError(f"--task {spec!r}: module {mod_name!r} has no function {fn_name!r}.")
+    if not callable(fn):
+        raise ConfigError(f"--task {spec!r}: {fn_name!r} in module {mod_name!r} is a {type(fn).__name__}, "
+                          "not a function.")
     out = fn()
     if isinstance(out, dict):
         known = set(TaskSpec.__dataclass_fields__)

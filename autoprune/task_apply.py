@@ -45,8 +45,7 @@ def apply_task_run(run: str | os.PathLike | Run, *, pick: str | int = "best", ep
 
     ``spec`` is the task's pieces (default: its ``--task`` import path, called again; a run searched
     from Python must pass them)."""
-    import torch
-
+    from .models import load_checkpoint
     from .train import resolve_device
 
     run = run if isinstance(run, Run) else load_run(run)
@@ -55,14 +54,14 @@ def apply_task_run(run: str | os.PathLike | Run, *, pick: str | int = "best", ep
         raise RunError(f"Run {str(run.path)!r} searched the built-in classification task; use autoprune apply.")
     if spec is None:
         if where == "python":
-            raise RunError(f"Run {str(run.path)!r} searched a task given from Python; call "
-                           "autoprune.apply_task_run(run, spec=TaskSpec(...)) with its model and functions.")
+            raise RunError(f"Run {str(run.path)!r} searched a task given from Python; apply it from Python with "
+                           "autoprune.apply_task_run(run, spec=autoprune.TaskSpec(...)), its model and functions.")
         spec = load_task(where)
     task = spec.task(where)
     choice = resolve_pick(run, pick)
     dev = resolve_device(device)
     model = spec.model
-    model.load_state_dict(torch.load(Path(run.path) / "baseline.pt", map_location="cpu", weights_only=True))
+    load_checkpoint(model, Path(run.path) / "baseline.pt")  # a model that no longer matches: one clear error
     model.cpu().eval()
     x = spec.example_input.cpu()
     before = task.evaluate(model.to(dev), device=dev)
@@ -79,14 +78,13 @@ def apply_task_run(run: str | os.PathLike | Run, *, pick: str | int = "best", ep
     small.cpu().eval()
     base_flops, base_params = count_flops(model, x), count_params(model)
     flops, params = count_flops(small, x), count_params(small)
-    sign = -1.0 if task.direction == "minimize" else 1.0
     metrics = {"pick": choice.label, "trial": choice.trial, "metric": task.metric, "direction": task.direction,
-               "metric_before": sign * before, "metric_after": sign * after, "epochs": epochs,
+               "metric_before": before, "metric_after": after, "epochs": epochs,
                "flops": flops, "flops_ratio": flops / base_flops, "params": params,
                "params_ratio": params / base_params, "task": where, "run": str(run.path),
                "input_size": list(x.shape[1:])}
     out = _write(Path(run.path), choice.label, small, metrics)
-    log(f"apply-{choice.label}: {task.metric} {sign * after:.4f} (unpruned {sign * before:.4f})  "
+    log(f"apply-{choice.label}: {task.metric} {after:.4f} (unpruned {before:.4f})  "
         f"flops {flops:,} ({metrics['flops_ratio']:.3f}x)  params {params:,} ({metrics['params_ratio']:.3f}x)")
     log(f"  written: {out}/ model.safetensors, policy.json, metrics.json")
     return {**metrics, "path": str(out)}
