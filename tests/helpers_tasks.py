@@ -91,3 +91,18 @@ def tiny_task():
 
 def not_a_task():
     return 42
+
+
+def _example(name: str):
+    """An example script of examples/ as a module."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, _EXAMPLE.parent / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def small_detection():
+    """The example's SSDlite task at 64 px on 16 generated images, one epoch of baseline."""
+    return _example("detection_task").task(n_train=16, n_val=8, baseline_epochs=1, size=64)

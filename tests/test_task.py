@@ -65,7 +65,7 @@ def test_a_segmenter_is_searched_with_its_own_metric_and_applied(tmp_path):
     assert (Path(result["path"]) / "model.safetensors").is_file()
 
 
-def test_a_task_from_the_command_line_searches_resumes_and_applies(tmp_path):
+def test_a_task_from_the_command_line_searches_resumes_and_applies(tmp_path, capsys):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
 
     def cli(*args):
@@ -82,9 +82,10 @@ def test_a_task_from_the_command_line_searches_resumes_and_applies(tmp_path):
     assert sorted(trials["trial"]) == [0, 1, 2, 3, 4]
     assert (trials["status"] == "ok").sum() >= 4
     assert "taylor" not in set(trials["importance"])  # the task has no loss: taylor is not offered
-    refused = cli("apply", str(tmp_path / "tiny"), "--epochs", "1", "--lr", "0.1")
-    assert refused.returncode == 2 and "--lr cannot be used with a run of a user's task" in refused.stderr
-    assert len([ln for ln in refused.stderr.splitlines() if ln.strip()]) == 1
+    from autoprune import cli as in_process
+
+    assert in_process.main(["apply", str(tmp_path / "tiny"), "--epochs", "1", "--lr", "0.1"]) == 2
+    assert "--lr cannot be used with a run of a user's task" in capsys.readouterr().err
     assert not (tmp_path / "tiny" / "apply-best").exists()
     applied = cli("apply", str(tmp_path / "tiny"), "--epochs", "1")
     assert applied.returncode == 0, applied.stderr[-2000:]
@@ -140,3 +141,19 @@ def test_bad_tasks_are_one_clear_error(tmp_path, capsys):
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "no_such_module_xyz" in lines[0] and "Traceback" not in done.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_detector_is_searched_with_its_heads_left_out_and_why(tmp_path):
+    """torchvision's SSDlite (no weights): the heads' groups, whose outputs are reshaped per anchor, are
+    left out with their reasons; the backbone is searched and every trial is scored by mAP@0.5."""
+    spec = helpers_tasks.small_detection()
+    outcome = ap.search_spec(spec, "", {"flops": "60%"}, trials=3, finetune_epochs=0.25, bn_batches=1,
+                             concurrency=2, results_dir=str(tmp_path), name="det", log=lambda line: None)
+    assert outcome.finished and outcome.counts["ok"] == 3, outcome.trials[["trial", "status", "error"]]
+    assert outcome.left_out and all(why for why in outcome.left_out.values())
+    saved = yaml.safe_load((tmp_path / "det" / "config.yaml").read_text())
+    assert len(saved["groups"]) > 20 and set(saved["left_out"]) == set(outcome.left_out)
+    ok = outcome.trials[outcome.trials["status"] == "ok"]
+    assert ok["val_acc"].between(0, 1).all() and (ok["flops_ratio"] <= 0.6 + 1e-9).all()
+    small = ap.apply_policy(spec.model, outcome.policy(), spec.example_input)
+    assert _torch_flops(small, spec.example_input) <= 0.6 * _torch_flops(spec.model, spec.example_input)
