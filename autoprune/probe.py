@@ -19,9 +19,9 @@ import torch
 import torch.nn as nn
 
 from .costs import CostModel, Group, count_flops, is_depthwise, pruned_count
-from .prune import (DEFAULT_MAX_SPARSITY, _CACHE, _build_graph, _blocks_multiple, _channel_groups, _from_blocks,
-                    _norm_blocks, _per_channel_norms,
-                    _regroup_norms, _root, cost_model, output_leaves)
+from .graph import _build_graph, output_leaves
+from .prune import (DEFAULT_MAX_SPARSITY, _CACHE, _blocks_multiple, _channel_groups, _from_blocks, _norm_blocks,
+                    _per_channel_norms, _regroup_norms, _root, cost_model)
 
 __all__ = ["left_out_groups", "prunable_groups", "searchable_flops_share"]
 
