@@ -126,11 +126,7 @@ def _prepare_task(config: SearchConfig, run: RunDir, task, *, resume: bool, argv
         on_checked(config, payload)
     if resume:
         load_checkpoint(model, run.path / "baseline.pt")
-        baseline = json.loads((run.path / "baseline.json").read_text())
-        saved = run.read_config()
-        groups, left = list(saved.get("groups") or []), dict(saved.get("left_out") or {})
-        saved_table = run.path / "latency_model.json"
-        table = json.loads(saved_table.read_text()) if saved_table.is_file() else None
+        baseline, groups, left, table = _saved(run)
     else:
         try:
             count_flops(model, example)
@@ -167,6 +163,15 @@ def _pickled_size(task) -> int:
         return len(cloudpickle.dumps(task))
     except Exception:  # noqa: BLE001 - an estimate only; Ray reports what it cannot pickle itself
         return 0
+
+
+def _saved(run: RunDir) -> tuple[dict, list[str], dict, dict | None]:
+    """A run folder's baseline.json, probed groups, left-out groups and latency table, for a resume."""
+    baseline = json.loads((run.path / "baseline.json").read_text())
+    saved = run.read_config()
+    table = run.path / "latency_model.json"
+    return (baseline, list(saved.get("groups") or []), dict(saved.get("left_out") or {}),
+            json.loads(table.read_text()) if table.is_file() else None)
 
 
 def _measure(config: SearchConfig, model, example, device, log) -> tuple[dict, list[str], dict, dict | None]:
@@ -251,11 +256,7 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
     if resume:
         checked()
         load_checkpoint(model, run.path / "baseline.pt")
-        baseline = json.loads((run.path / "baseline.json").read_text())
-        saved = run.read_config()
-        groups, left = list(saved.get("groups") or []), dict(saved.get("left_out") or {})
-        saved_table = run.path / "latency_model.json"
-        table = json.loads(saved_table.read_text()) if saved_table.is_file() else None
+        baseline, groups, left, table = _saved(run)
         if not groups:  # runs written before the probe: every group of the graph
             groups = [g.name for g in prunable_groups(model, splits.example_input(), config.space.exclude,
                                                       probe=False)]

@@ -146,24 +146,14 @@ class UserTask(Task):
         return model(batch[0] if isinstance(batch, (tuple, list)) else batch)
 
     def recalibrate(self, model, *, device, batches, batch_size, seed) -> None:
-        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not bns or batches < 1:
+        from .train import fresh_bn_statistics
+
+        if batches < 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             return
         model.to(device)
-        momenta = [bn.momentum for bn in bns]
-        model.eval()
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None
-            bn.train()
-        try:
-            with torch.no_grad():
-                for batch in self.calib_batches[:batches]:
-                    self._feed(model, batch)
-        finally:
-            for bn, momentum in zip(bns, momenta):
-                bn.momentum = momentum
-            model.eval()
+        with fresh_bn_statistics(model), torch.no_grad():
+            for batch in self.calib_batches[:batches]:
+                self._feed(model, batch)
 
     def finetune(self, model, epochs, *, device, lr, batch_size, seed, deadline=None, teacher=None, distill=0.0,
                  warmup_epochs=0.0) -> None:

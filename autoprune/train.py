@@ -373,30 +373,37 @@ def recalibrate_bn(
     Example:
         >>> recalibrate_bn(pruned, splits.train, device="cpu", batches=20)
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return
     if batches < 1:
         raise ConfigError(f"BatchNorm recalibration needs batches >= 1, but got {batches!r}.")
     dev = resolve_device(device)
     model.to(dev)
+    need = batches * batch_size
+    if isinstance(ds, TensorData) and len(ds) > need:
+        # Draw the samples first, so only they are copied to the device, not the whole dataset.
+        ds = ds.take(torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:need])
+    with fresh_bn_statistics(model), torch.no_grad(), _autocast(dev):
+        for i, (x, _) in enumerate(make_loader(ds, batch_size, shuffle=True, seed=seed, device=dev)):
+            if i >= batches:
+                break
+            model(_prepare(x, dev))
+
+
+@contextlib.contextmanager
+def fresh_bn_statistics(model: nn.Module):
+    """Inside: every BatchNorm layer's running statistics reset and averaged over the batches that pass
+    (momentum ``None``), and only those layers in train mode, so dropout and the like do not disturb
+    them. After: each layer's momentum restored, the model in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in bns]
-    # Only BatchNorm layers run in train mode, so dropout and the like do not disturb the statistics.
     model.eval()
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None
         bn.train()
-    need = batches * batch_size
-    if isinstance(ds, TensorData) and len(ds) > need:
-        # Draw the samples first, so only they are copied to the device, not the whole dataset.
-        ds = ds.take(torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:need])
     try:
-        with torch.no_grad(), _autocast(dev):
-            for i, (x, _) in enumerate(make_loader(ds, batch_size, shuffle=True, seed=seed, device=dev)):
-                if i >= batches:
-                    break
-                model(_prepare(x, dev))
+        yield
     finally:
         for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum
