@@ -72,6 +72,7 @@ _EXPORTS = {
     "apply_task_run": "task_apply",
     "TaskSpec": "task",
     "UserTask": "task",
+    "Classification": "task",
     "load_task": "task",
     "load_run": "results",
     "write_report": "report",

@@ -40,7 +40,7 @@ import torch.nn as nn
 from .atomic import write_json
 from .baseline import baseline_recipe
 from .costs import count_flops, count_params
-from .criteria import gradient_batch, needs_gradients
+from .criteria import needs_gradients
 from .data import load_dataset
 from .errors import ConfigError, RunError
 from .export import EXPORT_TOLERANCE, export_onnx, load_pruned, onnx_missing, save_pruned
@@ -50,7 +50,8 @@ from .progress import Progress
 from .picks import Choice, resolve_pick, uniform_choices
 from .prune import apply_policy
 from .results import Run, load_run
-from .train import TrainConfig, evaluate, finetune_pruned, resolve_device
+from .task import Classification
+from .train import TrainConfig, resolve_device
 
 __all__ = ["apply_run", "load_pruned"]
 
@@ -193,7 +194,8 @@ def _check_numbers(epochs: Any, lr: Any, batch_size: Any, distill: Any = 0.0) ->
 
 
 def _measure_baseline(model: nn.Module, splits, x: torch.Tensor, dev: torch.device) -> dict:
-    return {"test_acc": evaluate(model, splits.test, device=dev), "val_acc": evaluate(model, splits.val, device=dev),
+    task = Classification.of(splits)
+    return {"test_acc": task.evaluate(model, device=dev, split="test"), "val_acc": task.evaluate(model, device=dev),
             "flops": count_flops(model.cpu(), x), "params": count_params(model), "latency_ms": None}
 
 
@@ -204,7 +206,7 @@ def _prune(run: Run, choice: Choice, model: nn.Module, x: torch.Tensor, splits, 
     config = run.config
     importance = choice.policy.importance or config.importances[0]
     ranked = needs_gradients(importance) and not choice.policy.indices
-    grad_batch = gradient_batch(splits.train) if ranked else None
+    grad_batch = Classification.of(splits).gradient_source() if ranked else None
     small = apply_policy(model, choice.policy, x, importance=importance, exclude=exclude,
                          seed=config.seed + (choice.trial or 0), grad_batch=grad_batch)
     if choice.search_flops is not None and count_flops(small, x) != int(choice.search_flops):
@@ -233,8 +235,8 @@ def _apply_one(choice: Choice, *, run: Run, splits, base_model: nn.Module, x: to
 
     # as in the search: fresh BatchNorm statistics before the first step
     try:
-        done = finetune_pruned(small, splits, cfg, device=dev, bn_batches=run.config.bn_batches, on_epoch=on_epoch,
-                               teacher=base_model if cfg.distill else None)
+        done = Classification.of(splits).final_recipe(small, cfg, device=dev, bn_batches=run.config.bn_batches,
+                                                      on_epoch=on_epoch, teacher=base_model if cfg.distill else None)
     finally:
         progress.close()
     rows, seconds, test_acc, val_acc = done["log"], done["seconds"], done["test_acc"], done["val_acc"]

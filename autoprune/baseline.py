@@ -54,7 +54,7 @@ def train_baseline(model: nn.Module, splits, cfg, *, out: str | Path, device, ev
 
     from .costs import count_flops, count_params
     from .models import save_checkpoint
-    from .train import evaluate, train
+    from .task import Classification
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,17 +67,18 @@ def train_baseline(model: nn.Module, splits, cfg, *, out: str | Path, device, ev
                        + (f"  val_acc {row['val_acc']:.4f}" if "val_acc" in row else "")
                        + f"  {row['seconds']:.1f}s  [{progress.step(val_acc=row.get('val_acc', math.nan))}]")
 
+    task = Classification.of(splits)
     start = time.perf_counter()
     try:
-        train(model, splits.train, cfg, device=device, val_ds=splits.val, on_epoch=on_epoch)
+        task.train(model, cfg, device=device, on_epoch=on_epoch)
     finally:
         progress.close()
     seconds = time.perf_counter() - start
     model.cpu().eval()
     example = splits.example_input()
     metrics = {
-        "val_acc": evaluate(model, splits.val, device=device),
-        "test_acc": evaluate(model, splits.test, device=device) if evaluate_test else None,
+        "val_acc": task.evaluate(model, device=device),
+        "test_acc": task.evaluate(model, device=device, split="test") if evaluate_test else None,
         "flops": count_flops(model, example), "params": count_params(model),
         "epochs": cfg.epochs, "seconds": round(seconds, 2), "recipe": cfg.to_dict(),
         "input_shape": list(splits.input_shape), "num_classes": splits.num_classes, "split": dict(split),

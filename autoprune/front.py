@@ -262,8 +262,10 @@ def pick_trial(front: pd.DataFrame, objective: str, at_most: float | None = None
 
 
 def metric_label(baseline: Mapping[str, Any]) -> str:
-    """What the ``val_acc`` column holds, in words: ``accuracy``, or a user task's metric."""
-    return str(baseline.get("metric") or "accuracy")
+    """What the ``val_acc`` column holds, in words: ``accuracy``, a user task's metric, or ``-<metric>``
+    for a metric the task minimises (the column holds minus it, so higher is better everywhere)."""
+    metric = str(baseline.get("metric") or "accuracy")
+    return f"-{metric}" if baseline.get("direction") == "minimize" else metric
 
 
 def uniform_curve(trials: pd.DataFrame, objective: str) -> pd.DataFrame:
@@ -321,17 +323,18 @@ def uniform_verdict(best: Mapping[str, Any], trials: pd.DataFrame, objective: st
             "pruning is as good here (autoprune apply --pick uniform).")
 
 
-def hypervolume(points: Sequence[tuple[float, float]], reference: float) -> float:
-    """Area dominated by (size, accuracy) points: sizes in [size, ``reference``], accuracy in [0, acc].
+def hypervolume(points: Sequence[tuple[float, float]], reference: float, floor: float = 0.0) -> float:
+    """Area dominated by (size, accuracy) points: sizes in [size, ``reference``], accuracy in [floor, acc].
 
-    The reference point is (accuracy 0, size ``reference``, the budget): a front that reaches higher
-    accuracy at smaller sizes covers more.
+    The reference point is (accuracy ``floor``, size ``reference``, the budget): a front that reaches
+    higher accuracy at smaller sizes covers more. The floor is 0 for a metric that is never negative
+    (accuracy, IoU); a minimised metric's scores are negative and need one below them.
     """
-    pts = sorted((s, a) for s, a in points if s <= reference and a > 0)
-    area, best = 0.0, 0.0
+    pts = sorted((s, a) for s, a in points if s <= reference and a > floor)
+    area, best = 0.0, floor
     for (size, acc), nxt in zip(pts, [p[0] for p in pts[1:]] + [reference]):
         best = max(best, acc)
-        area += (nxt - size) * best
+        area += (nxt - size) * (best - floor)
     return area
 
 
@@ -344,6 +347,10 @@ def hypervolume_column(trials: pd.DataFrame, objective: str, reference: float) -
     col = _size(trials, objective)
     ordered = trials.sort_values("trial", kind="stable")
     promoted = _is_promotion(ordered)
+    scores = pd.to_numeric(ordered.loc[ordered["status"] == "ok", "val_acc"], errors="coerce").dropna()
+    # 0 for scores that are never negative; below the lowest for a minimised metric's (negated) scores
+    low = float(scores.min()) if len(scores) else 0.0
+    floor = 0.0 if low >= 0 else 1.1 * low
     out, points = {}, []
     for idx, row in ordered.iterrows():
         if promoted[idx]:
@@ -352,7 +359,7 @@ def hypervolume_column(trials: pd.DataFrame, objective: str, reference: float) -
         ok = row["status"] == "ok" and pd.notna(row.get("val_acc")) and pd.notna(row.get(col))
         if ok:
             points.append((float(row[col]), float(row["val_acc"])))
-        out[idx] = hypervolume(points, reference)
+        out[idx] = hypervolume(points, reference, floor)
     return [out[i] for i in trials.index]
 
 

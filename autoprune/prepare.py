@@ -238,7 +238,8 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
     from .data import load_dataset, memory_bytes
     from .models import create_model, load_checkpoint
     from .probe import prunable_groups
-    from .train import evaluate, resolve_device
+    from .task import Classification
+    from .train import resolve_device
 
     device = resolve_device(config.device)
     if config.gpus_per_trial > 0 and not config.address and not torch.cuda.is_available():
@@ -290,7 +291,7 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
         baseline = {
             "model": config.model, "dataset": config.dataset, "num_classes": splits.num_classes,
             "input_shape": list(splits.input_shape), **sizes,
-            "val_acc": evaluate(model, splits.val, device=device), "val_images": len(splits.val),
+            "val_acc": Classification.of(splits).evaluate(model, device=device), "val_images": len(splits.val),
             "train_images": len(splits.train),
             "test_acc": info.get("test_acc"), "source": info.get("source"), "groups": len(groups),
         }

@@ -25,10 +25,10 @@ from .errors import ConfigError
 
 __all__ = ["Task", "Classification", "UserTask", "TaskSpec", "load_task", "DIRECTIONS"]
 
-# Optuna's word for the way the metric improves. Only "maximize" for now: the front, its hypervolume, the
-# uniform curve and Optuna's scores all take higher as better; a task whose metric falls when it
-# improves returns minus it from evaluate (and names it so, e.g. metric="-loss").
-DIRECTIONS = ("maximize",)
+# Optuna's word for the way the metric improves. The front, its hypervolume, the uniform curve and
+# Optuna's scores all take higher as better: for "minimize" the score a trial records (column val_acc)
+# is minus the user's metric, and the plot and report name it so ("-loss"); apply gives both signs.
+DIRECTIONS = ("maximize", "minimize")
 MAX_CALIB_BATCHES = 64  # calibration batches kept (a DataLoader is read this far, not through)
 
 
@@ -58,10 +58,16 @@ class Task:
 
 class Classification(Task):
     """The built-in task: an image classifier on a training and a validation split (cross-entropy,
-    top-1 accuracy), trained by ``train.train``."""
+    top-1 accuracy), trained by ``train.train``. Trials, ``apply`` and the baseline reach the loss
+    and the metric only through it; ``test_ds`` is read only by ``apply`` and the benchmarks."""
 
-    def __init__(self, train_ds, val_ds) -> None:
-        self.train_ds, self.val_ds = train_ds, val_ds
+    def __init__(self, train_ds, val_ds, test_ds=None) -> None:
+        self.train_ds, self.val_ds, self.test_ds = train_ds, val_ds, test_ds
+
+    @classmethod
+    def of(cls, splits) -> "Classification":
+        """The task of a dataset's splits (``data.load_dataset``)."""
+        return cls(splits.train, splits.val, getattr(splits, "test", None))
 
     def recalibrate(self, model, *, device, batches, batch_size, seed) -> None:
         from .train import recalibrate_bn
@@ -70,16 +76,44 @@ class Classification(Task):
 
     def finetune(self, model, epochs, *, device, lr, batch_size, seed, deadline=None, teacher=None, distill=0.0,
                  warmup_epochs=0.0) -> None:
-        from .train import TrainConfig, train
+        from .train import TrainConfig
 
         cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, warmup_epochs=warmup_epochs,
                           distill=distill)
-        train(model, self.train_ds, cfg, device=device, deadline=deadline, teacher=teacher)
+        self.train(model, cfg, device=device, deadline=deadline, teacher=teacher)
 
-    def evaluate(self, model, *, device) -> float:
+    def train(self, model, cfg, *, device, on_epoch=None, deadline=None, teacher=None) -> list[dict]:
+        """Train with a full recipe (``train.TrainConfig``); with ``on_epoch``, each epoch's row carries
+        its validation accuracy. Returns the epoch rows."""
+        from .train import train
+
+        return train(model, self.train_ds, cfg, device=device, val_ds=self.val_ds if on_epoch else None,
+                     on_epoch=on_epoch, deadline=deadline, teacher=teacher)
+
+    def evaluate(self, model, *, device, split: str = "val") -> float:
+        """Top-1 accuracy on the validation split (what a search maximises), or on ``split="test"``."""
         from .train import evaluate
 
-        return evaluate(model, self.val_ds, device=device)
+        ds = self.test_ds if split == "test" else self.val_ds
+        if ds is None:
+            raise ValueError(f"This classification task has no {split} split.")
+        return evaluate(model, ds, device=device)
+
+    def final_recipe(self, model, cfg, *, device, bn_batches: int, on_epoch=None, test: bool = True,
+                     teacher=None) -> dict:
+        """What ``apply`` and the benchmarks give every pruned model: BatchNorm recalibration, a
+        finetune of ``cfg``, evaluation. Returns ``val_acc_bn`` (right after recalibration), ``val_acc``,
+        ``test_acc`` (None with ``test=False``), ``seconds`` and the epoch ``log``."""
+        import time
+
+        start = time.perf_counter()
+        if bn_batches:
+            self.recalibrate(model, device=device, batches=bn_batches, batch_size=cfg.batch_size, seed=cfg.seed)
+        val_bn = self.evaluate(model, device=device)
+        log = self.train(model, cfg, device=device, on_epoch=on_epoch, teacher=teacher) if cfg.epochs > 0 else []
+        return {"val_acc_bn": val_bn, "val_acc": self.evaluate(model, device=device),
+                "test_acc": self.evaluate(model, device=device, split="test") if test else None,
+                "seconds": time.perf_counter() - start, "log": log}
 
     @functools.cached_property
     def _gradient_batch(self):
@@ -123,8 +157,8 @@ class UserTask(Task):
                 raise ConfigError(f"The task's {name.removesuffix('_fn')} must be a function or None, "
                                   f"but got {type(getattr(self, name)).__name__}.")
         if self.direction not in DIRECTIONS:
-            raise ConfigError(f"The task's direction must be maximize, but got {self.direction!r} (minimize is not "
-                              "supported yet: return minus your metric from evaluate, e.g. metric='-loss').")
+            raise ConfigError(f"The task's direction must be one of {', '.join(DIRECTIONS)}, but got "
+                              f"{self.direction!r}.")
         if not isinstance(self.metric, str) or not self.metric.strip() or "," in self.metric:
             raise ConfigError(f"The task's metric must be a name without commas, but got {self.metric!r}.")
         if isinstance(self.calib_batches, torch.Tensor) or not hasattr(self.calib_batches, "__iter__"):
@@ -166,11 +200,20 @@ class UserTask(Task):
         model.eval()
 
     def evaluate(self, model, *, device) -> float:
+        """The score a search maximises: the user's metric, negated when ``direction`` is minimize."""
+        return self.score(self.measure(model, device=device))
+
+    def measure(self, model, *, device) -> float:
+        """The user's metric as their ``evaluate`` returns it."""
         model.to(device).eval()
         with torch.no_grad():
             value = float(self.evaluate_fn(model))
         model.eval()
         return value
+
+    def score(self, value: float) -> float:
+        """A metric value as a score (higher is better); its own inverse."""
+        return -value if self.direction == "minimize" else value
 
     def gradient_source(self):
         if self.loss_fn is None:
@@ -193,7 +236,7 @@ class TaskSpec:
     loss: Callable[[nn.Module, Any], torch.Tensor] | None = None
     forward: Callable[[nn.Module, Any], Any] | None = None
     metric: str = "metric"
-    direction: str = "maximize"  # the only one supported for now (see DIRECTIONS)
+    direction: str = "maximize"  # or "minimize" (see DIRECTIONS)
 
     def task(self, spec: str = "") -> UserTask:
         return UserTask(self.evaluate, self.finetune, self.calib_batches, self.loss, self.forward, self.metric,

@@ -5,7 +5,8 @@ BatchNorm is recalibrated on the task's calibration batches, the task's ``finetu
 trains it and its ``evaluate`` scores it next to the unpruned model. ``RUN/apply-<pick>/`` gets
 ``model.safetensors`` (the pruned weights), ``policy.json`` (rebuild: the task's model, then
 ``apply_policy(model, policy, example_input)``, then load the weights) and ``metrics.json``. A task
-knows no test split: ``metric_before`` and ``metric_after`` are its ``evaluate``'s.
+knows no test split: ``metric_before`` and ``metric_after`` are its ``evaluate``'s, in its own sign
+(not negated for a minimised metric).
 
 Example:
     >>> apply_task_run("results/LRASPP-task-flops50pct-...", pick="best", epochs=5, log=print)
@@ -64,17 +65,18 @@ def apply_task_run(run: str | os.PathLike | Run, *, pick: str | int = "best", ep
     load_checkpoint(model, Path(run.path) / "baseline.pt")  # a model that no longer matches: one clear error
     model.cpu().eval()
     x = spec.example_input.cpu()
-    before = task.evaluate(model.to(dev), device=dev)
+    before = task.measure(model.to(dev), device=dev)  # in the user's own sign
     model.cpu()
     importance = choice.policy.importance or run.config.importances[0]
     grad = task.gradient_source() if needs_gradients(importance) and not choice.policy.indices else None
     small = apply_policy(model, choice.policy, x, importance=importance, exclude=run.config.space.exclude,
                          seed=run.config.seed + (choice.trial or 0), grad_batch=grad)
     task.recalibrate(small, device=dev, batches=run.config.bn_batches, batch_size=run.config.batch_size, seed=seed)
-    log(f"apply-{choice.label}: trial {choice.trial}, {task.metric} {choice.search_val_acc} in the search; "
+    searched = None if choice.search_val_acc is None else task.score(choice.search_val_acc)
+    log(f"apply-{choice.label}: trial {choice.trial}, {task.metric} {searched} in the search; "
         f"the task's finetune for {epochs:g} epochs")
     task.finetune(small, epochs, device=dev, lr=run.config.finetune_lr, batch_size=run.config.batch_size, seed=seed)
-    after = task.evaluate(small, device=dev)
+    after = task.measure(small, device=dev)
     small.cpu().eval()
     base_flops, base_params = count_flops(model, x), count_params(model)
     flops, params = count_flops(small, x), count_params(small)

@@ -46,8 +46,8 @@ def search_task(model: nn.Module, example_input: torch.Tensor, budgets: Mapping[
         loss: ``loss(model, batch) -> Tensor``: enables the ``taylor`` criterion.
         forward: ``forward(model, batch)``; default ``model(batch)``, or ``model(batch[0])`` for a tuple.
         metric: the metric's name, recorded in config.yaml and shown on the plot and in ``report``.
-        direction: ``maximize`` (Optuna's word; the only one supported for now: a metric that falls as it
-            improves is returned negated by ``evaluate``).
+        direction: ``maximize`` or ``minimize`` (Optuna's words). For ``minimize`` the trials' score
+            (column ``val_acc``, the front, the plot) is minus the metric, named ``-<metric>``.
         settings: any other :class:`~autoprune.config.SearchConfig` field (``trials``, ``finetune_epochs``,
             ``concurrency``, ``name``, ``results_dir``, ``importance``, ...).
     """
@@ -56,8 +56,7 @@ def search_task(model: nn.Module, example_input: torch.Tensor, budgets: Mapping[
     if not isinstance(example_input, torch.Tensor):
         raise ConfigError(f"search_task's example_input must be a tensor batch, but got {type(example_input).__name__}.")
     if direction not in DIRECTIONS:
-        raise ConfigError(f"direction must be maximize, but got {direction!r} (minimize is not supported yet: "
-                          "return minus your metric from evaluate, e.g. metric='-loss').")
+        raise ConfigError(f"direction must be one of {', '.join(DIRECTIONS)}, but got {direction!r}.")
     bad = [k for k in budgets if k not in _BUDGET_KINDS]
     if bad or not budgets:
         raise ConfigError(f"budgets must map {', '.join(_BUDGET_KINDS)} to a budget such as '50%', but got "

@@ -321,16 +321,10 @@ def finetune_pruned(model: nn.Module, splits, cfg: TrainConfig, *, device: str |
     Example:
         >>> finetune_pruned(small, splits, TrainConfig(epochs=30, lr=0.01), device="cpu", bn_batches=10)
     """
-    start = time.perf_counter()
-    if bn_batches:
-        recalibrate_bn(model, splits.train, device=device, batches=bn_batches, batch_size=cfg.batch_size,
-                       seed=cfg.seed)
-    val_bn = evaluate(model, splits.val, device=device)
-    log = train(model, splits.train, cfg, device=device, val_ds=splits.val if on_epoch else None,
-                on_epoch=on_epoch, teacher=teacher) if cfg.epochs > 0 else []
-    return {"val_acc_bn": val_bn, "val_acc": evaluate(model, splits.val, device=device),
-            "test_acc": evaluate(model, splits.test, device=device) if test else None,
-            "seconds": time.perf_counter() - start, "log": log}
+    from .task import Classification  # the built-in task holds the recipe; this name stays for scripts
+
+    return Classification.of(splits).final_recipe(model, cfg, device=device, bn_batches=bn_batches,
+                                                  on_epoch=on_epoch, test=test, teacher=teacher)
 
 
 def evaluate(model: nn.Module, ds: Dataset, *, device: str | torch.device, batch_size: int = 512) -> float:

@@ -33,7 +33,9 @@ def run_path(tmp_path_factory) -> Path:
 def applied(run_path):
     """One apply of `best`, recording every dataset that apply evaluated on."""
     evaluated, loaded, lines = [], [], []
-    real_evaluate, real_load = apply_mod.evaluate, apply_mod.load_dataset
+    import autoprune.train
+
+    real_evaluate, real_load = autoprune.train.evaluate, apply_mod.load_dataset
 
     def spy_evaluate(model, ds, **kw):
         evaluated.append(ds)
@@ -43,11 +45,9 @@ def applied(run_path):
         loaded.append(real_load(*a, **kw))
         return loaded[-1]
 
-    import autoprune.train
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(apply_mod, "evaluate", spy_evaluate)
-        mp.setattr(autoprune.train, "evaluate", spy_evaluate)  # the final recipe's evaluations
+        # every evaluation apply makes goes through the classification task to train.evaluate
+        mp.setattr(autoprune.train, "evaluate", spy_evaluate)
         mp.setattr(apply_mod, "load_dataset", spy_load)
         result = apply_run(run_path, pick="best", epochs=1, device="cpu", log=lines.append)
     return result, lines, evaluated, loaded
@@ -199,7 +199,9 @@ def no_training(monkeypatch):
         raise AssertionError("apply loaded data before validating its arguments")
 
     monkeypatch.setattr(apply_mod, "load_dataset", boom)
-    monkeypatch.setattr(apply_mod, "finetune_pruned", boom)
+    from autoprune.task import Classification
+
+    monkeypatch.setattr(Classification, "final_recipe", boom)
 
 
 @pytest.mark.parametrize("pick, words", [

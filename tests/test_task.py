@@ -106,6 +106,34 @@ def test_a_user_function_that_raises_is_a_failed_trial_with_its_message(tmp_path
     assert outcome.trials["error"].str.contains("the user's loop exploded on purpose").all()
 
 
+def test_a_metric_to_minimise_is_searched_as_its_negation_and_applied_in_its_own_sign(tmp_path):
+    pieces = helpers_tasks.tiny_pieces()
+    acc = pieces["evaluate"]
+    outcome = ap.search_task(pieces["model"], pieces["example_input"], {"flops": "60%"},
+                             evaluate=lambda m: 1.0 - acc(m), finetune=pieces["finetune"],
+                             calib_batches=pieces["calib_batches"], metric="pixel_err", direction="minimize",
+                             trials=4, finetune_epochs=0.25, bn_batches=2, results_dir=str(tmp_path), name="err",
+                             log=lambda line: None)
+    ok = outcome.trials[outcome.trials["status"] == "ok"]
+    assert len(ok) >= 3
+    # the score is minus the error: the front's best is the trial with the lowest error
+    assert ok["val_acc"].between(-1, 0).all() and (ok["val_acc"] < 0).any()
+    assert outcome.best["val_acc"] == pytest.approx(ok.loc[ok["flops_ratio"] <= 0.6 + 1e-9, "val_acc"].max())
+    assert outcome.baseline["direction"] == "minimize" and outcome.baseline["val_acc"] <= 0
+    from autoprune.front import hypervolume_column, metric_label
+
+    assert metric_label(outcome.baseline) == "-pixel_err"
+    assert hypervolume_column(outcome.trials, "flops_ratio", 0.6)[-1] > 0  # a front of negative scores has area
+    saved = yaml.safe_load((tmp_path / "err" / "config.yaml").read_text())
+    assert saved["direction"] == "minimize" and saved["metric"] == "pixel_err"
+    from autoprune.task_apply import apply_task_run
+
+    spec = ap.TaskSpec(pieces["model"], pieces["example_input"], lambda m: 1.0 - acc(m), pieces["finetune"],
+                       pieces["calib_batches"], metric="pixel_err", direction="minimize")
+    result = apply_task_run(tmp_path / "err", epochs=0.5, spec=spec, log=lambda line: None)
+    assert 0 <= result["metric_before"] <= 1 and 0 <= result["metric_after"] <= 1  # the error, not its negation
+
+
 def test_bad_tasks_are_one_clear_error(tmp_path, capsys):
     pieces = helpers_tasks.tiny_pieces()
     args = (pieces["model"], pieces["example_input"], {"flops": "50%"})
@@ -113,8 +141,8 @@ def test_bad_tasks_are_one_clear_error(tmp_path, capsys):
               results_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="taylor needs the task's loss"):
         ap.search_task(*args, importance="taylor", **kw)
-    with pytest.raises(ConfigError, match="minimize is not supported yet: return minus your metric"):
-        ap.search_task(*args, direction="minimize", **kw)
+    with pytest.raises(ConfigError, match="direction must be one of maximize, minimize, but got 'lower'"):
+        ap.search_task(*args, direction="lower", **kw)
     with pytest.raises(ConfigError, match="wrap one tensor batch as"):
         ap.search_task(*args, **{**kw, "calib_batches": pieces["calib_batches"][0]})
     with pytest.raises(ConfigError, match="budgets must map"):
