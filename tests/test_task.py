@@ -185,3 +185,54 @@ def test_a_detector_is_searched_with_its_heads_left_out_and_why(tmp_path):
     assert ok["val_acc"].between(0, 1).all() and (ok["flops_ratio"] <= 0.6 + 1e-9).all()
     small = ap.apply_policy(spec.model, outcome.policy(), spec.example_input)
     assert _torch_flops(small, spec.example_input) <= 0.6 * _torch_flops(spec.model, spec.example_input)
+
+
+_ABSENT_TASK = '''
+import torch, torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.head = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+def evaluate(model):
+    x = torch.rand(8, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    return float((model(x).argmax(1) == (x[:, 0] > 0.5).long()).float().mean())
+
+def finetune(model, epochs):
+    pass
+'''
+
+_ABSENT_DRIVER = '''
+import importlib, shutil, sys, torch
+sys.path.insert(0, sys.argv[1])
+mod = importlib.import_module("absent_task_mod")
+model = mod.Net()
+shutil.rmtree(sys.argv[1])  # the module is gone: a worker can only have it pickled by value
+sys.path.pop(0)
+import autoprune as ap
+outcome = ap.search_task(model, torch.zeros(1, 3, 12, 12), {"flops": "60%"}, evaluate=mod.evaluate,
+                         finetune=mod.finetune, calib_batches=[torch.rand(4, 3, 12, 12)], metric="pix",
+                         trials=2, finetune_epochs=0.25, bn_batches=1, results_dir=sys.argv[2], name="gone",
+                         log=lambda line: None)
+print("STATUS", ",".join(outcome.trials["status"]), "|".join(map(str, outcome.trials["error"].fillna(""))))
+'''
+
+
+def test_a_task_whose_module_exists_only_on_the_driver_runs_on_ray_workers(tmp_path):
+    """The user's functions and model class are shipped by value: the module they come from is deleted
+    before the search, as on a cluster whose nodes never had the user's script."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "absent_task_mod.py").write_text(_ABSENT_TASK)
+    done = subprocess.run([sys.executable, "-c", _ABSENT_DRIVER, str(src), str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    status = [ln for ln in done.stdout.splitlines() if ln.startswith("STATUS")][0]
+    assert status.split()[1] == "ok,ok", status
+    assert not src.exists()
