@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-__all__ = ["time_left", "format_duration", "Progress"]
+__all__ = ["time_left", "size_scale", "format_duration", "Progress"]
 
 
 def time_left(finished: Sequence[float], total: int, concurrency: int = 1) -> float | None:
@@ -80,6 +80,38 @@ def time_left(finished: Sequence[float], total: int, concurrency: int = 1) -> fl
     return remaining * times[-1] / done
 
 
+def size_scale(finished: Sequence[tuple[float, float]], pending: Sequence[float]) -> float:
+    """How long the ``pending`` units take against the ``finished`` ones, from their sizes.
+
+    A pruned model's trial takes about ``a + b x size`` seconds (a fixed part, and a finetune that
+    costs in proportion to the model). The line is fitted to the finished units' ``(size, seconds)``
+    (``a, b >= 0``) and the ratio of its mean over the pending sizes to its mean over the finished
+    ones is returned, so that :func:`time_left`, which assumes the remaining units take as long as the
+    finished ones, can be scaled. 1 when the sizes say nothing: fewer than 3 finished units, sizes
+    that barely differ, or no pending sizes. Clipped to [0.25, 4].
+
+    Example:
+        >>> size_scale([(0.5, 20), (0.5, 20), (0.125, 8)], pending=[0.25, 0.25])   # 4 + 32 x size
+        0.75
+    """
+    pairs = [(float(s), float(d)) for s, d in finished if s is not None and d is not None
+             and math.isfinite(s) and math.isfinite(d)]
+    if len(pairs) < 3 or not pending:
+        return 1.0
+    xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if max(xs) - min(xs) < 0.05 or sxx <= 0:
+        return 1.0
+    b = max(0.0, sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx)
+    a = max(0.0, my - b * mx)
+    before = a + b * mx
+    after = a + b * (sum(pending) / len(pending))
+    if before <= 0:
+        return 1.0
+    return min(4.0, max(0.25, after / before))
+
+
 def format_duration(seconds: float | None) -> str:
     """``45s``, ``3m05s``, ``1h02m``; ``?`` for an unknown duration."""
     if seconds is None or not math.isfinite(seconds):
@@ -104,17 +136,27 @@ class Progress:
         log: where lines go (:meth:`write`).
         bar: draw a tqdm bar on stderr; None: when stderr is a terminal.
         clock: seconds, monotonic (tests pass a fake one).
+        sizes: the expected size of each unit still to run, in the order they start (a search's warm
+            starts have known targets; None for a proposal not made yet), so that the estimate knows
+            when the units to come are smaller or larger than those done (:func:`size_scale`).
+        prior: the expected size of a proposal before any finished (the middle of the target range);
+            it is averaged with the sizes of the proposals that finished.
     """
 
     def __init__(self, total: int, *, done: int = 0, concurrency: int = 1, unit: str = "trial",
                  log: Callable[[str], None] = print, bar: bool | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, sizes: Sequence[float | None] | None = None,
+                 prior: float | None = None) -> None:
         if int(total) < 0 or int(done) < 0:
             raise ValueError(f"`total >= 0` and `done >= 0` must hold, but got {total=}, {done=}.")
         self.total, self.before, self.concurrency = int(total), int(done), max(1, int(concurrency))
         self._log, self._clock = log, clock
         self._start = clock()
         self._finished: list[float] = []
+        self._sizes = list(sizes) if sizes is not None else None
+        self._prior = prior
+        self._measured: list[tuple[float, float]] = []  # (size, seconds) of finished units
+        self._proposed: list[float] = []  # sizes of finished proposals (units with no size known ahead)
         self._bar = _tqdm_bar(self.before + self.total, self.before, unit) \
             if (_terminal() if bar is None else bar) else None
 
@@ -124,15 +166,31 @@ class Progress:
         return self.before + len(self._finished)
 
     def left(self) -> float | None:
-        """Seconds left, by :func:`time_left` (None before the first unit finished)."""
-        return time_left(self._finished, self.total, self.concurrency)
+        """Seconds left, by :func:`time_left`, scaled by :func:`size_scale` when sizes are known
+        (None before the first unit finished)."""
+        left = time_left(self._finished, self.total, self.concurrency)
+        if left is None or self._sizes is None:
+            return left
+        guesses = [*([] if self._prior is None else [self._prior]), *self._proposed]
+        guess = sum(guesses) / len(guesses) if guesses else None
+        pending = [s if s is not None else guess for s in self._sizes[len(self._finished):]]
+        if any(p is None for p in pending):
+            return left
+        return left * size_scale(self._measured, pending)
 
-    def step(self, **postfix: Any) -> str:
+    def step(self, *, size: float | None = None, seconds: float | None = None, proposed: bool = False,
+             **postfix: Any) -> str:
         """Count one finished unit; return what a logged line ends with: ``12/24, 1m40s left``.
 
-        ``postfix`` (``best=0.95``) is shown on the bar beside the estimate.
+        ``size`` and ``seconds`` (the unit's size and how long it ran) feed :func:`size_scale`;
+        ``proposed``: a unit whose size was not known ahead. ``postfix`` (``best=0.95``) is shown on
+        the bar beside the estimate.
         """
         self._finished.append(self._clock() - self._start)
+        if size is not None and seconds is not None and math.isfinite(size) and math.isfinite(seconds):
+            self._measured.append((float(size), float(seconds)))
+            if proposed:
+                self._proposed.append(float(size))
         left = self.left()
         text = f"{self.done}/{self.before + self.total}"
         if left is not None and left > 0:

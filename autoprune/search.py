@@ -375,8 +375,10 @@ def _run_tuner(prepared: Prepared, ranges: dict, warm: tuple[WarmStart, ...], of
         _, _, target_size, origin = candidate(cfg, warm, config)
         return int(cfg.get("trial", -1)), origin, target_size, None, float(config.finetune_epochs)
 
+    # what the time-left estimate expects: the warm starts' sizes first, then proposals in the target range
+    sizes = ([w.target for w in warm] + [None] * max(0, remaining - len(warm)))[:remaining]
     writer = row_writer(run, config, (config.size_measure, target[1]), log, describe, total=remaining,
-                        done=config.trials - remaining)
+                        done=config.trials - remaining, sizes=sizes, prior=(target[0] + target[1]) / 2)
     job = tune.with_resources(tune.with_parameters(trainable, prepared=prepared, warm=warm, faults=dict(faults)),
                                     {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     tuner = tune.Tuner(

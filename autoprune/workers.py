@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -188,14 +188,15 @@ def lap(timings: dict, part: str, t0: float) -> float:
 
 
 def row_writer(run, config: SearchConfig, reference: tuple[str, float], log, describe, *, total: int | None = None,
-               done: int = 0):
+               done: int = 0, sizes: Sequence[float | None] | None = None, prior: float | None = None):
     """A Tune callback that appends each finished trial to trials.csv (driver side, one writer) and
     logs a line. ``describe(trial_config)`` gives (number, origin, target, parent, epochs) for a trial
     whose worker died before it could report.
 
     With ``total`` (the trials this Tune run will finish; ``done`` counted before it), each line ends
     with the trials done of the total and the time left (``progress.time_left``), and a terminal
-    gets a bar with the running best."""
+    gets a bar with the running best. ``sizes`` and ``prior`` (see :class:`~autoprune.progress.Progress`):
+    the trials' expected sizes, so the estimate knows that proposals after large warm starts run faster."""
     from ray import tune
 
     from .progress import Progress
@@ -204,15 +205,17 @@ def row_writer(run, config: SearchConfig, reference: tuple[str, float], log, des
     known = run.read_trials()
     ok = known[known["status"] == "ok"] if len(known) else known
     best = {"val_acc": float(ok["val_acc"].max()) if len(ok) else -1.0}
-    progress = Progress(total, done=done, concurrency=config.concurrency, unit="trial", log=log) \
-        if total is not None else None
+    progress = Progress(total, done=done, concurrency=config.concurrency, unit="trial", log=log, sizes=sizes,
+                        prior=prior) if total is not None else None
 
-    def write(line: str) -> None:
+    def write(line: str, r: TrialResult | None = None) -> None:
         if progress is None:
             log(line)
             return
         shown = {"best": best["val_acc"]} if best["val_acc"] >= 0 else {}  # -1: no ok trial yet
-        progress.write(f"{line}  [{progress.step(**shown)}]")
+        size = getattr(r, objective, None) if r is not None and r.status != "failed" else None
+        timed = dict(size=size, seconds=r.trial_s, proposed=r.origin == "optuna") if size is not None else {}
+        progress.write(f"{line}  [{progress.step(**timed, **shown)}]")
 
     pending: list[TrialResult] = []  # finished trials whose row could not be written yet (a full disk)
 
@@ -243,7 +246,7 @@ def row_writer(run, config: SearchConfig, reference: tuple[str, float], log, des
                     + f"best {best['val_acc']:.4f}  {r.trial_s:.1f}s"
                     + (f"  (rerun of {r.parent}, {r.epochs:g} epochs)" if r.parent is not None else "")
                     + (f"  ({r.error})" if r.error else ""))
-            write(line)
+            write(line, r)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             number, origin, target_size, parent, epochs = describe(trial.config)

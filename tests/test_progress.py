@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from autoprune.progress import Progress, format_duration, time_left
+from autoprune.progress import Progress, format_duration, size_scale, time_left
 
 
 def _search(seed: int, *, trials: int = 24, concurrency: int = 2, noise: float = 0.15) -> list[float]:
@@ -96,6 +96,52 @@ def test_estimate_is_steady_soon_after_the_first_trials():
     # "1s left" and then "1m left". Averaging over whole turns of the slots does not swing.
     for done in (3, 4):
         assert statistics.median(_half_way_errors(2, time_left, done=done)) < 0.2
+
+
+def _demo_with_sizes(seed: int) -> tuple[list[float], list[tuple[float, float, float]]]:
+    """The demo's order: twelve warm starts with known sizes (the budget six times, the floor and the
+    middle three times each: larger than the proposals on average), then twelve proposals uniform in
+    [floor, budget]. A trial takes 3 s + 24 s x its size, times noise (the demo's, on two cores).
+    Returns the warm sizes and (end, size, seconds) per trial in order of finishing."""
+    rng = random.Random(seed)
+    warm = [0.5] * 3 + [0.125] * 3 + [0.3125] * 3 + [0.5] * 3
+    sizes = warm + [rng.uniform(0.125, 0.5) for _ in range(12)]
+    slots = [(0.0, 0), (0.0, 1)]
+    ends = []
+    for size in sizes:
+        free, slot = heapq.heappop(slots)
+        seconds = (3 + 24 * size) * rng.lognormvariate(0, 0.1)
+        ends.append((free + seconds, size, seconds))
+        heapq.heappush(slots, (free + seconds, slot))
+    return warm, sorted(ends)
+
+
+def test_sizes_of_the_trials_to_come_correct_the_estimate():
+    """Warm starts larger than the proposals after them: knowing the sizes (the warm starts' and the
+    middle of the range for proposals) brings the half-way estimate closer than the finish times alone."""
+    with_sizes, without = [], []
+    for seed in range(100):
+        warm, ends = _demo_with_sizes(seed)
+        now = [0.0]
+        sized = Progress(24, concurrency=2, log=lambda line: None, bar=False, clock=lambda: now[0],
+                         sizes=warm + [None] * 12, prior=0.3125)
+        plain = Progress(24, concurrency=2, log=lambda line: None, bar=False, clock=lambda: now[0])
+        for end, size, seconds in ends[:12]:
+            now[0] = end
+            sized.step(size=size, seconds=seconds)
+            plain.step()
+        actual = ends[-1][0] - ends[11][0]
+        with_sizes.append(abs(sized.left() / actual - 1))
+        without.append(abs(plain.left() / actual - 1))
+    assert statistics.mean(with_sizes) < statistics.mean(without)
+    assert sum(e <= 0.25 for e in with_sizes) >= 95
+
+
+def test_size_scale():
+    assert size_scale([(0.5, 20), (0.5, 20), (0.125, 8)], pending=[0.25, 0.25]) == pytest.approx(0.75)
+    assert size_scale([(0.5, 20), (0.125, 8)], pending=[0.25]) == 1.0  # too few to fit a line
+    assert size_scale([(0.5, 20), (0.5, 9), (0.49, 14)], pending=[0.1]) == 1.0  # sizes that barely differ
+    assert size_scale([(0.5, 5), (0.125, 20), (0.3, 12)], pending=[0.1]) == 1.0  # time falling with size: no slope
 
 
 def test_format_duration():

@@ -195,6 +195,53 @@ def test_search_on_a_real_ray_cluster(rand20, tmp_path):
         _stop_head(temp)
 
 
+def _can_hide_a_folder() -> bool:
+    """Whether this machine lets a process see a folder the others see differently (a private mount
+    namespace: root, or a user namespace)."""
+    try:
+        done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                               "mount -t tmpfs -o ro none /mnt"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def test_trials_run_on_a_node_where_the_run_folder_does_not_exist(rand20, tmp_path):
+    """No shared filesystem: the only node with CPUs runs in a mount namespace where the results folder
+    is an empty read-only mount, so the run folder's path does not exist there and cannot be made. Only
+    the driver writes the run folder; a trial that needed it (Tune's storage, a lock, a row) would fail."""
+    if not _can_hide_a_folder():
+        pytest.skip("this machine cannot give a Ray node a private mount namespace (unshare -m)")
+    temp = tempfile.mkdtemp(prefix="/tmp/aprn")  # short: Ray's socket paths must stay < 108 chars
+    hidden = Path(tempfile.mkdtemp(prefix="/tmp/aprh"))  # the driver's results; empty on the worker node
+    port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    ray = Path(sys.executable).parent / "ray"
+    ray = str(ray) if ray.is_file() else "ray"
+    head = subprocess.run([ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=0",
+                           "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert head.returncode == 0, head.stderr[-2000:]
+    try:
+        script = (f"mount -t tmpfs -o ro none {hidden} && test ! -e {hidden}/results && "
+                  f"{ray} start --address=127.0.0.1:{port} --node-ip-address=127.0.0.1 --num-cpus=2 "
+                  "--disable-usage-stats")
+        node = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert node.returncode == 0, node.stderr[-2000:]
+        cmd = [sys.executable, "-m", "autoprune.cli", "search", "--budget-flops", "50%", "--checkpoint", rand20,
+               "--trials", "3", "--finetune-epochs", "0.1", "--image-size", "16", "--concurrency", "2",
+               "--results-dir", str(hidden / "results"), "--name", "nfs", "--address", f"127.0.0.1:{port}"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        trials = pd.read_csv(hidden / "results" / "nfs" / "trials.csv")
+        assert sorted(trials["trial"]) == [0, 1, 2]
+        assert (trials["status"] == "ok").all(), trials[["trial", "status", "error"]].to_dict("records")
+        assert trials["node"].astype(str).nunique() == 1  # all on the worker node: the head has no CPUs
+    finally:
+        _stop_head(temp)
+
+
 def test_a_cluster_that_loses_a_node_finishes_with_every_trial_once(rand20, tmp_path, monkeypatch):
     """A head and a worker node (each its own raylet, on this machine); the search joins them with
     --address and the worker node is removed while trials run: the search finishes, trials ran on both
