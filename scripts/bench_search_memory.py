@@ -115,6 +115,8 @@ def one_search(folder: Path, results: Path, checkpoint: Path, finetune_images: i
     if proc.returncode != 0:
         raise SystemExit(f"the search on {folder} failed (exit {proc.returncode}):\n" + "".join(out[-20:]))
     workers = {pid: kb for pid, (kb, cmd) in peaks.items() if cmd.startswith("ray::")}
+    for pid in sorted(workers, key=workers.get, reverse=True)[:4]:  # which processes peak, for the log
+        print(f"  pid {pid}: {workers[pid] / 1024:.0f} MB  {peaks[pid][1][:60]}", flush=True)
     import pandas as pd
 
     trials = pd.read_csv(results / folder.name / "trials.csv")
