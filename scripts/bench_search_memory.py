@@ -98,10 +98,11 @@ def watch(proc: subprocess.Popen) -> dict[int, tuple[int, str]]:
 
 def one_search(folder: Path, results: Path, checkpoint: Path, finetune_images: int, train_images: int) -> dict:
     epochs = max(finetune_images / (0.9 * train_images), 1e-4)
+    name = f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"  # a rerun on kept folders is a new run
     cmd = [sys.executable, "-m", "autoprune", "search", "--dataset", "imagefolder", "--data-dir", str(folder),
            "--image-size", "32", "--checkpoint", str(checkpoint), "--budget-flops", "50%", "--trials", "4",
            "--concurrency", "2", "--finetune-epochs", f"{epochs:.6f}", "--bn-batches", "2",
-           "--results-dir", str(results), "--name", folder.name]
+           "--results-dir", str(results), "--name", name]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out: list[str] = []
@@ -119,7 +120,7 @@ def one_search(folder: Path, results: Path, checkpoint: Path, finetune_images: i
         print(f"  pid {pid}: {workers[pid] / 1024:.0f} MB  {peaks[pid][1][:60]}", flush=True)
     import pandas as pd
 
-    trials = pd.read_csv(results / folder.name / "trials.csv")
+    trials = pd.read_csv(results / name / "trials.csv")
     return {"driver_peak_mb": round(peaks[proc.pid][0] / 1024), "workers": len(workers),
             "worker_peak_mb": round(max(workers.values()) / 1024) if workers else None,
             "trials_ok": int((trials["status"] == "ok").sum()), "seconds": round(seconds, 1)}
