@@ -9,7 +9,7 @@ resident memory of that process plus ``workers`` times the largest worker's peak
 only the largest finished child's; an upper bound). Rows go to
 ``results/benchmarks/loader.csv``; compare ratios within one run (the machine is shared).
 
-Not measured here yet: a search on a >= 1 GB folder against a 0.1 GB one (issue 28's memory goal).
+A search's memory on a >= 1 GB folder against a 0.1 GB one: ``scripts/bench_search_memory.py``.
 
     python scripts/bench_loader.py                 # 0.1 GB-ish folder, workers 0 and 2
     python scripts/bench_loader.py --images 400 --workers 0,1
