@@ -164,7 +164,8 @@ def _log_confirmed(trials, objective: str) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .front import front_table, last_growth, proposed_count, uniform_curve
+    from .convergence import last_growth
+    from .front import front_table, proposed_count, uniform_curve
     from .results import RunDir, load_run
 
     run = load_run(args.run)

@@ -22,11 +22,10 @@ from .atomic import atomic_path
 from .budget import Budget
 
 __all__ = ["proposed_count", "top_rung", "promotions", "pareto_front", "best_trial", "pick_trial", "front_table",
-           "plot_front", "uniform_curve", "gain_vs_uniform", "hypervolume", "hypervolume_column", "last_growth",
+           "plot_front", "uniform_curve", "gain_vs_uniform",
            "uniform_origin", "is_uniform", "CONFIRM_PREFIX", "is_confirmation", "confirmations_due",
            "confirmed_best", "confirmation_table", "uniform_verdict"]
 
-GROWTH = 0.01  # "the front grew": its hypervolume rose by more than this share
 CONFIRM_PREFIX = "confirm:"  # the origin of a confirmation rerun: confirm:<its parent's origin>
 
 
@@ -321,61 +320,6 @@ def uniform_verdict(best: Mapping[str, Any], trials: pd.DataFrame, objective: st
         return f"the pick is {gain:+.2f} points over the uniform curve at its size, beyond the {where}."
     return (f"the pick is {gain:+.2f} points over the uniform curve at its size, within the {where}: uniform "
             "pruning is as good here (autoprune apply --pick uniform).")
-
-
-def hypervolume(points: Sequence[tuple[float, float]], reference: float, floor: float = 0.0) -> float:
-    """Area dominated by (size, accuracy) points: sizes in [size, ``reference``], accuracy in [floor, acc].
-
-    The reference point is (accuracy ``floor``, size ``reference``, the budget): a front that reaches
-    higher accuracy at smaller sizes covers more. The floor is 0 for a metric that is never negative
-    (accuracy, IoU); a minimised metric's scores are negative and need one below them.
-    """
-    pts = sorted((s, a) for s, a in points if s <= reference and a > floor)
-    area, best = 0.0, floor
-    for (size, acc), nxt in zip(pts, [p[0] for p in pts[1:]] + [reference]):
-        best = max(best, acc)
-        area += (nxt - size) * (best - floor)
-    return area
-
-
-def hypervolume_column(trials: pd.DataFrame, objective: str, reference: float) -> list[float]:
-    """The hypervolume of the front after each trial, in trial order (a trial not yet ok adds nothing).
-
-    It measures the search's progress at the trials' own fidelity: promotions (reruns at a longer
-    finetune) get NaN and add nothing.
-    """
-    col = _size(trials, objective)
-    ordered = trials.sort_values("trial", kind="stable")
-    promoted = _is_promotion(ordered)
-    scores = pd.to_numeric(ordered.loc[ordered["status"] == "ok", "val_acc"], errors="coerce").dropna()
-    # 0 for scores that are never negative; below the lowest for a minimised metric's (negated) scores
-    low = float(scores.min()) if len(scores) else 0.0
-    floor = 0.0 if low >= 0 else 1.1 * low
-    out, points = {}, []
-    for idx, row in ordered.iterrows():
-        if promoted[idx]:
-            out[idx] = math.nan
-            continue
-        ok = row["status"] == "ok" and pd.notna(row.get("val_acc")) and pd.notna(row.get(col))
-        if ok:
-            points.append((float(row[col]), float(row["val_acc"])))
-        out[idx] = hypervolume(points, reference, floor)
-    return [out[i] for i in trials.index]
-
-
-def last_growth(trials: pd.DataFrame, share: float = GROWTH) -> tuple[int, int] | None:
-    """(trials run, trial number) when the ``hypervolume`` column last grew by more than ``share``."""
-    if "hypervolume" not in trials or trials.empty:
-        return None
-    ordered = trials.sort_values("trial", kind="stable")
-    ordered = ordered[~_is_promotion(ordered)]
-    last, before = None, 0.0
-    for count, (_, row) in enumerate(ordered.iterrows(), start=1):
-        hv = float(row["hypervolume"]) if pd.notna(row["hypervolume"]) else before
-        if hv > before * (1 + share) and hv > 0:
-            last = (count, int(row["trial"]))
-        before = max(before, hv)
-    return last
 
 
 def front_table(front: pd.DataFrame) -> str:

@@ -26,7 +26,8 @@ import pandas as pd
 
 from .atomic import write_text
 from .errors import AutopruneError
-from .front import (best_pick, best_trial, gain_vs_uniform, hypervolume_column, is_uniform, last_growth,
+from .convergence import hypervolume_column, last_growth
+from .front import (best_pick, best_trial, gain_vs_uniform, is_uniform,
                     pareto_front, plot_front, proposed_count, uniform_curve, uniform_verdict)
 from .policy import Policy
 from .results import Run, RunDir, load_run, unpruned_size

@@ -29,7 +29,8 @@ from .atomic import write_json, write_text
 from .budget import Budget
 from .config import SearchConfig
 from .errors import RunError
-from .front import (best_pick, gain_vs_uniform, hypervolume_column, pareto_front, pick_trial, plot_front,
+from .convergence import hypervolume_column
+from .front import (best_pick, gain_vs_uniform, pareto_front, pick_trial, plot_front,
                     uniform_curve)
 from .policy import Policy
 from .trial import TRIAL_COLUMNS, TrialResult

@@ -6,6 +6,7 @@ import math
 import pandas as pd
 import pytest
 
+from autoprune.convergence import hypervolume, hypervolume_column, last_growth
 from autoprune.front import (
     CONFIRM_PREFIX,
     best_trial,
@@ -13,9 +14,6 @@ from autoprune.front import (
     confirmations_due,
     confirmed_best,
     gain_vs_uniform,
-    hypervolume,
-    hypervolume_column,
-    last_growth,
     pareto_front,
     pick_trial,
     promotions,

@@ -120,7 +120,8 @@ def test_a_metric_to_minimise_is_searched_as_its_negation_and_applied_in_its_own
     assert ok["val_acc"].between(-1, 0).all() and (ok["val_acc"] < 0).any()
     assert outcome.best["val_acc"] == pytest.approx(ok.loc[ok["flops_ratio"] <= 0.6 + 1e-9, "val_acc"].max())
     assert outcome.baseline["direction"] == "minimize" and outcome.baseline["val_acc"] <= 0
-    from autoprune.front import hypervolume_column, metric_label
+    from autoprune.convergence import hypervolume_column
+    from autoprune.front import metric_label
 
     assert metric_label(outcome.baseline) == "-pixel_err"
     assert hypervolume_column(outcome.trials, "flops_ratio", 0.6)[-1] > 0  # a front of negative scores has area
