@@ -7,7 +7,7 @@ pruned model runs. One row per model goes to ``results/benchmarks/zoo.csv`` as s
 (models already in the file are skipped, so an interrupted run continues where it stopped):
 
     model, params, input_size, groups, left_out, left_out_groups, searchable_flops_share, flops_ratio,
-    outcome, seconds, error
+    outcome, seconds, error, commit
 
 ``searchable_flops_share`` is the share of the model's FLOPs in layers whose channels the search can
 change (``ap.searchable_flops_share``).
@@ -34,10 +34,11 @@ from pathlib import Path
 import torch
 
 import autoprune as ap
+import benchrows
 
 _OUT = Path(__file__).resolve().parent.parent / "results" / "benchmarks" / "zoo.csv"
 COLUMNS = ["model", "params", "input_size", "groups", "left_out", "left_out_groups", "searchable_flops_share",
-           "flops_ratio", "outcome", "seconds", "error"]
+           "flops_ratio", "outcome", "seconds", "error", "commit"]
 HALF = ap.Budget.parse("flops", "50%")
 
 
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             if name in done:
                 continue
             row = _isolated_row(name, args.timeout, args.memory_gb)
-            w.writerow({c: row.get(c, "") for c in COLUMNS})
+            w.writerow({c: row.get(c, "") for c in COLUMNS} | {"commit": benchrows.commit()})
             f.flush()
             print(" ".join(f"{k}={row[k]}" for k in COLUMNS if row.get(k, "") != ""), flush=True)
     return 0
