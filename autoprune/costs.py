@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .attention import HeadAttention, attention_flops
 from .policy import kept_channels
 
 __all__ = ["Group", "GroupLayout", "CostModel", "count_flops", "count_params", "layer_flops", "pruned_count",
@@ -30,6 +31,7 @@ UNWRAPPED = "@"  # layouts name a bare parameter (not a layer's weight) "@<param
 ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # layers whose output channels start a group
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+_ATTENTION = (nn.MultiheadAttention, HeadAttention)  # priced as one layer: projections and attention
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ class GroupLayout:
     ``ch_groups`` > 1 when the group feeds a grouped (not depthwise) convolution, whose groups must
     keep equal widths. ``multiple`` > 1 when a normalisation over groups of channels (GroupNorm) sets
     the group's width: the kept channels must stay a multiple of it (its ``num_groups``; several: their
-    least common multiple).
+    least common multiple). An attention layer's heads group (``attention.py``) touches that layer on
+    the side ``"heads"``: its channels are heads, and ``--round-to`` does not apply to them.
     """
 
     name: str
@@ -89,14 +92,15 @@ def count_params(model: nn.Module) -> int:
 
 
 def layer_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str, float]]:
-    """(total FLOPs per sample, {conv or linear layer path: its FLOPs per sample}), from one counted pass."""
+    """(total FLOPs per sample, {conv, linear or attention layer path: its FLOPs per sample}), from one
+    counted pass (an attention layer's FLOPs include its projections')."""
     counter = _run(model, x)
     per_module = counter.get_flop_counts()
     # FlopCounterMode names a module "<RootClass>.<path>"; keep the named_modules() path.
     root = type(model).__name__
     out = {}
     for name, m in model.named_modules():
-        if isinstance(m, ROOT_TYPES):
+        if isinstance(m, ROOT_TYPES + _ATTENTION):
             counts = per_module.get(f"{root}.{name}")
             if counts:
                 out[name] = sum(counts.values()) / x.shape[0]
@@ -143,7 +147,7 @@ def _dims(m: nn.Module) -> tuple[int, int]:
         return m.num_channels, 0
     if isinstance(m, nn.LayerNorm):
         return int(m.normalized_shape[0]), 0
-    if isinstance(m, nn.MultiheadAttention):
+    if isinstance(m, _ATTENTION):
         return m.embed_dim, m.embed_dim
     return 0, 0
 
@@ -168,14 +172,19 @@ class CostModel:
         self._channels = {g.name: g.channels for g in layouts}
         self._ch_groups = {g.name: g.ch_groups for g in layouts}
         self._multiple = {g.name: g.multiple for g in layouts}
+        self._heads: dict[str, str] = {}  # attention layer -> its heads group
         for g in layouts:
             for layer, side, per in g.touched:
+                if side == "heads":
+                    self._heads[layer] = g.name
+                    continue
                 (self._out if side == "out" else self._in).setdefault(layer, []).append((g.name, per))
+        self._attn = attention_flops(model, x) if any(isinstance(m, _ATTENTION) for m in model.modules()) else {}
         # An attention layer's out_proj is pruned with it (Torch-Pruning's MultiheadAttention pruner), not
         # as a layer of its own: it keeps the attention's embedding share on both sides.
         for name, m in model.named_modules():
             entries = self._out.get(name) or self._in.get(name)
-            if isinstance(m, nn.MultiheadAttention) and entries:
+            if isinstance(m, _ATTENTION) and entries:
                 self._out.setdefault(f"{name}.out_proj", list(entries))
                 self._in.setdefault(f"{name}.out_proj", list(entries))
         # Bare parameters some group prunes: priced by their kept share, not as a constant.
@@ -206,18 +215,28 @@ class CostModel:
         removed = sum(pruned.get(g, 0) * per for g, per in entries)
         return max(0.0, 1.0 - removed / dim) if dim else 1.0
 
+    def _heads_kept(self, layer: str, pruned: Mapping[str, int]) -> float:
+        group = self._heads.get(layer)
+        return 1.0 - pruned.get(group, 0) / self._channels[group] if group else 1.0
+
     def _factors(self, name: str, m: nn.Module, pruned: Mapping[str, int]) -> tuple[float, float]:
         out_dim, in_dim = _dims(m)
         f_out = self._keep(pruned, name, "out", out_dim)
         f_in = self._keep(pruned, name, "in", in_dim)
         if is_depthwise(m):  # one kept share sets both sides; the weight has no input dimension
             return min(f_out, f_in), 1.0
+        if name.endswith(".out_proj"):  # an attention layer's output projection reads the heads it keeps
+            f_in *= self._heads_kept(name[: -len(".out_proj")], pruned)
         return f_out, f_in
 
     def _flops_with(self, pruned: Mapping[str, int]) -> float:
         total = self._other_flops
         for name, base in self._layer_flops.items():
             f_out, f_in = self._factors(name, self._modules[name][0], pruned) if name in self._modules else (1.0, 1.0)
+            if name in self._attn:  # projections scale with the embedding twice, the attention once; both with heads
+                share, attn = min(f_out, f_in), self._attn[name]
+                total += ((base - attn) * share * share + attn * share) * self._heads_kept(name, pruned)
+                continue
             total += base * f_out * f_in
         return total
 
@@ -248,7 +267,10 @@ class CostModel:
         return out
 
     def multiple(self, group: str, round_to: int = 1) -> int:
-        """What the kept channels of ``group`` are a multiple of: ``round_to`` and the group's own rule."""
+        """What the kept channels of ``group`` are a multiple of: ``round_to`` and the group's own rule
+        (heads are whole units: ``round_to`` does not apply to them)."""
+        if group in self._heads.values():
+            return self._multiple.get(group, 1)
         return math.lcm(round_to, self._multiple.get(group, 1))
 
     def pruned_channels(self, sparsity: Mapping[str, float], round_to: int = 1) -> dict[str, int]:
@@ -268,12 +290,14 @@ class CostModel:
                 params += weight * f_out * f_in + bias * f_out
             elif isinstance(m, _NORM_TYPES):
                 params += own * f_out
-            elif isinstance(m, nn.MultiheadAttention):
-                # its own in_proj (3E x E, + 3E bias), both sides the embedding width (out_proj is a Linear)
+            elif isinstance(m, _ATTENTION):
+                # its own in_proj (3E x E, + 3E bias), both sides the embedding width (out_proj is a Linear),
+                # the output side also the heads kept
                 share = min(f_out, f_in)
-                weight = sum(p.numel() for p in (m.in_proj_weight, m.q_proj_weight, m.k_proj_weight,
-                                                 m.v_proj_weight) if p is not None)
-                params += weight * share * share + (own - weight) * share
+                weight = sum(p.numel() for p in (m.in_proj_weight, getattr(m, "q_proj_weight", None),
+                                                 getattr(m, "k_proj_weight", None), getattr(m, "v_proj_weight", None))
+                             if p is not None)
+                params += (weight * share * share + (own - weight) * share) * self._heads_kept(name, pruned)
             else:
                 params += own
         for path, (numel, width) in self._bare.items():

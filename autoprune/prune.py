@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from .attention import head_group, head_scores, head_units, prune_heads
 from .costs import UNWRAPPED, CostModel, GroupLayout, count_flops, is_depthwise, pruned_count
 from .criteria import make_importance, needs_gradients
 from .errors import ConfigError, PruningError
@@ -134,6 +135,11 @@ def _layouts(model: nn.Module, graph, groups) -> list[GroupLayout]:
     return layouts
 
 
+def _head_layouts(model: nn.Module, exclude: Sequence[str]) -> list[GroupLayout]:
+    """A group per attention layer whose channels are its heads (``attention.py``)."""
+    return [GroupLayout(head_group(path), m.num_heads, 1, ((path, "heads", 1.0),)) for path, m in head_units(model, exclude)]
+
+
 # Per model object (compared by identity): {(input shape, exclusions): CostModel} and the probes.
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
@@ -148,7 +154,8 @@ def cost_model(model: nn.Module, x: torch.Tensor, exclude: Sequence[str] = ()) -
     if key not in per_model:
         with _memory_headroom(model):
             graph, groups = _build_graph(model, x, exclude)
-        per_model[key] = CostModel(model, x, _layouts(model, graph, groups), model_name=_model_label(model))
+        layouts = _layouts(model, graph, groups) + _head_layouts(model, exclude)
+        per_model[key] = CostModel(model, x, layouts, model_name=_model_label(model))
         per_model[key].unfollowed = dict(getattr(graph, "autoprune_unfollowed", {}))  # roots left out, why
     return per_model[key]
 
@@ -217,6 +224,15 @@ def apply_policy(
                     continue
                 graph.get_pruning_group(root, handler, idxs).prune()
                 kept[name] = tuple(sorted(set(range(n)) - set(idxs)))
+        for path, m in head_units(small, exclude):  # whole heads, after the graph's groups set the widths
+            name = head_group(path)
+            seen.add(name)
+            if name not in policy.sparsity:
+                continue
+            idxs = _removed(policy, name, m.num_heads, 1, 1, lambda m=m: head_scores(m, importance))
+            if idxs:
+                prune_heads(small, path, sorted(set(range(m.num_heads)) - set(idxs)))
+                kept[name] = tuple(sorted(set(range(m.num_heads)) - set(idxs)))
     except PruningError:
         raise
     except Exception as e:  # a library crash on an odd layer: name it instead

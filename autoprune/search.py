@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .attention import HEADS
 from .cluster import RayStarter
 from .config import UNIFORM_SIZES, SearchConfig
 from .front import (
@@ -265,7 +266,7 @@ def depth_order(model, groups: Sequence[str]) -> list[str]:
     """``groups`` in the order the model defines their root layers (input side first), which is the
     order of depth for the usual CNN; Torch-Pruning lists groups in another order (a VGG's deepest first)."""
     position = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    return sorted(groups, key=lambda g: position.get(g, len(position)))
+    return sorted(groups, key=lambda g: position.get(g.removesuffix(HEADS), len(position)))
 
 
 def depth_shape(groups: Sequence[str], span: float, deeper: bool = True, high: float = 0.9) -> dict[str, float]:

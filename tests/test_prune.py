@@ -195,26 +195,40 @@ def test_concat_into_grouped_conv_leaves_the_branches_out(helpers_on_path):
 def test_vision_transformer_prunes_its_hidden_width_and_mlps(helpers_on_path):
     """torchvision's ViT: the hidden width is searched too (it used to be left out: the patches are
     reshaped by ``hidden_dim``, now set to the pruned width), each attention head losing as many of
-    its dimensions, so the heads stay whole; the cost model prices the attention's projections."""
+    its dimensions; and each attention layer's heads, as whole units. The cost model prices the
+    attention's projections and its two matmuls exactly."""
     model, x = create_model("helpers_models:tiny_vit").eval(), torch.zeros(1, 3, 16, 16)
     assert left_out_groups(model, x) == {}
     names = [g.name for g in prunable_groups(model, x)]
-    hidden = [n for n in names if not n.endswith("mlp.0")]
-    assert len(names) == 3 and len(hidden) == 1
+    heads = [n for n in names if n.endswith(":heads")]
+    hidden = [n for n in names if not n.endswith("mlp.0") and n not in heads]
+    assert len(names) == 5 and len(hidden) == 1
+    assert heads == [f"encoder.layers.encoder_layer_{i}.self_attention:heads" for i in (0, 1)]
     cm = cost_model(model, x)
-    for seed in range(3):
+    pruned_heads = 0
+    for seed in range(6):
         rng = random.Random(seed)
         policy = fit_policy(model, x, {g: rng.uniform(0.0, 0.8) for g in names}, [HALF])
         small = apply_policy(model, policy, x)
-        attention = small.encoder.layers[0].self_attention
-        assert small.hidden_dim == attention.embed_dim == small.conv_proj.out_channels < 32
-        assert attention.num_heads == 2 and attention.embed_dim % 2 == 0
+        for i, group in enumerate(heads):
+            attention = small.encoder.layers[i].self_attention
+            assert small.hidden_dim == attention.embed_dim == small.conv_proj.out_channels < 32
+            kept_heads = small.autoprune_policy.indices.get(group, (0, 1))
+            assert attention.num_heads == len(kept_heads) and (len(kept_heads) == 2) == (
+                type(attention) is nn.MultiheadAttention)
+            pruned_heads += 2 - len(kept_heads)
         kept = small.autoprune_policy.indices[hidden[0]]
         assert sum(i < 16 for i in kept) == sum(i >= 16 for i in kept)  # both heads lose as many dims
         assert cm.cost(policy.sparsity)["flops"] == pytest.approx(flops_by_torch(small, x), rel=1e-6)
         assert cm.cost(policy.sparsity)["params"] == pytest.approx(count_params(small), rel=1e-6)
         with torch.no_grad():
             assert small(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    assert pruned_heads > 0  # some seed removed a whole head
+    # the attention is counted: the unpruned FLOPs include each layer's two matmuls (4 x 5 x 5 x 32 per
+    # layer on 5 tokens) beside its projections (2 x 5 x 4 x 32 x 32)
+    per_layer = 2 * 5 * 4 * 32 * 32 + 4 * 5 * 5 * 32
+    attention_flops = sum(v for k, v in cm._layer_flops.items() if k.endswith("self_attention"))
+    assert attention_flops == 2 * per_layer
 
 
 def test_a_model_with_nothing_prunable_is_an_error():

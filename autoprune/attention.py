@@ -1,0 +1,200 @@
+"""Attention heads as whole units: which attention layers can lose heads, how, and what they cost.
+
+Torch-Pruning prunes an ``nn.MultiheadAttention`` along its embedding width (every head loses as many
+of its dimensions), but ``nn.MultiheadAttention`` ties its inner width to that embedding width, so it
+cannot lose a whole head. Here each such layer gets a group of its own, ``"<path>:heads"``, whose
+channels are its heads: pruning it keeps the chosen heads' rows of the q, k and v projections and the
+matching columns of the output projection, in a :class:`HeadAttention` that computes exactly what the
+kept heads computed. The cost model prices it (``costs.py``); ``prune.apply_policy`` applies it after
+the graph's groups.
+
+Also here: FLOP formulas PyTorch's counter lacks on the CPU. ``FlopCounterMode`` counts nothing for
+``nn.MultiheadAttention``'s inference fast path (``aten._native_multi_head_attention``) nor for the
+CPU's fused attention kernel, so a transformer's attention was invisible to every FLOPs figure; the
+formulas below count them as the GPU kernels' formulas do (two matmuls of the attention, and the
+projections).
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils import flop_counter
+
+__all__ = ["HeadAttention", "HEADS", "head_units", "head_group", "head_scores", "prune_heads", "attention_flops"]
+
+HEADS = ":heads"  # a heads group is named "<attention layer path>:heads"
+
+
+def _register_flop_formulas() -> None:
+    aten = torch.ops.aten
+
+    def native_mha(query, key, value, embed_dim, num_head, qkv_weight, qkv_bias, proj_weight, proj_bias, *args,
+                   out_shape=None, **kwargs) -> int:
+        b, nq, e = query  # the fast path is batch first
+        nk = key[1]
+        return 2 * b * e * e * (nq + 2 * nk) + 4 * b * nq * nk * e + 2 * b * nq * e * e
+
+    def cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+    for op, formula in ((aten._native_multi_head_attention, native_mha),
+                        (aten._scaled_dot_product_flash_attention_for_cpu, cpu_sdpa)):
+        if op not in flop_counter.flop_registry and all(o not in flop_counter.flop_registry
+                                                        for o in (getattr(op, n) for n in op.overloads())):
+            flop_counter.register_flop_formula(op)(formula)
+
+
+_register_flop_formulas()
+
+
+def head_units(model: nn.Module, exclude: Sequence[str] = ()) -> list[tuple[str, nn.MultiheadAttention]]:
+    """The attention layers that can lose whole heads: ``nn.MultiheadAttention`` with more than one
+    head, one packed in-projection, no extra key/value biases, not excluded by a pattern."""
+    out = []
+    for name, m in model.named_modules():
+        if (isinstance(m, nn.MultiheadAttention) and m.num_heads > 1 and m.in_proj_weight is not None
+                and m.bias_k is None and not m.add_zero_attn
+                and not any(fnmatch.fnmatch(name, p) for p in exclude)):
+            out.append((name, m))
+    return out
+
+
+def head_group(path: str) -> str:
+    return path + HEADS
+
+
+def attention_flops(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """{attention layer path: FLOPs per sample of its two attention matmuls}: the part of its cost that
+    scales with its width once (the projections scale with it twice)."""
+    found: dict[str, float] = {}
+    hooks = []
+    for name, m in head_units(model) + [(n, m) for n, m in model.named_modules()
+                                        if isinstance(m, HeadAttention)]:
+        def hook(mod, args, kwargs, name=name):
+            q, k = args[0], args[1] if len(args) > 1 else kwargs["key"]
+            seq = 1 if mod.batch_first else 0
+            inner = mod.num_heads * mod.head_dim if isinstance(mod, HeadAttention) else mod.embed_dim
+            found[name] = 4.0 * q.shape[seq] * k.shape[seq] * inner
+        hooks.append(m.register_forward_pre_hook(hook, with_kwargs=True))
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return found
+
+
+class HeadAttention(nn.Module):
+    """Multi-head attention with fewer heads than its embedding width holds: q, k and v project the
+    embedding (``embed_dim``) to ``num_heads * head_dim`` each, ``out_proj`` back. Called as
+    ``nn.MultiheadAttention`` is (the same arguments and return value), and for the heads it keeps it
+    computes what the attention layer it came from computed."""
+
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, *, dropout: float = 0.0,
+                 batch_first: bool = False, bias: bool = True) -> None:
+        super().__init__()
+        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
+        self.dropout, self.batch_first = dropout, batch_first
+        inner = num_heads * head_dim
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * inner, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * inner)) if bias else None
+        self.out_proj = nn.Linear(inner, embed_dim, bias=bias)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights: bool = True, attn_mask=None,
+                average_attn_weights: bool = True, is_causal: bool = False):
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        b, nq, nk, inner = query.shape[0], query.shape[1], key.shape[1], self.num_heads * self.head_dim
+        w, bias = self.in_proj_weight, self.in_proj_bias
+        wq, wk, wv = w.split(inner)
+        bq, bk, bv = bias.split(inner) if bias is not None else (None, None, None)
+
+        def heads(t, weight, b_, n):
+            return F.linear(t, weight, b_).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(query, wq, bq, nq), heads(key, wk, bk, nk), heads(value, wv, bv, nk)
+        mask = _float_mask(attn_mask, key_padding_mask, q.dtype, b, self.num_heads, nq, nk)
+        drop = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+            if is_causal and mask is None:
+                scores = scores.masked_fill(torch.ones(nq, nk, dtype=torch.bool, device=q.device).triu(1), -math.inf)
+            probs = torch.softmax(scores + mask if mask is not None else scores, dim=-1)
+            weights = probs.mean(1) if average_attn_weights else probs
+            out = F.dropout(probs, drop, self.training) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop,
+                                                 is_causal=is_causal and mask is None)
+        # out_proj's weights applied inside this layer, as nn.MultiheadAttention does: its FLOPs are this layer's
+        out = F.linear(out.transpose(1, 2).reshape(b, nq, inner), self.out_proj.weight, self.out_proj.bias)
+        return (out if self.batch_first else out.transpose(0, 1)), weights
+
+
+def _float_mask(attn_mask, key_padding_mask, dtype, b, h, nq, nk):
+    """nn.MultiheadAttention's masks (True or -inf: not attended) as one additive float mask."""
+    mask = None
+    for m, shape in ((attn_mask, None), (key_padding_mask, (b, 1, 1, nk))):
+        if m is None:
+            continue
+        m = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, -math.inf) if m.dtype == torch.bool \
+            else m.to(dtype)
+        m = m.view(shape) if shape else (m.view(b, h, nq, nk) if m.dim() == 3 else m)
+        mask = m if mask is None else mask + m
+    return mask
+
+
+def _parts(m) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    heads = m.num_heads
+    head_dim = m.head_dim if isinstance(m, HeadAttention) else m.embed_dim // heads
+    return m.in_proj_weight, m.in_proj_bias, head_dim
+
+
+def head_scores(m: nn.Module, importance: str) -> torch.Tensor:
+    """One score per head (higher: more important) by ``importance``: the norm of its q, k, v rows and
+    output-projection columns (``l1``; ``l2``), weight times gradient (``taylor``, where gradients
+    exist; else l1), random (``random``). BatchNorm scales do not apply to attention: l1."""
+    w, _, d = _parts(m)
+    h = m.num_heads
+    if importance == "random":
+        return torch.rand(h)
+    rows = w.detach().view(3, h, d, -1)
+    cols = m.out_proj.weight.detach().view(m.out_proj.weight.shape[0], h, d)
+    if importance == "taylor" and w.grad is not None and m.out_proj.weight.grad is not None:
+        rows = (rows * w.grad.view(3, h, d, -1)).abs()
+        cols = (cols * m.out_proj.weight.grad.view(cols.shape)).abs()
+    if importance == "l2":
+        return (rows.pow(2).sum((0, 2, 3)) + cols.pow(2).sum((0, 2))).sqrt()
+    return rows.abs().sum((0, 2, 3)) + cols.abs().sum((0, 2))
+
+
+def prune_heads(model: nn.Module, path: str, keep: Sequence[int]) -> HeadAttention:
+    """Replace the attention layer at ``path`` by a :class:`HeadAttention` holding only heads ``keep``."""
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    m = getattr(parent, attr)
+    w, bias, d = _parts(m)
+    h, keep = m.num_heads, sorted(int(i) for i in keep)
+    rows = torch.tensor([part * h * d + i * d + j for part in range(3) for i in keep for j in range(d)])
+    cols = torch.tensor([i * d + j for i in keep for j in range(d)])
+    small = HeadAttention(m.embed_dim, len(keep), d, dropout=m.dropout, batch_first=m.batch_first,
+                          bias=bias is not None).to(device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        small.in_proj_weight.copy_(w[rows])
+        if bias is not None:
+            small.in_proj_bias.copy_(bias[rows])
+        small.out_proj.weight.copy_(m.out_proj.weight[:, cols])
+        if m.out_proj.bias is not None:
+            small.out_proj.bias.copy_(m.out_proj.bias)
+    small.train(m.training)
+    setattr(parent, attr, small)
+    return small

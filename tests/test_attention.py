@@ -1,0 +1,128 @@
+"""Attention heads as whole units (issue 26): HeadAttention, head pruning, the attention's FLOPs."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from autoprune import Policy, apply_policy, create_model, gradient_batch, load_pruned, save_pruned
+from autoprune.attention import HeadAttention, head_scores, prune_heads
+from autoprune.costs import count_flops
+from autoprune.prune import cost_model
+
+
+def _pruned(mha: nn.MultiheadAttention, keep) -> HeadAttention:
+    holder = nn.Module()
+    holder.attention = copy.deepcopy(mha)
+    return prune_heads(holder, "attention", keep)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_head_attention_with_every_head_computes_what_the_layer_computed(batch_first):
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(32, 4, batch_first=batch_first).eval()
+    same = _pruned(mha, range(4))
+    q = torch.randn(2, 5, 32) if batch_first else torch.randn(5, 2, 32)
+    padding = torch.zeros(2, 5, dtype=torch.bool)
+    padding[:, -1] = True
+    causal = torch.ones(5, 5, dtype=torch.bool).triu(1)
+    with torch.no_grad():
+        for kwargs in ({}, {"key_padding_mask": padding}, {"attn_mask": causal}):
+            for weights in (False, True):
+                want, want_w = mha(q, q, q, need_weights=weights, **kwargs)
+                got, got_w = same(q, q, q, need_weights=weights, **kwargs)
+                assert torch.allclose(got, want, atol=1e-5), kwargs
+                assert (got_w is None) == (want_w is None)
+                if weights:
+                    assert torch.allclose(got_w, want_w, atol=1e-6)
+
+
+def test_removing_heads_is_zeroing_what_they_contribute():
+    """The kept heads compute what they computed: the output is the layer's with the removed heads'
+    output-projection columns zeroed."""
+    torch.manual_seed(1)
+    mha = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    small = _pruned(mha, [1, 3])
+    assert small.num_heads == 2 and small.head_dim == 8 and small.in_proj_weight.shape == (48, 32)
+    reference = copy.deepcopy(mha)
+    with torch.no_grad():
+        reference.out_proj.weight[:, 0:8] = 0
+        reference.out_proj.weight[:, 16:24] = 0
+        q = torch.randn(3, 6, 32)
+        assert torch.allclose(small(q, q, q, need_weights=False)[0], reference(q, q, q, need_weights=False)[0],
+                              atol=1e-6)
+
+
+def test_l1_keeps_the_heavier_heads():
+    torch.manual_seed(2)
+    mha = nn.MultiheadAttention(16, 4, batch_first=True)
+    with torch.no_grad():
+        mha.in_proj_weight.view(3, 4, 4, 16)[:, 2] *= 10  # head 2 far heavier
+    assert int(head_scores(mha, "l1").argmax()) == 2 == int(head_scores(mha, "l2").argmax())
+
+
+def test_the_attention_is_counted_by_the_flop_counter():
+    """PyTorch's counter counts nothing for the CPU's fused attention kernels; autoprune adds their
+    formulas, so the same layer counts the same in the inference fast path and the training path."""
+    mha = nn.MultiheadAttention(64, 4, batch_first=True)
+    x = torch.randn(1, 10, 64)
+    want = 2 * 10 * 64 * 64 * 4 + 4 * 10 * 10 * 64  # the four projections and the two attention matmuls
+
+    class Self(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = mha
+
+        def forward(self, t):
+            return self.a(t, t, t, need_weights=False)[0]
+
+    assert count_flops(Self(), x) == want  # eval, no grad: aten._native_multi_head_attention
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:  # training path: linear layers and the fused kernel
+        Self().train()(x)
+    assert counter.get_total_flops() == want
+
+
+def test_heads_ignore_round_to_and_survive_save_and_load(tmp_path):
+    model, x = create_model("helpers_models:tiny_vit").eval(), torch.zeros(1, 3, 16, 16)
+    cm = cost_model(model, x)
+    group = "encoder.layers.encoder_layer_1.self_attention:heads"
+    assert cm.multiple(group, 8) == 1 and cm.multiple("encoder.layers.encoder_layer_1.mlp.0", 8) == 8
+    policy = Policy("heads", {group: 0.5}, {group: 2}, round_to=8)
+    small = apply_policy(model, policy, x)
+    assert type(small.encoder.layers[1].self_attention) is HeadAttention
+    assert small.encoder.layers[1].self_attention.num_heads == 1
+    assert cm.cost(policy.sparsity, round_to=8)["flops"] == count_flops(small, x)
+    save_pruned(small, tmp_path / "out", x, num_classes=10, model_name="helpers_models:tiny_vit")
+    back, _ = load_pruned(tmp_path / "out")
+    with torch.no_grad():
+        t = torch.randn(2, 3, 16, 16)
+        assert torch.equal(back.eval()(t), small(t))
+
+
+def test_taylor_ranks_heads_by_weight_times_gradient(monkeypatch):
+    """Heads are ranked after the graph's groups are pruned; the gradients of the one backward pass
+    must still be there then (Torch-Pruning prunes them with the weights)."""
+    import autoprune.prune as prune
+    from autoprune.data import load_dataset
+
+    seen = []
+
+    def spy(m, importance):
+        seen.append((importance, m.in_proj_weight.grad is not None and m.out_proj.weight.grad is not None))
+        return head_scores(m, importance)
+
+    monkeypatch.setattr(prune, "head_scores", spy)
+
+    splits = load_dataset("digits", image_size=16)
+    x = splits.train[0][0].unsqueeze(0)
+    model = create_model("helpers_models:tiny_vit", in_channels=x.shape[1]).eval()
+    group = "encoder.layers.encoder_layer_0.self_attention:heads"
+    small = apply_policy(model, Policy("h", {group: 0.5}, {group: 2}), x, importance="taylor",
+                         grad_batch=gradient_batch(splits.train))
+    assert seen == [("taylor", True)]
+    assert small.autoprune_policy.importance == "taylor"
+    assert len(small.autoprune_policy.indices[group]) == 1
