@@ -46,6 +46,7 @@ _EXPORTS = {
     "default_round_to": "costs",
     "prunable_groups": "probe",
     "left_out_groups": "probe",
+    "HeadAttention": "attention",
     "searchable_flops_share": "probe",
     "apply_policy": "prune",
     "global_magnitude_prune": "prune",
