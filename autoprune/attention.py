@@ -99,6 +99,10 @@ class HeadAttention(nn.Module):
     ``nn.MultiheadAttention`` is (the same arguments and return value), and for the heads it keeps it
     computes what the attention layer it came from computed."""
 
+    # nn.TransformerEncoderLayer takes its fused fast path only when this is True; that kernel assumes
+    # the inner width is the embedding's, so the layer must call this module instead.
+    _qkv_same_embed_dim = False
+
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, *, dropout: float = 0.0,
                  batch_first: bool = False, bias: bool = True) -> None:
         super().__init__()

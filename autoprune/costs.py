@@ -71,13 +71,18 @@ class GroupLayout:
 
 
 def _run(model: nn.Module, x: torch.Tensor) -> FlopCounterMode:
-    was_training = model.training
+    """One counted forward pass in eval mode. Transformer layers' fused inference kernels are switched
+    off for it (``torch.backends.mha``): ``nn.TransformerEncoderLayer``'s kernel runs the whole layer as
+    one operation the counter knows no formula for, and hides which of its layers the FLOPs are in."""
+    was_training, fast = model.training, torch.backends.mha.get_fastpath_enabled()
     model.eval()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(x)
     finally:
         model.train(was_training)
+        torch.backends.mha.set_fastpath_enabled(fast)
     return counter
 
 

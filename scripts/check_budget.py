@@ -25,9 +25,16 @@ TOLERANCE = 0.02  # the search's own re-measurement tolerance (autoprune.trial.L
 
 
 def flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """FlopCounterMode's count, with the transformer layers' fused inference kernels off (the counter has
+    no formula for nn.TransformerEncoderLayer's; autoprune.attention adds those of the CPU's attention kernels)."""
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
     return counter.get_total_flops()
 
 

@@ -126,3 +126,45 @@ def test_taylor_ranks_heads_by_weight_times_gradient(monkeypatch):
     assert seen == [("taylor", True)]
     assert small.autoprune_policy.importance == "taylor"
     assert len(small.autoprune_policy.indices[group]) == 1
+
+
+class _Encoder(nn.Module):
+    """A small transformer on nn.TransformerEncoderLayer, whose fused inference kernel hides its FLOPs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 32, 4, 4)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.enc(self.embed(x).flatten(2).transpose(1, 2)).mean(1))
+
+
+def test_a_transformer_encoder_loses_heads_and_widths_at_the_cost_the_model_predicts():
+    import random
+
+    from autoprune import fit_policy, prunable_groups
+    from autoprune.budget import Budget
+
+    torch.manual_seed(3)
+    model, x = _Encoder().eval(), torch.zeros(1, 3, 16, 16)
+    names = [g.name for g in prunable_groups(model, x)]
+    assert {"enc.layers.0.self_attn:heads", "enc.layers.1.self_attn:heads"} <= set(names)
+    cm = cost_model(model, x)
+    # every layer's projections, attention and feed-forward counted (the fused kernel counted none)
+    layer_flops = sum(v for k, v in cm._layer_flops.items() if k.startswith("enc."))
+    assert layer_flops == 2 * (2 * 16 * 4 * 32 * 32 + 4 * 16 * 16 * 32 + 2 * 2 * 16 * 32 * 64)
+    heads_lost = 0
+    for seed in range(4):
+        rng = random.Random(seed)
+        policy = fit_policy(model, x, {g: rng.uniform(0.0, 0.8) for g in names}, [Budget.parse("flops", "50%")])
+        small = apply_policy(model, policy, x)
+        assert count_flops(small, x) == pytest.approx(cm.cost(policy.sparsity)["flops"], rel=1e-6)
+        assert count_flops(small, x) <= 0.5 * cm.flops
+        heads_lost += sum(4 - len(small.autoprune_policy.indices.get(f"enc.layers.{i}.self_attn:heads", range(4)))
+                          for i in (0, 1))
+        with torch.no_grad():
+            assert small(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    assert heads_lost > 0
