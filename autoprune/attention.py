@@ -27,7 +27,7 @@ from torch.utils import flop_counter
 
 __all__ = ["HeadAttention", "HEADS", "head_units", "head_group", "head_scores", "prune_heads", "attention_flops"]
 
-HEADS = ":heads"  # a heads group is named "<attention layer path>:heads"
+from .policy import HEADS  # a heads group is named "<attention layer path>:heads"
 
 
 def _register_flop_formulas() -> None:
@@ -76,10 +76,11 @@ def attention_flops(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     for name, m in head_units(model) + [(n, m) for n, m in model.named_modules()
                                         if isinstance(m, HeadAttention)]:
         def hook(mod, args, kwargs, name=name):
-            q, k = args[0], args[1] if len(args) > 1 else kwargs["key"]
-            seq = 1 if mod.batch_first else 0
+            q = args[0] if args else kwargs["query"]
+            k = args[1] if len(args) > 1 else kwargs["key"]
+            seq = 1 if mod.batch_first and q.dim() == 3 else 0
             inner = mod.num_heads * mod.head_dim if isinstance(mod, HeadAttention) else mod.embed_dim
-            found[name] = 4.0 * q.shape[seq] * k.shape[seq] * inner
+            found[name] = found.get(name, 0.0) + 4.0 * q.shape[seq] * k.shape[seq] * inner  # every call
         hooks.append(m.register_forward_pre_hook(hook, with_kwargs=True))
     was = model.training
     try:
@@ -104,18 +105,27 @@ class HeadAttention(nn.Module):
     _qkv_same_embed_dim = False
 
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, *, dropout: float = 0.0,
-                 batch_first: bool = False, bias: bool = True) -> None:
+                 batch_first: bool = False, bias: bool = True, kept_heads: Sequence[int] | None = None,
+                 source_heads: int | None = None) -> None:
         super().__init__()
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
         self.dropout, self.batch_first = dropout, batch_first
+        # which heads of the layer it came from these are: a per-head mask made for that layer is sliced
+        self.kept_heads = tuple(int(i) for i in kept_heads) if kept_heads is not None else tuple(range(num_heads))
+        self.source_heads = int(source_heads or num_heads)
         inner = num_heads * head_dim
         self.in_proj_weight = nn.Parameter(torch.empty(3 * inner, embed_dim))
+        nn.init.xavier_uniform_(self.in_proj_weight)  # as nn.MultiheadAttention starts
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * inner)) if bias else None
         self.out_proj = nn.Linear(inner, embed_dim, bias=bias)
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights: bool = True, attn_mask=None,
                 average_attn_weights: bool = True, is_causal: bool = False):
-        if not self.batch_first:
+        unbatched = query.dim() == 2
+        if unbatched:  # (L, E), as nn.MultiheadAttention accepts
+            query, key, value = (t.unsqueeze(0) for t in (query, key, value))
+            key_padding_mask = key_padding_mask.unsqueeze(0) if key_padding_mask is not None else None
+        elif not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         b, nq, nk, inner = query.shape[0], query.shape[1], key.shape[1], self.num_heads * self.head_dim
         w, bias = self.in_proj_weight, self.in_proj_bias
@@ -126,33 +136,40 @@ class HeadAttention(nn.Module):
             return F.linear(t, weight, b_).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
         q, k, v = heads(query, wq, bq, nq), heads(key, wk, bk, nk), heads(value, wv, bv, nk)
-        mask = _float_mask(attn_mask, key_padding_mask, q.dtype, b, self.num_heads, nq, nk)
+        mask = _float_mask(attn_mask, key_padding_mask, q.dtype, b, self.kept_heads, self.source_heads, nq, nk)
         drop = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
             if is_causal and mask is None:
                 scores = scores.masked_fill(torch.ones(nq, nk, dtype=torch.bool, device=q.device).triu(1), -math.inf)
-            probs = torch.softmax(scores + mask if mask is not None else scores, dim=-1)
+            probs = F.dropout(torch.softmax(scores + mask if mask is not None else scores, dim=-1), drop)
             weights = probs.mean(1) if average_attn_weights else probs
-            out = F.dropout(probs, drop, self.training) @ v
+            weights = weights.squeeze(0) if unbatched else weights
+            out = probs @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop,
                                                  is_causal=is_causal and mask is None)
         # out_proj's weights applied inside this layer, as nn.MultiheadAttention does: its FLOPs are this layer's
         out = F.linear(out.transpose(1, 2).reshape(b, nq, inner), self.out_proj.weight, self.out_proj.bias)
+        if unbatched:
+            return out.squeeze(0), weights
         return (out if self.batch_first else out.transpose(0, 1)), weights
 
 
-def _float_mask(attn_mask, key_padding_mask, dtype, b, h, nq, nk):
-    """nn.MultiheadAttention's masks (True or -inf: not attended) as one additive float mask."""
+def _float_mask(attn_mask, key_padding_mask, dtype, b, kept, source, nq, nk):
+    """nn.MultiheadAttention's masks (True or -inf: not attended) as one additive float mask; a mask per
+    head (``(batch * heads, Lq, Lk)``, made for the layer's original heads) keeps the ``kept`` heads' slices."""
     mask = None
     for m, shape in ((attn_mask, None), (key_padding_mask, (b, 1, 1, nk))):
         if m is None:
             continue
         m = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, -math.inf) if m.dtype == torch.bool \
             else m.to(dtype)
-        m = m.view(shape) if shape else (m.view(b, h, nq, nk) if m.dim() == 3 else m)
+        if shape:
+            m = m.view(shape)
+        elif m.dim() == 3:
+            m = m.view(b, source, nq, nk)[:, list(kept)] if m.shape[0] == b * source else m.view(b, len(kept), nq, nk)
         mask = m if mask is None else mask + m
     return mask
 
@@ -190,8 +207,10 @@ def prune_heads(model: nn.Module, path: str, keep: Sequence[int]) -> HeadAttenti
     h, keep = m.num_heads, sorted(int(i) for i in keep)
     rows = torch.tensor([part * h * d + i * d + j for part in range(3) for i in keep for j in range(d)])
     cols = torch.tensor([i * d + j for i in keep for j in range(d)])
+    source = getattr(m, "kept_heads", tuple(range(h)))
     small = HeadAttention(m.embed_dim, len(keep), d, dropout=m.dropout, batch_first=m.batch_first,
-                          bias=bias is not None).to(device=w.device, dtype=w.dtype)
+                          bias=bias is not None, kept_heads=[source[i] for i in keep],
+                          source_heads=getattr(m, "source_heads", h)).to(device=w.device, dtype=w.dtype)
     with torch.no_grad():
         small.in_proj_weight.copy_(w[rows])
         if bias is not None:
@@ -201,4 +220,7 @@ def prune_heads(model: nn.Module, path: str, keep: Sequence[int]) -> HeadAttenti
             small.out_proj.bias.copy_(m.out_proj.bias)
     small.train(m.training)
     setattr(parent, attr, small)
+    for enc in model.modules():  # its nested-tensor path hands the attention a tensor it cannot take
+        if isinstance(enc, nn.TransformerEncoder):
+            enc.use_nested_tensor = False
     return small

@@ -16,6 +16,8 @@ from .atomic import write_text
 from .criteria import IMPORTANCES
 from .errors import ConfigError
 
+HEADS = ":heads"  # an attention layer's heads group is named "<layer path>:heads" (attention.py)
+
 __all__ = ["Policy", "kept_channels"]
 
 
@@ -76,8 +78,10 @@ class Policy:
         return hash((self.model, tuple(self.sparsity.items()), self.importance))
 
     def kept(self) -> dict[str, int]:
-        """Channels kept per group, rounded to a multiple of ``round_to`` (at least one multiple)."""
-        return {name: kept_channels(self.channels[name], s, self.round_to) for name, s in self.sparsity.items()}
+        """Channels kept per group, rounded to a multiple of ``round_to`` (at least one multiple); an
+        attention layer's heads (a group named ``<layer>:heads``) are whole units, never rounded."""
+        return {name: kept_channels(self.channels[name], s, 1 if name.endswith(HEADS) else self.round_to)
+                for name, s in self.sparsity.items()}
 
     def mean_sparsity(self) -> float:
         return sum(self.sparsity.values()) / max(1, len(self.sparsity))

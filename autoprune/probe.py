@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .attention import head_group, head_units, prune_heads
 from .costs import CostModel, Group, count_flops, is_depthwise, pruned_count
 from .graph import _build_graph, output_leaves
 from .prune import (DEFAULT_MAX_SPARSITY, _CACHE, _blocks_multiple, _channel_groups, _from_blocks, _norm_blocks,
@@ -116,6 +117,24 @@ def _probe_once(model: nn.Module, x: torch.Tensor, exclude: Sequence[str], cm: C
                                                                                     rel_tol=1e-6):
             return name, (f"pruning it gives {flops:,.0f} FLOPs and {params:,} params where the cost model "
                           f"predicts {want['flops']:,.0f} and {want['params']:,.0f} (an operation it cannot price)")
+    for path, m in head_units(small, exclude):  # whole heads, spread over the layer, after the widths
+        name = head_group(path)
+        k = pruned_count(m.num_heads, sparsity.get(name, 0.0), 1, 1)
+        if name not in sparsity or k <= 0:
+            continue
+        done[name] = sparsity[name]
+        try:
+            prune_heads(small, path, sorted(set(range(m.num_heads)) - set(np.linspace(0, m.num_heads, k, endpoint=False)
+                                                                        .astype(int).tolist())))
+            with torch.no_grad():
+                out = small(probe_x)
+            if _shapes(out) != shape:
+                return name, f"the pruned model's output shape {_text(_shapes(out))} is not {_text(shape)}"
+        except Exception as e:  # a mask per head, a call the smaller attention cannot take
+            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            return name, f"{type(e).__name__}: {text[:200]}"
+        if check_flops_each and not math.isclose(count_flops(small, x), cm.cost(done)["flops"], rel_tol=1e-6):
+            return name, "pruning its heads gives FLOPs the cost model does not predict (an operation it cannot price)"
     if not check_flops_each and done and not math.isclose(count_flops(small, x), cm.cost(done)["flops"],
                                                           rel_tol=1e-6):
         return _probe_once(model, x, exclude, cm, sparsity, check_flops_each=True)  # find which group

@@ -229,6 +229,9 @@ def apply_policy(
             seen.add(name)
             if name not in policy.sparsity:
                 continue
+            if policy.channels.get(name, m.num_heads) != m.num_heads:
+                raise PruningError(f"Attention layer {path!r} has {m.num_heads} heads but the policy expects "
+                                   f"{policy.channels[name]}; was the policy made for another model?")
             idxs = _removed(policy, name, m.num_heads, 1, 1, lambda m=m: head_scores(m, importance))
             if idxs:
                 prune_heads(small, path, sorted(set(range(m.num_heads)) - set(idxs)))

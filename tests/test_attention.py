@@ -168,3 +168,81 @@ def test_a_transformer_encoder_loses_heads_and_widths_at_the_cost_the_model_pred
         with torch.no_grad():
             assert small(torch.randn(2, 3, 16, 16)).shape == (2, 10)
     assert heads_lost > 0
+
+
+class _Odd(nn.Module):
+    """Attention called the ways nn.MultiheadAttention allows: by keyword, twice, with a mask per head."""
+
+    def __init__(self, per_head_mask: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 32, 4, 4)
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.per_head_mask = per_head_mask
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        mask = None
+        if self.per_head_mask:  # (batch * heads, L, L): head h may not attend to token h
+            mask = torch.zeros(t.shape[0] * 4, t.shape[1], t.shape[1], dtype=torch.bool)
+            for h in range(4):
+                mask[h::4, :, h] = True
+        t = self.attn(query=t, key=t, value=t, need_weights=False, attn_mask=mask)[0]
+        t = self.attn(t, t, t, need_weights=False, attn_mask=mask)[0]
+        return self.fc(t.mean(1))
+
+
+@pytest.mark.parametrize("per_head_mask", [False, True])
+def test_attention_called_by_keyword_twice_or_with_a_mask_per_head(per_head_mask):
+    from autoprune import Budget, fit_policy, left_out_groups, prunable_groups
+
+    torch.manual_seed(4)
+    model, x = _Odd(per_head_mask).eval(), torch.zeros(1, 3, 16, 16)
+    assert left_out_groups(model, x) == {}
+    names = [g.name for g in prunable_groups(model, x)]
+    assert "attn:heads" in names
+    cm = cost_model(model, x)
+    policy = fit_policy(model, x, {n: 0.5 for n in names}, [Budget.parse("flops", "50%")])
+    small = apply_policy(model, policy, x)
+    assert type(small.attn) is HeadAttention and small.attn.num_heads < 4
+    assert count_flops(small, x) == pytest.approx(cm.cost(policy.sparsity)["flops"], rel=1e-6)
+    if per_head_mask:  # the kept heads keep their own slices of the mask
+        gone = sorted(set(range(4)) - set(small.attn.kept_heads))
+        keep_all = Policy("k", {n: s for n, s in policy.sparsity.items() if n != "attn:heads"}, policy.channels,
+                          indices={n: i for n, i in small.autoprune_policy.indices.items() if n != "attn:heads"})
+        reference = apply_policy(model, keep_all, x)
+        d = reference.attn.embed_dim // 4
+        with torch.no_grad():
+            for h in gone:
+                reference.attn.out_proj.weight[:, h * d:(h + 1) * d] = 0
+            t = torch.randn(2, 3, 16, 16)
+            # one attention call: the second sees the first's output, which the zeroed heads change too
+            e = reference.embed(t).flatten(2).transpose(1, 2)
+            mask = torch.zeros(8, e.shape[1], e.shape[1], dtype=torch.bool)
+            for h in range(4):
+                mask[h::4, :, h] = True
+            want = reference.attn(e, e, e, need_weights=False, attn_mask=mask)[0]
+            got = small.attn(e, e, e, need_weights=False, attn_mask=mask)[0]
+            assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_a_pruned_encoder_takes_a_padding_mask_and_unbatched_input():
+    torch.manual_seed(5)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    enc = nn.TransformerEncoder(layer, 2).eval()  # nested tensors on by default
+    holder = nn.Module()
+    holder.enc = enc
+    prune_heads(holder, "enc.layers.0.self_attn", [0, 2])
+    t, padding = torch.randn(2, 6, 32), torch.zeros(2, 6, dtype=torch.bool)
+    padding[:, -2:] = True
+    with torch.no_grad():
+        assert holder.enc(t, src_key_padding_mask=padding).shape == (2, 6, 32)
+        small = holder.enc.layers[0].self_attn
+        q = torch.randn(6, 32)
+        assert torch.allclose(small(q, q, q, need_weights=False)[0], small(q[None], q[None], q[None],
+                                                                           need_weights=False)[0][0], atol=1e-6)
+
+
+def test_a_policy_counts_heads_unrounded():
+    p = Policy("m", {"a:heads": 0.5, "conv": 0.5}, {"a:heads": 12, "conv": 12}, round_to=8)
+    assert p.kept() == {"a:heads": 6, "conv": 8}
