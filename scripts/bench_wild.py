@@ -48,12 +48,13 @@ def _importable_tests() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
 
 
-def wild_row(model: str, trials: int, epochs: float, baseline_epochs: int, runs: Path = _RUNS) -> dict:
+def wild_row(model: str, trials: int, epochs: float, baseline_epochs: int, runs: Path = _RUNS,
+             concurrency: int = 2) -> dict:
     start = time.perf_counter()
     name = "wild-" + model.replace(":", "-").replace("_", "-")
     cfg = ap.SearchConfig(model=model, dataset="digits", image_size=32, budget_flops=BUDGET, trials=trials,
                           finetune_epochs=epochs, baseline_epochs=baseline_epochs, results_dir=str(runs),
-                          name=name)
+                          name=name, concurrency=concurrency)
     folder = runs / name
     resume = (folder / "config.yaml").is_file()
     ap.search(cfg, resume=resume, given={} if resume else None, log=lambda line: None)
@@ -81,13 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--finetune-epochs", type=float, default=0.5)
     p.add_argument("--baseline-epochs", type=int, default=5)
+    p.add_argument("--concurrency", type=int, default=2, help="trials at once (default 2)")
     p.add_argument("--out", default=str(_OUT))
     p.add_argument("--runs", default=str(_RUNS), help="where the searches' run folders go (a rerun resumes them)")
     args = p.parse_args(argv)
     _importable_tests()
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     for model in args.models.split(","):
-        row = wild_row(model, args.trials, args.finetune_epochs, args.baseline_epochs, Path(args.runs))
+        row = wild_row(model, args.trials, args.finetune_epochs, args.baseline_epochs, Path(args.runs), args.concurrency)
         benchrows.append_rows(args.out, COLUMNS, [row])
         print(" ".join(f"{k}={row[k]}" for k in COLUMNS), flush=True)
     return 0
