@@ -158,6 +158,7 @@ def _out_dim(out) -> int:
 def _build_graph(model: nn.Module, x: torch.Tensor, exclude: Sequence[str]):
     tp = _tp()
     was_training = model.training
+    paths = {m: n for n, m in model.named_modules() if n}  # for naming a failure, before memory runs short
     model.eval()
     try:
         with torch.no_grad():
@@ -173,7 +174,7 @@ def _build_graph(model: nn.Module, x: torch.Tensor, exclude: Sequence[str]):
             graph.autoprune_unfollowed = unfollowed
     except (ZeroDivisionError, IndexError, KeyError, RuntimeError, ValueError, AttributeError, TypeError,
             MemoryError) as e:
-        layer = _culprit(e.__traceback__)
+        layer = _culprit(e.__traceback__, paths)
         why = ("its index mapping outgrew the memory cap" if isinstance(e, MemoryError) else
                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         raise PruningError(
@@ -202,7 +203,7 @@ def _all_groups(model: nn.Module, graph, ignored: Sequence[nn.Module]) -> tuple[
         try:
             group = graph.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
         except (IndexError, ZeroDivisionError, KeyError, ValueError) as e:
-            where = _culprit(e.__traceback__)
+            where = _culprit(e.__traceback__, names)
             unfollowed[names.get(m, type(m).__name__)] = (
                 f"Torch-Pruning cannot follow its channels{f' through {where}' if where else ''} "
                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
@@ -220,7 +221,7 @@ def _all_groups(model: nn.Module, graph, ignored: Sequence[nn.Module]) -> tuple[
     return groups, unfollowed
 
 
-def _culprit(tb) -> str | None:
+def _culprit(tb, names: dict) -> str | None:
     """The dependency-graph node Torch-Pruning was handling when it failed, read from its frames."""
     frames = []
     while tb is not None:
@@ -230,4 +231,12 @@ def _culprit(tb) -> str | None:
         for value in frame.f_locals.values():
             if type(value).__name__ == "Node" and hasattr(value, "name"):
                 return str(value.name)
+    # no node at hand (tracing, or following one root layer's channels): the autograd operation or
+    # the layer it was handling, by its path (never the module's repr: the memory cap may still hold)
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, torch.autograd.graph.Node):
+                return f"{value.name()}()"
+            if isinstance(value, nn.Module) and value in names:
+                return f"the channels of {names[value]} ({type(value).__name__})"
     return None
