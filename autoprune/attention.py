@@ -73,8 +73,9 @@ def attention_flops(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     scales with its width once (the projections scale with it twice)."""
     found: dict[str, float] = {}
     hooks = []
-    for name, m in head_units(model) + [(n, m) for n, m in model.named_modules()
-                                        if isinstance(m, HeadAttention)]:
+    for name, m in model.named_modules():  # every attention layer, whether or not it can lose heads
+        if not isinstance(m, (nn.MultiheadAttention, HeadAttention)):
+            continue
         def hook(mod, args, kwargs, name=name):
             q = args[0] if args else kwargs["query"]
             k = args[1] if len(args) > 1 else kwargs["key"]

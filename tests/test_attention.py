@@ -246,3 +246,25 @@ def test_a_pruned_encoder_takes_a_padding_mask_and_unbatched_input():
 def test_a_policy_counts_heads_unrounded():
     p = Policy("m", {"a:heads": 0.5, "conv": 0.5}, {"a:heads": 12, "conv": 12}, round_to=8)
     assert p.kept() == {"a:heads": 6, "conv": 8}
+
+
+def test_a_single_head_attention_is_priced_by_its_width_too():
+    """One head cannot lose heads, but its width can: its attention matmuls scale with the width once
+    (left out as unpriceable when only layers that can lose heads were measured)."""
+    from autoprune import Budget, left_out_groups, uniform_policy
+
+    class One(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Conv2d(3, 32, 4, 4)
+            self.attn = nn.MultiheadAttention(32, 1, batch_first=True)
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, x):
+            t = self.embed(x).flatten(2).transpose(1, 2)
+            return self.fc(self.attn(t, t, t, need_weights=False)[0].mean(1))
+
+    model, x = One().eval(), torch.zeros(1, 3, 16, 16)
+    assert left_out_groups(model, x) == {}
+    policy = uniform_policy(model, x, [Budget.parse("flops", "50%")])
+    assert count_flops(apply_policy(model, policy, x), x) == cost_model(model, x).cost(policy.sparsity)["flops"]
