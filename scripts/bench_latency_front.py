@@ -13,6 +13,9 @@ paired: one search seed and one final-finetune seed shared by every method of th
   the criterion that led the search's own uniform trials;
 - ``uniform_compute``: the same policy finetuned on the search's extra compute (its ``search_cost`` in
   training images, as extra epochs);
+- ``uniform_x1.25``, ``uniform_x1.6``: the same uniform policy fitted to 1.25 and 1.6 times the pick's
+  re-timed latency ratio (at most 0.95): with ``uniform`` they are the uniform curve above the pick, so
+  that speed at equal accuracy can be read off it (added before the first full run);
 - ``flops_only``: the pick of a ``--budget-flops`` search at the autoprune pick's FLOPs ratio (same
   trials and seed), so that both searches spend the same and differ in what they measure.
 
@@ -22,7 +25,10 @@ repeats, median). Rows go to ``results/benchmarks/latency_front.csv`` (``model, 
 latency_ms, latency_ratio, flops_ratio, val_acc, test_acc, search_cost``, plus the round_to, the
 criterion and the commit) as each finishes; a rerun skips what is there. ``--summarise-only`` writes
 ``latency_front_summary.csv``: per model and method, ``autoprune`` minus it on test (paired, 95%
-interval, seeds won) and the mean latency ratios. Decisions belong to validation; the test column is
+interval, seeds won) and the mean latency ratios; and ``latency_front_speed.csv``: per model and seed,
+speed at equal accuracy, the uniform curve's latency ratio where it reaches the pick's accuracy
+(validation and test), interpolated linearly, over the pick's (``where`` says ``inside``, or ``below``
+/ ``above`` when the pick lies outside the curve and the figure is a bound). Decisions belong to validation; the test column is
 reported, deciding nothing.
 
 Cost, estimated before any run (2 CPU cores, 64 px): a 24-trial search is 10-30 minutes per model
@@ -53,6 +59,7 @@ COLUMNS = ["model", "seed", "method", "latency_ms", "latency_ratio", "flops_rati
            "search_cost", "round_to", "criterion", "pick", "seconds", "commit"]
 DESIGN = dict(dataset="fashion_mnist", image_size=64, baseline_epochs=5, trials=24, search_epochs=0.1,
               final_epochs=1.0, final_lr=0.01, batch_size=128, bn_batches=10, budget="50%", repeats=5)
+CURVE = (1.25, 1.6)  # uniform points at these multiples of the pick's latency ratio
 TIMING = dict(backend="onnxruntime", threads=1, batch_size=1)
 
 
@@ -153,12 +160,30 @@ def run_seed(m: Model, seed: int, out: Path) -> None:
     grad = ap.gradient_batch(m.splits.train) if criterion == "taylor" else None
     make_uniform = lambda: (ap.apply_policy(m.base, uniform, m.x, grad_batch=grad), uniform)  # noqa: E731
     record("uniform", make_uniform)
+    for factor in CURVE:  # the uniform curve above the pick, for speed at equal accuracy
+        slower = _uniform_at(m, min(0.95, ratio * factor), criterion)
+        record(f"uniform_x{factor}", lambda p=slower: (ap.apply_policy(m.base, p, m.x, grad_batch=grad), p))
     record("uniform_compute", make_uniform, extra_epochs=cost / len(m.splits.train), search_cost=round(cost))
     other = m.search(seed, budget_flops=f"{100 * flops:.2f}%")
     ob = other.best()
     op = other.policy(int(ob["trial"]))
     record("flops_only", lambda: (ap.apply_policy(m.base, op, m.x), op), search_cost=round(other.search_cost()["cost"]),
            pick=f"trial {int(ob['trial'])} ({ob['origin']})")
+
+
+def speed_at_equal(curve: list[tuple[float, float]], ratio: float, acc: float) -> tuple[float, str]:
+    """How much faster the pick (latency ``ratio``, accuracy ``acc``) is than the uniform ``curve`` (its
+    (latency ratio, accuracy) points) at the pick's accuracy: the curve's latency ratio where it first
+    reaches ``acc``, linearly interpolated, over ``ratio``; with ``'inside'``, or ``'below'`` (the curve's
+    fastest point is already as accurate: a bound, at most that) or ``'above'`` (the curve never reaches
+    it: a bound, at least its slowest point)."""
+    points = sorted(curve)
+    if points[0][1] >= acc:
+        return points[0][0] / ratio, "below"
+    for (r0, a0), (r1, a1) in zip(points, points[1:]):
+        if a0 < acc <= a1:
+            return (r0 + (acc - a0) * (r1 - r0) / (a1 - a0)) / ratio, "inside"
+    return points[-1][0] / ratio, "above"
 
 
 def summarise(out_dir: Path) -> None:
@@ -179,8 +204,29 @@ def summarise(out_dir: Path) -> None:
                                                                  for s in seeds) / len(seeds), 4),
                             "other_latency_ratio": round(sum(float(by[(method, s)]["latency_ratio"])
                                                              for s in seeds) / len(seeds), 4)})
+    speed = []
+    for model in sorted({r["model"] for r in rows}):
+        for seed in sorted({r["seed"] for r in rows if r["model"] == model}):
+            by = {r["method"]: r for r in rows if r["model"] == model and r["seed"] == seed}
+            curve = [by[m] for m in ("uniform", *(f"uniform_x{f}" for f in CURVE)) if m in by]
+            if "autoprune" not in by or len(curve) < 2:
+                continue
+            pick = by["autoprune"]
+            row = {"model": model, "seed": seed, "pick_latency_ratio": float(pick["latency_ratio"]),
+                   "curve_points": len(curve)}
+            for split in ("val", "test"):
+                x, where = speed_at_equal([(float(c["latency_ratio"]), float(c[f"{split}_acc"])) for c in curve],
+                                          float(pick["latency_ratio"]), float(pick[f"{split}_acc"]))
+                row.update({f"speedup_{split}": round(x, 3), f"where_{split}": where})
+            speed.append(row)
     if summary:
         benchrows.write_table(out_dir / "latency_front_summary.csv", summary)
+    if speed:
+        benchrows.write_table(out_dir / "latency_front_speed.csv", speed)
+    for r in speed:
+        print(f"{r['model']} seed {r['seed']}: the uniform curve reaches the pick's accuracy at "
+              f"{r['speedup_val']:.2f}x its latency on validation ({r['where_val']}), "
+              f"{r['speedup_test']:.2f}x on test ({r['where_test']})")
     for s in summary:
         print(f"{s['model']}: autoprune - {s['against']} {s['test_gain']:+.2f} [{s['ci95_low']:+.2f}, {s['ci95_high']:+.2f}] "
               f"test points ({s['seeds_won']}/{s['seeds']} won); latency {s['autoprune_latency_ratio']:.3f} vs "
