@@ -43,7 +43,7 @@ __all__ = ["LatencyModel", "GRID", "cache_dir"]
 # where small models are, since budgets of 25-50% of the latency put most layers below half width.
 GRID = (0.0625, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)  # one varying dimension
 GRID_2D = (0.125, 0.25, 0.5, 0.75, 1.0)  # each of two (the table grows as the square)
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: the line fitted on latency ratios measured against the unpruned model
 _CALIBRATION = (0.2, 0.4, 0.6, 0.8)  # uniform sparsities measured whole, with the unpruned model, for the line
 _RANDOM_CALIBRATION = 16  # and this many seeded random shapes (sparsities uniform in [0, 0.8])
 
@@ -211,12 +211,17 @@ class LatencyModel:
 
     def _calibrate(self, model: nn.Module, x: torch.Tensor, groups: Sequence[str] | None, *, exclude) -> None:
         """Least squares of the measured milliseconds of whole networks (the unpruned model, the
-        uniform policy at several sparsities and seeded random shapes) on :meth:`_features`."""
+        uniform policy at several sparsities and seeded random shapes) on :meth:`_features`.
+
+        Each shape is timed against the unpruned model, interleaved, and enters the fit as its ratio
+        times the unpruned model's median over all of them: a shared machine that slows down or
+        speeds up while the shapes are timed moves both sides of each ratio, not the line."""
         import random
+        import statistics
 
         import numpy as np
 
-        from .latency import measure_latency
+        from .latency import relative_latency
         from .policy import Policy
         from .probe import prunable_groups
         from .prune import apply_policy
@@ -227,16 +232,17 @@ class LatencyModel:
         rng = random.Random(0)
         shapes = [{g: u for g in groups} for u in (0.0, *_CALIBRATION)]
         shapes += [{g: rng.uniform(0.0, 0.8) for g in groups} for _ in range(_RANDOM_CALIBRATION)]
-        rows, measured = [], []
+        rows, ratios, bases = [], [], []
         for sparsity in shapes:
             policy = Policy("calibration", sparsity, {g: self.cm.channels[g] for g in groups}, s["round_to"])
             net = model if not any(sparsity.values()) else apply_policy(model, policy, x, exclude=exclude)
-            ms = measure_latency(net, x, device=s["device"], batch_size=s["batch"], backend=s["backend"],
-                                 threads=s["threads"])
+            ms, base = relative_latency(net, model, x, device=s["device"], batch_size=s["batch"],
+                                        backend=s["backend"], threads=s["threads"])
             rows.append(self._features(sparsity))
-            measured.append(ms)
-        self.base_ms = measured[0]
-        a, y = np.array(rows), np.array(measured)
+            ratios.append(ms / base)
+            bases.append(base)
+        self.base_ms = statistics.median(bases)
+        a, y = np.array(rows), self.base_ms * np.array(ratios)
         use = [0, 1, 2]
         while True:  # drop a feature whose weight comes out negative (noise on a small sample)
             coef = np.linalg.lstsq(a[:, use], y, rcond=None)[0]
