@@ -57,6 +57,25 @@ def run_name(config: SearchConfig) -> str:
     return f"{model}-{config.dataset.replace(':', '_').replace('/', '_')}-{budgets}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def resumable_run(config: SearchConfig, given: Mapping[str, Any] | None = None) -> tuple[RunDir, SearchConfig]:
+    """The run ``--resume`` continues and its config with the settings ``given`` again; raises
+    :class:`RunError` when there is nothing to resume (no name, no such run, a finished run and no
+    larger ``--trials``). Reads the run folder only: nothing is imported or built."""
+    if config.name is None:
+        raise RunError("--resume needs --name of the run to continue (a folder under --results-dir).")
+    run = RunDir(Path(config.results_dir) / config.name)
+    if not run.exists():
+        raise RunError(f"Cannot resume {str(run.path)!r}: no such run (no config.yaml there).")
+    if given is None:
+        default = SearchConfig()
+        given = {k: v for k, v in config.to_dict().items() if k != "space" and v != getattr(default, k)}
+    config = resume_config(run.saved_config(), {**given, "results_dir": config.results_dir, "name": config.name})
+    if run.is_finished() and ("trials" not in given or proposed_count(run.read_trials()) >= config.trials):
+        raise RunError(f"Run {str(run.path)!r} is already finished; nothing to resume "
+                       f"(give a larger --trials to run more).")
+    return run, config
+
+
 def prepare_run(config: SearchConfig, *, resume: bool, given: Mapping[str, Any] | None = None,
                 argv: list[str] | None = None, log: Callable[[str], None] = print,
                 on_checked: Callable[[SearchConfig, int], None] | None = None, task=None) -> Prepared:
@@ -74,19 +93,7 @@ def prepare_run(config: SearchConfig, *, resume: bool, given: Mapping[str, Any] 
     baseline trained; the model is the baseline, scored by the task's ``evaluate``.
     """
     if resume:
-        if config.name is None:
-            raise RunError("--resume needs --name of the run to continue (a folder under --results-dir).")
-        run = RunDir(Path(config.results_dir) / config.name)
-        if not run.exists():
-            raise RunError(f"Cannot resume {str(run.path)!r}: no such run (no config.yaml there).")
-        if given is None:
-            default = SearchConfig()
-            given = {k: v for k, v in config.to_dict().items() if k != "space" and v != getattr(default, k)}
-        config = resume_config(run.saved_config(), {**given, "results_dir": config.results_dir,
-                                                    "name": config.name})
-        if run.is_finished() and ("trials" not in given or proposed_count(run.read_trials()) >= config.trials):
-            raise RunError(f"Run {str(run.path)!r} is already finished; nothing to resume "
-                           f"(give a larger --trials to run more).")
+        run, config = resumable_run(config, given)
     else:
         name = config.name or run_name(config)
         run = RunDir(Path(config.results_dir) / name)

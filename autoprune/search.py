@@ -29,7 +29,7 @@ from .front import (
     proposed_count,
     uniform_origin,
 )
-from .prepare import Prepared, prepare_run
+from .prepare import Prepared, prepare_run, resumable_run
 from .promote import confirm, promote_rungs
 from .searcher import close_stale_trials, make_searcher
 from .results import near_budget_of
@@ -116,6 +116,7 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
     ray_starter = RayStarter()
     try:
         if resume and task is None:
+            resumable_run(config, given)  # refuse a run with nothing to resume before importing its task
             task = _saved_task(config)
         prepared = prepare_run(config, resume=resume, given=given, argv=argv, log=log, on_checked=ray_starter.start,
                                task=task)

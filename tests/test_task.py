@@ -65,7 +65,7 @@ def test_a_segmenter_is_searched_with_its_own_metric_and_applied(tmp_path):
     assert (Path(result["path"]) / "model.safetensors").is_file()
 
 
-def test_a_task_from_the_command_line_searches_resumes_and_applies(tmp_path, capsys):
+def test_a_task_from_the_command_line_searches_resumes_and_applies(tmp_path, capsys, monkeypatch):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
 
     def cli(*args):
@@ -84,6 +84,12 @@ def test_a_task_from_the_command_line_searches_resumes_and_applies(tmp_path, cap
     assert "taylor" not in set(trials["importance"])  # the task has no loss: taylor is not offered
     from autoprune import cli as in_process
 
+    import autoprune.task
+
+    monkeypatch.setattr(autoprune.task, "load_task", lambda spec: pytest.fail(f"imported {spec} to refuse"))
+    assert in_process.main(["search", "--resume", "--results-dir", str(tmp_path), "--name", "tiny"]) == 2
+    assert "already finished" in capsys.readouterr().err  # refused before the task is imported
+    monkeypatch.undo()
     assert in_process.main(["apply", str(tmp_path / "tiny"), "--epochs", "1", "--lr", "0.1"]) == 2
     assert "--lr cannot be used with a run of a user's task" in capsys.readouterr().err
     assert not (tmp_path / "tiny" / "apply-best").exists()
