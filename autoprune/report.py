@@ -24,7 +24,8 @@ from .atomic import write_text
 from .errors import AutopruneError
 from .convergence import hypervolume_column, last_growth
 from .front import (best_pick, best_trial, gain_vs_uniform, is_uniform,
-                    pareto_front, plot_front, proposed_count, uniform_curve, uniform_verdict)
+                    pareto_front, proposed_count, uniform_curve, uniform_verdict)
+from .front_plot import plot_front
 from .policy import Policy
 from .report_html import _anchor, _e, _finite, _img, _note, _num, _plt, _png, _share, _table
 from .results import Run, RunDir, load_run, unpruned_size

@@ -30,8 +30,8 @@ from .budget import Budget
 from .config import SearchConfig
 from .errors import RunError
 from .convergence import hypervolume_column
-from .front import (best_pick, gain_vs_uniform, pareto_front, pick_trial, plot_front,
-                    uniform_curve)
+from .front import best_pick, gain_vs_uniform, pareto_front, pick_trial, uniform_curve
+from .front_plot import plot_front
 from .policy import Policy
 from .trial import TRIAL_COLUMNS, TrialResult
 
