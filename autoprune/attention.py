@@ -6,7 +6,9 @@ cannot lose a whole head. Here each such layer gets a group of its own, ``"<path
 channels are its heads: pruning it keeps the chosen heads' rows of the q, k and v projections and the
 matching columns of the output projection, in a :class:`HeadAttention` that computes exactly what the
 kept heads computed. The cost model prices it (``costs.py``); ``prune.apply_policy`` applies it after
-the graph's groups.
+the graph's groups. timm's attention (one ``qkv`` Linear, reshaped by ``num_heads``) gets a heads group
+too; it keeps its class and loses the heads' rows and columns in place (Torch-Pruning cannot follow
+that reshape, so its ``qkv`` width groups are left out).
 
 Also here: FLOP formulas PyTorch's counter lacks on the CPU. ``FlopCounterMode`` counts nothing for
 ``nn.MultiheadAttention``'s inference fast path (``aten._native_multi_head_attention``) nor for the
@@ -25,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils import flop_counter
 
-__all__ = ["HeadAttention", "HEADS", "head_units", "head_group", "head_scores", "prune_heads", "attention_flops"]
+__all__ = ["HeadAttention", "HEADS", "head_units", "is_qkv_attention", "qkv_head_sides", "head_group", "head_scores", "prune_heads", "attention_flops"]
 
 from .policy import HEADS  # a heads group is named "<attention layer path>:heads"
 
@@ -52,16 +54,46 @@ def _register_flop_formulas() -> None:
 _register_flop_formulas()
 
 
-def head_units(model: nn.Module, exclude: Sequence[str] = ()) -> list[tuple[str, nn.MultiheadAttention]]:
-    """The attention layers that can lose whole heads: ``nn.MultiheadAttention`` with more than one
-    head, one packed in-projection, no extra key/value biases, not excluded by a pattern."""
+def is_qkv_attention(m: nn.Module) -> bool:
+    """timm's ``Attention`` and its like (ViT, DeiT, BEiT-free ViTs of timm >= 1.0): one packed ``qkv``
+    Linear to 3 x ``num_heads`` x ``head_dim``, a ``proj`` Linear back, an optional ``gate`` Linear and
+    ``norm`` over the inner width, and a forward that reshapes by ``num_heads``, ``head_dim`` and
+    ``attn_dim`` (so a layer that keeps fewer heads runs once those attributes say so)."""
+    qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
+    h, d, a = (getattr(m, k, None) for k in ("num_heads", "head_dim", "attn_dim"))
+    if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and all(type(v) is int for v in (h, d, a))):
+        return False
+    gate, norm = getattr(m, "gate", None), getattr(m, "norm", None)
+    return (a == h * d and qkv.out_features == 3 * a and proj.in_features == a
+            and (gate is None or isinstance(gate, nn.Linear) and gate.out_features == a)
+            and (norm is None or isinstance(norm, nn.Identity)
+                 or isinstance(norm, nn.LayerNorm) and tuple(norm.normalized_shape) == (a,)))
+
+
+def head_units(model: nn.Module, exclude: Sequence[str] = ()) -> list[tuple[str, nn.Module]]:
+    """The attention layers that can lose whole heads, not excluded by a pattern: ``nn.MultiheadAttention``
+    with more than one head, one packed in-projection and no extra key/value biases; timm-style
+    attention (:func:`is_qkv_attention`) with more than one head."""
     out = []
     for name, m in model.named_modules():
+        if any(fnmatch.fnmatch(name, p) for p in exclude):
+            continue
         if (isinstance(m, nn.MultiheadAttention) and m.num_heads > 1 and m.in_proj_weight is not None
-                and m.bias_k is None and not m.add_zero_attn
-                and not any(fnmatch.fnmatch(name, p) for p in exclude)):
+                and m.bias_k is None and not m.add_zero_attn) or (is_qkv_attention(m) and m.num_heads > 1):
             out.append((name, m))
     return out
+
+
+def qkv_head_sides(model: nn.Module) -> dict[str, tuple[str, str]]:
+    """{layer path: (side, attention path)} for the layers inside timm-style attention whose width is
+    its heads: ``qkv``, ``gate`` and ``norm`` on their output side, ``proj`` on its input side."""
+    sides = {}
+    for path, m in model.named_modules():
+        if is_qkv_attention(m):
+            for child, side in (("qkv", "out"), ("gate", "out"), ("norm", "out"), ("proj", "in")):
+                if isinstance(getattr(m, child, None), (nn.Linear, nn.LayerNorm)):
+                    sides[f"{path}.{child}" if path else child] = (side, path)
+    return sides
 
 
 def head_group(path: str) -> str:
@@ -175,39 +207,70 @@ def _float_mask(attn_mask, key_padding_mask, dtype, b, kept, source, nq, nk):
     return mask
 
 
-def _parts(m) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    heads = m.num_heads
-    head_dim = m.head_dim if isinstance(m, HeadAttention) else m.embed_dim // heads
-    return m.in_proj_weight, m.in_proj_bias, head_dim
+def _parts(m) -> tuple[torch.Tensor, torch.Tensor | None, int, nn.Linear]:
+    """(the packed q/k/v weight, its bias, the head width, the output projection)."""
+    if is_qkv_attention(m):
+        return m.qkv.weight, m.qkv.bias, m.head_dim, m.proj
+    head_dim = m.head_dim if isinstance(m, HeadAttention) else m.embed_dim // m.num_heads
+    return m.in_proj_weight, m.in_proj_bias, head_dim, m.out_proj
 
 
 def head_scores(m: nn.Module, importance: str) -> torch.Tensor:
     """One score per head (higher: more important) by ``importance``: the norm of its q, k, v rows and
     output-projection columns (``l1``; ``l2``), weight times gradient (``taylor``, where gradients
     exist; else l1), random (``random``). BatchNorm scales do not apply to attention: l1."""
-    w, _, d = _parts(m)
+    w, _, d, proj = _parts(m)
     h = m.num_heads
     if importance == "random":
         return torch.rand(h)
     rows = w.detach().view(3, h, d, -1)
-    cols = m.out_proj.weight.detach().view(m.out_proj.weight.shape[0], h, d)
-    if importance == "taylor" and w.grad is not None and m.out_proj.weight.grad is not None:
+    cols = proj.weight.detach().view(proj.weight.shape[0], h, d)
+    if importance == "taylor" and w.grad is not None and proj.weight.grad is not None:
         rows = (rows * w.grad.view(3, h, d, -1)).abs()
-        cols = (cols * m.out_proj.weight.grad.view(cols.shape)).abs()
+        cols = (cols * proj.weight.grad.view(cols.shape)).abs()
     if importance == "l2":
         return (rows.pow(2).sum((0, 2, 3)) + cols.pow(2).sum((0, 2))).sqrt()
     return rows.abs().sum((0, 2, 3)) + cols.abs().sum((0, 2))
 
 
-def prune_heads(model: nn.Module, path: str, keep: Sequence[int]) -> HeadAttention:
-    """Replace the attention layer at ``path`` by a :class:`HeadAttention` holding only heads ``keep``."""
+def _sliced(layer: nn.Module, idx: torch.Tensor, dim: int) -> nn.Module:
+    """A copy of a Linear (or LayerNorm) keeping the rows (``dim`` 0) or columns (1) ``idx`` of its weight."""
+    w = layer.weight
+    if isinstance(layer, nn.LayerNorm):
+        if w is None:
+            return nn.LayerNorm(len(idx), eps=layer.eps, elementwise_affine=False)
+        small = nn.LayerNorm(len(idx), eps=layer.eps, bias=layer.bias is not None)
+    else:
+        shape = (w.shape[1], len(idx)) if dim == 0 else (len(idx), w.shape[0])
+        small = nn.Linear(*shape, bias=layer.bias is not None)
+    small = small.to(device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        small.weight.copy_(w.index_select(dim, idx.to(w.device)))
+        if layer.bias is not None:
+            small.bias.copy_(layer.bias if dim == 1 else layer.bias[idx.to(w.device)])
+    small.train(layer.training)
+    return small
+
+
+def prune_heads(model: nn.Module, path: str, keep: Sequence[int]) -> nn.Module:
+    """Keep only heads ``keep`` of the attention layer at ``path``: an ``nn.MultiheadAttention`` is replaced
+    by a :class:`HeadAttention`; a timm-style attention keeps its class and loses the heads' rows of
+    ``qkv`` (and ``gate``, ``norm``) and columns of ``proj``, its ``num_heads`` and ``attn_dim`` set to match."""
     parent_path, _, attr = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     m = getattr(parent, attr)
-    w, bias, d = _parts(m)
+    w, bias, d, _ = _parts(m)
     h, keep = m.num_heads, sorted(int(i) for i in keep)
     rows = torch.tensor([part * h * d + i * d + j for part in range(3) for i in keep for j in range(d)])
     cols = torch.tensor([i * d + j for i in keep for j in range(d)])
+    if is_qkv_attention(m):
+        m.qkv, m.proj = _sliced(m.qkv, rows, 0), _sliced(m.proj, cols, 1)
+        if isinstance(getattr(m, "gate", None), nn.Linear):
+            m.gate = _sliced(m.gate, cols, 0)
+        if isinstance(getattr(m, "norm", None), nn.LayerNorm):
+            m.norm = _sliced(m.norm, cols, 0)
+        m.num_heads, m.attn_dim = len(keep), len(keep) * d
+        return m
     source = getattr(m, "kept_heads", tuple(range(h)))
     small = HeadAttention(m.embed_dim, len(keep), d, dropout=m.dropout, batch_first=m.batch_first,
                           bias=bias is not None, kept_heads=[source[i] for i in keep],

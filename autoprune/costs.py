@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .attention import HeadAttention, attention_flops
+from .attention import HeadAttention, attention_flops, is_qkv_attention, qkv_head_sides
 from .policy import kept_channels
 
 __all__ = ["Group", "GroupLayout", "CostModel", "count_flops", "count_params", "layer_flops", "pruned_count",
@@ -104,11 +104,17 @@ def layer_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str, float
     # FlopCounterMode names a module "<RootClass>.<path>"; keep the named_modules() path.
     root = type(model).__name__
     out = {}
+    def counted(name: str) -> float:
+        return sum(per_module.get(f"{root}.{name}" if name else root, {}).values()) / x.shape[0]
+
     for name, m in model.named_modules():
         if isinstance(m, ROOT_TYPES + _ATTENTION):
-            counts = per_module.get(f"{root}.{name}")
-            if counts:
-                out[name] = sum(counts.values()) / x.shape[0]
+            if counted(name):
+                out[name] = counted(name)
+        elif is_qkv_attention(m):  # its own FLOPs, the attention's two matmuls: its layers are counted apart
+            inner = counted(name) - sum(counted(f"{name}.{c}" if name else c) for c, _ in m.named_children())
+            if inner:
+                out[name] = inner
     return int(round(counter.get_total_flops() / x.shape[0])), out
 
 
@@ -185,6 +191,10 @@ class CostModel:
                     continue
                 (self._out if side == "out" else self._in).setdefault(layer, []).append((g.name, per))
         self._attn = attention_flops(model, x) if any(isinstance(m, _ATTENTION) for m in model.modules()) else {}
+        # timm-style attention: its qkv/gate/norm outputs and proj inputs are its heads (attention.py)
+        self._head_sides = {layer: (side, self._heads[path]) for layer, (side, path) in qkv_head_sides(model).items()
+                            if path in self._heads}
+        self._qkv_inner = {path for path in self._heads if path in self._layer_flops and path not in self._attn}
         # An attention layer's out_proj is pruned with it (Torch-Pruning's MultiheadAttention pruner), not
         # as a layer of its own: it keeps the attention's embedding share on both sides.
         for name, m in model.named_modules():
@@ -224,6 +234,13 @@ class CostModel:
         group = self._heads.get(layer)
         return 1.0 - pruned.get(group, 0) / self._channels[group] if group else 1.0
 
+    def _head_side(self, name: str, side: str, pruned: Mapping[str, int]) -> float:
+        """The kept share of heads on ``side`` of a layer inside timm-style attention (1 elsewhere)."""
+        entry = self._head_sides.get(name)
+        if entry is None or entry[0] != side:
+            return 1.0
+        return 1.0 - pruned.get(entry[1], 0) / self._channels[entry[1]]
+
     def _factors(self, name: str, m: nn.Module, pruned: Mapping[str, int]) -> tuple[float, float]:
         out_dim, in_dim = _dims(m)
         f_out = self._keep(pruned, name, "out", out_dim)
@@ -232,12 +249,15 @@ class CostModel:
             return min(f_out, f_in), 1.0
         if name.endswith(".out_proj"):  # an attention layer's output projection reads the heads it keeps
             f_in *= self._heads_kept(name[: -len(".out_proj")], pruned)
-        return f_out, f_in
+        return f_out * self._head_side(name, "out", pruned), f_in * self._head_side(name, "in", pruned)
 
     def _flops_with(self, pruned: Mapping[str, int]) -> float:
         total = self._other_flops
         for name, base in self._layer_flops.items():
             f_out, f_in = self._factors(name, self._modules[name][0], pruned) if name in self._modules else (1.0, 1.0)
+            if name in self._qkv_inner:  # timm-style attention's matmuls: the heads' width is fixed
+                total += base * self._heads_kept(name, pruned)
+                continue
             if name in self._attn:  # projections scale with the embedding twice, the attention once; both with heads
                 share, attn = min(f_out, f_in), self._attn[name]
                 total += ((base - attn) * share * share + attn * share) * self._heads_kept(name, pruned)
@@ -252,11 +272,12 @@ class CostModel:
 
     def varying_layers(self) -> list[str]:
         """Layers (module paths) whose input or output width some group sets."""
-        return sorted((set(self._out) | set(self._in)) & set(self._modules))
+        return sorted((set(self._out) | set(self._in) | set(self._head_sides)) & set(self._modules))
 
     def varies(self, layer: str) -> tuple[bool, bool]:
         """Whether some group sets ``layer``'s (output, input) width."""
-        return layer in self._out, layer in self._in
+        side = self._head_sides.get(layer, ("",))[0]
+        return layer in self._out or side == "out", layer in self._in or side == "in"
 
     def layer_dims(self, pruned: Mapping[str, int]) -> dict[str, tuple[float, float]]:
         """(kept output, kept input) widths of every varying layer when the groups lose ``pruned``
@@ -265,7 +286,8 @@ class CostModel:
         for name in self.varying_layers():
             m = self._modules[name][0]
             o, i = _dims(m)
-            ko, ki = self._keep(pruned, name, "out", o) * o, self._keep(pruned, name, "in", i) * i
+            ko = self._keep(pruned, name, "out", o) * self._head_side(name, "out", pruned) * o
+            ki = self._keep(pruned, name, "in", i) * self._head_side(name, "in", pruned) * i
             if is_depthwise(m):
                 ko = ki = min(ko, ki)
             out[name] = (ko, ki)

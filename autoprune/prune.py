@@ -232,10 +232,11 @@ def apply_policy(
             if policy.channels.get(name, m.num_heads) != m.num_heads:
                 raise PruningError(f"Attention layer {path!r} has {m.num_heads} heads but the policy expects "
                                    f"{policy.channels[name]}; was the policy made for another model?")
-            idxs = _removed(policy, name, m.num_heads, 1, 1, lambda m=m: head_scores(m, importance))
+            heads = m.num_heads  # read first: timm-style attention is pruned in place
+            idxs = _removed(policy, name, heads, 1, 1, lambda m=m: head_scores(m, importance))
             if idxs:
-                prune_heads(small, path, sorted(set(range(m.num_heads)) - set(idxs)))
-                kept[name] = tuple(sorted(set(range(m.num_heads)) - set(idxs)))
+                kept[name] = tuple(sorted(set(range(heads)) - set(idxs)))
+                prune_heads(small, path, kept[name])
     except PruningError:
         raise
     except Exception as e:  # a library crash on an odd layer: name it instead

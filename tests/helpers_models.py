@@ -59,6 +59,20 @@ def tiny_vit(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
                              num_classes=num_classes)
 
 
+def timm_tiny_vit(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """timm's VisionTransformer at 32x32 pixels (4 heads of 12 dimensions, 2 blocks, a gated attention
+    with a norm over its heads in the second block)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(img_size=32, patch_size=8, in_chans=in_channels, num_classes=num_classes,
+                              embed_dim=48, depth=2, num_heads=4)
+    from timm.layers import Attention
+
+    model.blocks[1].attn = Attention(48, num_heads=4, qkv_bias=True, scale_norm=True, gated=True,
+                                     norm_layer=nn.LayerNorm)
+    return model
+
+
 class WildCNN(nn.Module):
     """A small CNN built the way many recent models are (issue 26): GroupNorm instead of BatchNorm, a
     channel split with ``torch.chunk`` and a concatenation, a dilated convolution, and a

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from autoprune import Policy, apply_policy, create_model, gradient_batch, load_pruned, save_pruned
+from autoprune import (Policy, apply_policy, create_model, gradient_batch, load_pruned, prunable_groups,
+                       save_pruned)
 from autoprune.attention import HeadAttention, head_scores, prune_heads
 from autoprune.costs import count_flops
 from autoprune.prune import cost_model
@@ -268,3 +269,44 @@ def test_a_single_head_attention_is_priced_by_its_width_too():
     assert left_out_groups(model, x) == {}
     policy = uniform_policy(model, x, [Budget.parse("flops", "50%")])
     assert count_flops(apply_policy(model, policy, x), x) == cost_model(model, x).cost(policy.sparsity)["flops"]
+
+
+def _timm_vit():
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return create_model("helpers_models:timm_tiny_vit").eval(), torch.randn(2, 3, 32, 32)
+
+
+def test_timm_attention_loses_heads_at_the_cost_the_model_predicts(tmp_path):
+    model, x = _timm_vit()
+    names = {g.name: g.channels for g in prunable_groups(model, x)}
+    assert names.get("blocks.0.attn:heads") == 4 and names.get("blocks.1.attn:heads") == 4
+    cm = cost_model(model, x)
+    for sparsity in ({"blocks.0.attn:heads": 0.25}, {"blocks.1.attn:heads": 0.75},
+                     {"blocks.0.attn:heads": 0.5, "blocks.1.attn:heads": 0.5, "blocks.1.mlp.fc2": 0.5,
+                      "blocks.0.mlp.fc1": 0.3}):
+        policy = Policy("timm", sparsity, names, round_to=1)
+        small = apply_policy(model, policy, x)
+        for i, block in enumerate(small.blocks):
+            kept = 4 - round(4 * sparsity.get(f"blocks.{i}.attn:heads", 0.0))
+            assert block.attn.num_heads == kept and block.attn.attn_dim == 12 * kept
+        assert cm.cost(sparsity)["flops"] == count_flops(small, x)
+        assert cm.cost(sparsity)["params"] == sum(p.numel() for p in small.parameters())
+        assert small(x).shape == (2, 10)
+    save_pruned(small, tmp_path / "out", x, num_classes=10, model_name="helpers_models:timm_tiny_vit")
+    back, _ = load_pruned(tmp_path / "out")
+    assert torch.equal(back.eval()(x), small(x))
+
+
+def test_removing_timm_heads_is_zeroing_what_they_contribute():
+    model, x = _timm_vit()
+    attn = model.blocks[0].attn  # no norm over the heads: a removed head's output only meets proj
+    keep = [0, 2]
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        for h in (1, 3):
+            zeroed.blocks[0].attn.proj.weight[:, 12 * h:12 * (h + 1)] = 0
+    prune_heads(model, "blocks.0.attn", keep)
+    assert attn.num_heads == 2 and attn.qkv.out_features == 72 and attn.proj.in_features == 24
+    with torch.no_grad():
+        assert torch.allclose(model(x), zeroed(x), atol=1e-5)
