@@ -73,10 +73,13 @@ def is_qkv_attention(m: nn.Module) -> bool:
 def head_units(model: nn.Module, exclude: Sequence[str] = ()) -> list[tuple[str, nn.Module]]:
     """The attention layers that can lose whole heads, not excluded by a pattern: ``nn.MultiheadAttention``
     with more than one head, one packed in-projection and no extra key/value biases; timm-style
-    attention (:func:`is_qkv_attention`) with more than one head."""
+    attention (:func:`is_qkv_attention`) with more than one head. A layer whose projections are excluded
+    (``--exclude`` matching its ``qkv``, ``proj``, ``out_proj``...) is excluded with them."""
     out = []
     for name, m in model.named_modules():
-        if any(fnmatch.fnmatch(name, p) for p in exclude):
+        inside = [name] + [f"{name}.{c}" if name else c for c in ("qkv", "gate", "norm", "proj", "out_proj")
+                           if isinstance(getattr(m, c, None), nn.Module)]
+        if any(fnmatch.fnmatch(path, p) for path in inside for p in exclude):  # its projections are its width
             continue
         if (isinstance(m, nn.MultiheadAttention) and m.num_heads > 1 and m.in_proj_weight is not None
                 and m.bias_k is None and not m.add_zero_attn) or (is_qkv_attention(m) and m.num_heads > 1):

@@ -218,7 +218,8 @@ class CostModel:
                 self._modules[name] = (m, own)
         full = self._flops_with({})
         self.groups = [Group(g.name, g.channels, (full - self._flops_with({g.name: g.channels})) / self.flops,
-                             tuple(sorted({layer for layer, _, _ in g.touched if not layer.startswith(UNWRAPPED)})))
+                             tuple(sorted({layer for layer, _, _ in g.touched if not layer.startswith(UNWRAPPED)}
+                                          | {layer for layer, (_, h) in self._head_sides.items() if h == g.name})))
                        for g in layouts]
 
     @property

@@ -310,3 +310,11 @@ def test_removing_timm_heads_is_zeroing_what_they_contribute():
     assert attn.num_heads == 2 and attn.qkv.out_features == 72 and attn.proj.in_features == 24
     with torch.no_grad():
         assert torch.allclose(model(x), zeroed(x), atol=1e-5)
+
+
+def test_excluding_timm_projections_excludes_their_heads_and_a_heads_group_owns_them():
+    model, x = _timm_vit()
+    groups = {g.name: g for g in prunable_groups(model, x)}
+    assert {"blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.attn"} <= set(groups["blocks.0.attn:heads"].layers)
+    kept = {g.name for g in prunable_groups(model, x, exclude=("blocks.0.attn.qkv",))}
+    assert "blocks.0.attn:heads" not in kept and "blocks.1.attn:heads" in kept
