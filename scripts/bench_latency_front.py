@@ -25,7 +25,10 @@ repeats, median). Rows go to ``results/benchmarks/latency_front.csv`` (``model, 
 latency_ms, latency_ratio, flops_ratio, val_acc, test_acc, search_cost``, plus the round_to, the
 criterion and the commit) as each finishes; a rerun skips what is there. ``--summarise-only`` writes
 ``latency_front_summary.csv``: per model and method, ``autoprune`` minus it on test (paired, 95%
-interval, seeds won) and the mean latency ratios; and ``latency_front_speed.csv``: per model and seed,
+interval, seeds won) and the mean latency ratios, and against the uniform curve's test accuracy
+interpolated at the pick's measured latency (``uniform_curve_at_pick_latency``: the ``uniform`` row's
+policy is fitted up to 5% under the pick's latency, so it runs a little faster than the pick; added
+after the first two seeds, before any summary was looked at); and ``latency_front_speed.csv``: per model and seed,
 speed at equal accuracy, the uniform curve's latency ratio where it reaches the pick's accuracy
 (validation and test), interpolated linearly, over the pick's (``where`` says ``inside``, or ``below``
 / ``above`` when the pick lies outside the curve and the figure is a bound). Decisions belong to validation; the test column is
@@ -186,6 +189,19 @@ def speed_at_equal(curve: list[tuple[float, float]], ratio: float, acc: float) -
     return points[-1][0] / ratio, "above"
 
 
+def accuracy_at(curve: list[tuple[float, float]], ratio: float) -> tuple[float, str]:
+    """The uniform ``curve``'s accuracy at latency ``ratio``, linearly interpolated between its points
+    (``'inside'``); outside it, its nearest point's (``'below'``: the curve's fastest point is slower
+    than ``ratio``, so the uniform policy at ``ratio`` would be at most that accurate; ``'above'``)."""
+    points = sorted(curve)
+    if ratio <= points[0][0]:
+        return points[0][1], "below" if ratio < points[0][0] else "inside"
+    for (r0, a0), (r1, a1) in zip(points, points[1:]):
+        if r0 <= ratio <= r1:
+            return a0 + (ratio - r0) * (a1 - a0) / (r1 - r0) if r1 > r0 else max(a0, a1), "inside"
+    return points[-1][1], "above"
+
+
 def summarise(out_dir: Path) -> None:
     rows = [r for r in _table(out_dir / "latency_front.csv") if r["test_acc"]]
     summary = []
@@ -215,10 +231,23 @@ def summarise(out_dir: Path) -> None:
             row = {"model": model, "seed": seed, "pick_latency_ratio": float(pick["latency_ratio"]),
                    "curve_points": len(curve)}
             for split in ("val", "test"):
+                acc, where = accuracy_at([(float(c["latency_ratio"]), float(c[f"{split}_acc"])) for c in curve],
+                                         float(pick["latency_ratio"]))
+                row.update({f"uniform_{split}_at_pick_latency": round(acc, 4), f"where_latency_{split}": where,
+                            f"gain_{split}_at_equal_latency": round(100 * (float(pick[f"{split}_acc"]) - acc), 3)})
                 x, where = speed_at_equal([(float(c["latency_ratio"]), float(c[f"{split}_acc"])) for c in curve],
                                           float(pick["latency_ratio"]), float(pick[f"{split}_acc"]))
                 row.update({f"speedup_{split}": round(x, 3), f"where_{split}": where})
             speed.append(row)
+    for model in sorted({r["model"] for r in speed}):
+        diffs = [r["gain_test_at_equal_latency"] for r in speed if r["model"] == model]
+        mean, lo, hi = ap.paired_interval(diffs)
+        mine = [r["pick_latency_ratio"] for r in speed if r["model"] == model]
+        summary.append({"model": model, "against": "uniform_curve_at_pick_latency", "seeds": len(diffs),
+                        "test_gain": round(mean, 3), "ci95_low": round(lo, 3), "ci95_high": round(hi, 3),
+                        "seeds_won": sum(d > 0 for d in diffs),
+                        "autoprune_latency_ratio": round(sum(mine) / len(mine), 4),
+                        "other_latency_ratio": round(sum(mine) / len(mine), 4)})
     if summary:
         benchrows.write_table(out_dir / "latency_front_summary.csv", summary)
     if speed:
