@@ -344,13 +344,47 @@ def _reach(config: SearchConfig, model, example, groups, left: Mapping[str, str]
             raise BudgetError(f"Budget {b.describe()} is out of reach for model {config.model!r}: the smallest model "
                               f"its prunable groups reach has {reach['reachable_' + b.kind]:.1%} of the {b.kind}"
                               f"{why}.")
+    if "latency_ms" in sizes:
+        reach["reachable_latency"] = _reach_latency(config, model, example, groups, smallest_policy=(
+            {g: space.range_of(g)[1] for g in groups}, cm.channels, round_to), sizes=sizes, why=why)
     measure = config.size_measure
-    if measure in ("flops", "params"):
-        floor, _ = config.size_range(sizes[measure])
+    if measure in ("flops", "params") or "reachable_latency" in reach:
+        unpruned = sizes["latency_ms"] if measure == "latency" else sizes[measure]
+        floor, _ = config.size_range(unpruned)
         if floor < reach[f"reachable_{measure}"]:
             log(f"note: the front starts at {reach[f'reachable_{measure}']:.1%} of the {measure}, the smallest model "
                 f"the prunable groups reach, not at {floor:.1%}")
     return reach
+
+
+LATENCY_REACH_MARGIN = 1.1  # a latency budget is refused only this far below the smallest model's measurement
+
+
+def _reach_latency(config: SearchConfig, model, example, groups, *, smallest_policy, sizes, why) -> float:
+    """The smallest model's latency as a share of the unpruned model's, measured once side by side as
+    the trials measure (backend, threads, batch, device). A latency budget more than
+    ``LATENCY_REACH_MARGIN`` below it is refused before any baseline is trained (one measurement is
+    noisy: a budget just under it is left to the trials); the front's floor is raised to it
+    (``workers.size_range``), so that no trial aims where no shape can go."""
+    from .latency import relative_latency
+    from .policy import Policy
+    from .prune import apply_policy
+    from .train import resolve_device
+
+    sparsity, channels, round_to = smallest_policy
+    small = apply_policy(model, Policy(config.model, sparsity, channels, round_to), example,
+                         exclude=config.space.exclude)
+    pruned_ms, base_ms = relative_latency(small, model, example, device=resolve_device(config.trial_device),
+                                          batch_size=config.latency_batch, backend=config.latency_backend,
+                                          threads=config.latency_threads)
+    share = pruned_ms / base_ms
+    b = config.budget("latency")
+    wanted = b.value if b.relative else b.value / sizes["latency_ms"]
+    if wanted * LATENCY_REACH_MARGIN < share:
+        raise BudgetError(f"Budget {b.describe()} is out of reach for model {config.model!r} on "
+                          f"{config.latency_backend}: the smallest model its prunable groups reach measured "
+                          f"{share:.1%} of the unpruned latency{why}.")
+    return share
 
 
 def _left_out_text(left: Mapping[str, str]) -> str:

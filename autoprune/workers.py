@@ -177,7 +177,8 @@ def size_range(prepared: Prepared) -> tuple[float, float]:
     # Below the smallest model the prunable groups reach, no target can be met (prepare said so).
     reach = prepared.baseline.get(f"reachable_{config.size_measure}")
     if reach is not None and floor < reach < top:
-        floor = min(top, reach * (1 + 1e-3))
+        # a measured latency is noisy: aim a little above the smallest model's, so that it is reached
+        floor = min(top, reach * (1.05 if config.size_measure == "latency" else 1 + 1e-3))
     return floor, top
 
 

@@ -162,6 +162,8 @@ CASES = [
       "[3, 64, 64]", "--image-size"),
     C("budget-out-of-reach", lambda i: S + ["--budget-flops", "5%", "--model", "helpers_models:split_concat"],
       "flops <= 5%", "out of reach", "smallest model", "14.4%", "1 of 3 groups", "stem.0"),
+    C("latency-out-of-reach", lambda i: S + ["--budget-latency", "1%"], "latency <= 1%", "out of reach",
+      "smallest model", "of the unpruned latency"),
     C("dataset-mnist", lambda i: S + F50 + ["--dataset", "mnist"], "'mnist'", "cifar10", "digits"),
     C("imagefolder-no-dir", lambda i: S + F50 + ["--dataset", "imagefolder"], "'imagefolder'", "--data-dir"),
     C("imagefolder-empty", lambda i: S + F50 + ["--dataset", "imagefolder", "--data-dir", str(i.empty_dir)],

@@ -25,3 +25,29 @@ def test_prepare_keeps_a_warning_for_a_checkpoint_without_its_split(rand20, tmp_
     lines.clear()
     prepare_run(cfg.replace(checkpoint=str(recorded), name="b"), resume=False, log=lines.append)
     assert not [line for line in lines if line.startswith("warning:")]
+
+
+def test_a_latency_search_measures_the_smallest_model_and_starts_its_front_there(rand20, tmp_path, monkeypatch):
+    """The smallest model the groups reach is timed once, side by side with the unpruned one; the front's
+    floor is raised above it, so that no trial aims at a latency no shape reaches."""
+    import autoprune.latency
+    from autoprune.config import SearchConfig
+    from autoprune.prepare import prepare_run
+    from autoprune.workers import size_range
+
+    timed = []
+
+    def relative(pruned, original, x, **kwargs):  # the smallest model measured at 70% of the unpruned latency
+        timed.append(sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in original.parameters()))
+        return 0.7, 1.0
+
+    monkeypatch.setattr(autoprune.latency, "relative_latency", relative)
+    lines = []
+    cfg = SearchConfig(budget_latency="90%", checkpoint=rand20, image_size=16, results_dir=str(tmp_path), name="a",
+                       latency_model=False)
+    prepared = prepare_run(cfg, resume=False, log=lines.append)
+    assert len(timed) == 1 and timed[0] < 0.2  # the smallest model, every group at its highest sparsity
+    assert prepared.baseline["reachable_latency"] == 0.7
+    floor, top = size_range(prepared)
+    assert floor >= 0.7 and top == 0.9
+    assert any("front starts at 70.0% of the latency" in line for line in lines)
