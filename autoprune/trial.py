@@ -231,8 +231,9 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
     try:
         t = time.perf_counter()
         if policy is None:
-            try:
-                policy = context.fit(proposal, importance, target, round_to)
+            try:  # the fit times candidates under a latency budget: one measurement at a time per run
+                with _latency_lock(config) if config.budget("latency") is not None else contextlib.nullcontext():
+                    policy = context.fit(proposal, importance, target, round_to)
             except InfeasibleError as e:
                 lap("fit", t)
                 return end(status="infeasible", error=str(e))

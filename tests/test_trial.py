@@ -263,3 +263,35 @@ def test_a_trial_past_its_timeout_is_failed_with_the_reason(context, monkeypatch
     assert r.policy is not None  # what it was running is recorded with the failure
     done = run_trial(context.config.replace(trial_timeout=600.0), uniform(context), context)
     assert done.status == "ok", done.error
+
+
+def test_every_latency_measurement_of_a_trial_holds_the_run_s_latency_lock(context, monkeypatch, tmp_path):
+    """The fit's measurements as well as the re-measure after the finetune: trials side by side never
+    time each other's measurement."""
+    import contextlib
+
+    import autoprune.latency
+    import autoprune.trial
+
+    held, calls = [], []
+
+    @contextlib.contextmanager
+    def lock(config):
+        held.append(True)
+        try:
+            yield
+        finally:
+            held.pop()
+
+    def timer(pruned, original, x, **_):
+        calls.append(bool(held))
+        return 4.0, 10.0
+
+    monkeypatch.setattr(autoprune.trial, "_latency_lock", lock)
+    monkeypatch.setattr(autoprune.latency, "relative_latency", timer)
+    cfg = context.config.replace(budget_latency="50%", latency_model=False, name="run", results_dir=str(tmp_path))
+    ctx = TrialContext(cfg, context.model, context.train_ds, context.val_ds, context.example, device="cpu",
+                       groups=context.group_names)
+    r = run_trial(cfg, uniform(ctx), ctx, trial=0)
+    assert r.status == "ok", r.error
+    assert len(calls) >= 2 and all(calls)  # the fit's and the re-measure's
