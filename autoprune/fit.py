@@ -149,10 +149,9 @@ def _fit_latency(model, x, cm, fitted, limits, latency_budgets, channels, *, rou
     at_floor = floor * (1 + 1e-3)  # a FLOPs limit this close to the floor is the smallest model
     guess = min(ceiling, share * cm.flops)
 
-    def predicted(correction: float) -> float:
-        """The FLOPs limit whose fitted shape the latency model puts at 1 - LATENCY_FILL / 2 of the
-        tightest limit, its prediction multiplied by ``correction`` (measured over predicted so far)."""
-        want = (1.0 - LATENCY_FILL / 2) * share * latency_model.base_ms / correction
+    def predicted(aim: float) -> float:
+        """The FLOPs limit whose fitted shape the latency model puts at ``aim`` times the tightest limit."""
+        want = aim * share * latency_model.base_ms
         lo, hi = floor, ceiling
         if latency_model.predict(_fit_static(cm, top, {**limits, "flops": hi}, round_to, max_sparsity),
                                  round_to) <= want:
@@ -164,8 +163,9 @@ def _fit_latency(model, x, cm, fitted, limits, latency_budgets, channels, *, rou
         return lo
 
     if latency_model is not None:
-        guess = predicted(1.0)
+        guess = predicted(1.0 - LATENCY_FILL / 2)
     points: list[tuple[float, float]] = []  # (FLOPs, measured latency / tightest limit)
+    aims: list[tuple[float, float]] = []  # (predicted latency / tightest limit, measured / tightest limit)
     best, best_worst, worst = None, 0.0, float("inf")
     for _ in range(max_measurements):
         if guess <= at_floor:
@@ -185,8 +185,8 @@ def _fit_latency(model, x, cm, fitted, limits, latency_budgets, channels, *, rou
                 return current
         points.append((now, worst))
         if latency_model is not None:
-            predicted_share = latency_model.predict(current, round_to) / (share * latency_model.base_ms)
-            guess = min(ceiling, max(floor, predicted(worst / predicted_share if predicted_share > 0 else 1.0)))
+            aims.append((latency_model.predict(current, round_to) / (share * latency_model.base_ms), worst))
+            guess = min(ceiling, max(floor, predicted(_next_aim(aims))))
         else:
             guess = min(ceiling, _next_flops(points))
     if best is not None:
@@ -200,6 +200,25 @@ def _fit_latency(model, x, cm, fitted, limits, latency_budgets, channels, *, rou
             f"({floor / cm.flops:.3f} of the FLOPs) measured {smallest[-1]:.2f}x the limit.")
     raise InfeasibleError(f"Latency budget {wanted} not met after {max_measurements} measurements on {where} "
                           f"(last: {worst:.2f}x the limit).")
+
+
+def _next_aim(aims: Sequence[tuple[float, float]]) -> float:
+    """The predicted latency (a share of the limit) to fit next, aiming at a measured ``1 - LATENCY_FILL
+    / 2``: the prediction corrected by the last measurement's ratio of measured to predicted or, once
+    measurements lie on both sides of the aim, interpolated between the closest on each side as a
+    power law (a line in log-log; kept inside that bracket). The model's error changes with size
+    (layers timed alone miss per-call overheads that weigh more on small models), so the last ratio
+    alone can send a fit back and forth across the aim until its measurements run out."""
+    goal = 1.0 - LATENCY_FILL / 2
+    under = [(p, m) for p, m in aims if 0 < m < goal and p > 0]
+    over = [(p, m) for p, m in aims if m > goal and p > 0]
+    if under and over:
+        (p0, m0), (p1, m1) = max(under), min(over)
+        if p1 > p0:
+            t = math.log(goal / m0) / math.log(m1 / m0)
+            return p0 * (p1 / p0) ** min(0.9, max(0.1, t))
+    predicted, measured = aims[-1]
+    return goal * predicted / measured if measured > 0 and predicted > 0 else goal
 
 
 def _next_flops(points: Sequence[tuple[float, float]]) -> float:
