@@ -210,11 +210,13 @@ def _next_aim(aims: Sequence[tuple[float, float]]) -> float:
     (layers timed alone miss per-call overheads that weigh more on small models), so the last ratio
     alone can send a fit back and forth across the aim until its measurements run out."""
     goal = 1.0 - LATENCY_FILL / 2
-    under = [(p, m) for p, m in aims if 0 < m < goal and p > 0]
     over = [(p, m) for p, m in aims if m > goal and p > 0]
-    if under and over:
-        (p0, m0), (p1, m1) = max(under), min(over)
-        if p1 > p0:
+    if over:
+        p1, m1 = min(over)  # the smallest prediction measured over the aim
+        # the largest under it measured under the aim (noise can put one under at a larger prediction)
+        under = [(p, m) for p, m in aims if 0 < m < goal and 0 < p < p1]
+        if under:
+            p0, m0 = max(under)
             t = math.log(goal / m0) / math.log(m1 / m0)
             return p0 * (p1 / p0) ** min(0.9, max(0.1, t))
     predicted, measured = aims[-1]

@@ -122,3 +122,21 @@ def test_a_latency_model_whose_error_grows_with_size_is_bracketed_not_chased(mon
     share = count_flops(apply_policy(model, policy, x), x) / count_flops(model, x)
     assert 0.6 * (1 - LATENCY_FILL) <= share ** 2.5 <= 0.6
     assert len(calls) <= 4
+
+
+def test_next_aim_interpolates_inside_the_bracket_and_otherwise_corrects_by_the_last_ratio():
+    from autoprune.fit import _next_aim
+
+    goal = 1 - LATENCY_FILL / 2
+    # one measurement: the last measured/predicted ratio corrects the aim
+    assert _next_aim([(1.0, 0.8)]) == pytest.approx(goal / 0.8)
+    # a bracket on a power law (measured = predicted ** 2) lands on it in one step
+    aim = _next_aim([(0.8, 0.64), (1.2, 1.44)])
+    assert aim ** 2 == pytest.approx(goal)
+    # ...and a step is kept inside 10-90% of the bracket (in log) however lopsided the measurements
+    lo, hi = 0.9, 1.1
+    assert lo * (hi / lo) ** 0.1 <= _next_aim([(lo, 0.9499), (hi, 50.0)]) <= lo * (hi / lo) ** 0.9
+    # noise put a measurement under the aim at a larger prediction than one over it: the bracket
+    # is the closest pair that is in order, not the inverted one
+    aim = _next_aim([(0.8, 0.64), (1.2, 1.44), (1.3, 0.9)])
+    assert 0.8 < aim < 1.2 and aim ** 2 == pytest.approx(goal)
