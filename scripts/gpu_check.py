@@ -1,177 +1,335 @@
-"""GPU check: search throughput and compute share on one CUDA GPU, whole trials or packed by fractions.
+"""GPU check: trial throughput, GPU use and latency budgets on one CUDA GPU, without Ray.
 
-One self-contained run (about 3 to 5 minutes on an H100; under 8 by design) on synthetic
-CIFAR-shaped data, so nothing is downloaded: ``--train-size`` random 3x32x32 images in 10 classes,
-each class adding its own fixed pattern to Gaussian noise, so that finetuning has something to
-learn. The data set is registered with ``ap.register_dataset`` in this process: only the search's
-driver loads data (Ray's workers get the tensors from it through the object store), so the
-workers never need to import this script. A resnet56 is trained for ``--baseline-epochs`` on it
-(not counted) and searched at 50% FLOPs, once per ``--gpus-per-trial`` setting (1.0: one trial
-on the GPU; 0.25: four trials share it), with bf16 autocast and channels-last, as train.py does on
-CUDA. For each setting it writes a row of ``results/benchmarks/gpu.csv``:
+The GPU machine this project can borrow has no Ray, Optuna or Ray Tune (and no network), so this check
+drives :func:`autoprune.run_trial` directly, which knows nothing of Ray, and packs trials as processes
+the way Ray packs them on one GPU: ``--gpus-per-trial 0.25`` runs four worker processes side by side,
+each with its own context (baseline copy, data on the device) and a quarter of the CPU cores. What it
+leaves unverified of the search's own path: Ray's scheduling of fractional GPUs, its object store and
+Optuna's proposals (the trials here take random shapes, scaled to the budget by the trial's own fit).
 
-    gpus_per_trial, concurrency, trials, seconds, trials_per_hour, compute_share, ...
+Data: ``--train-size`` synthetic 3x32x32 images in 10 classes (Gaussian noise plus a fixed pattern per
+class, so finetuning has something to learn), nothing downloaded. A resnet56 is trained for
+``--baseline-epochs`` (not counted), then each setting of (GPU share, precision) runs ``--trials``
+trials at 50% FLOPs; precision ``bf16`` is the library's CUDA default (bf16 autocast, channels-last),
+``fp32`` turns autocast off in the worker. Each setting writes a row of ``results/benchmarks/gpu.csv``:
 
-``compute_share`` is (BN recalibration + finetune + evaluation) over the search's trial-slot time
-(wall time x concurrency), as in bench_overhead.py; ``compute_share_trials`` is the per-trial view.
+    check=throughput, gpus_per_trial, concurrency, precision, trials, ok, seconds, trials_per_hour,
+    gpu_util_mean, compute_share, compute_share_trials, finetune_s_mean, trial_s_mean, round_to, ...
 
-``--dry-run`` checks the whole path on the CPU in a minute or two: resnet20, 16x16 images, 2
-trials per setting at concurrency 1 and 2 (gpus_per_trial 0), into
+``compute_share`` is (BN recalibration + finetune + evaluation) over the setting's trial-slot time
+(wall x concurrency); ``compute_share_trials`` the same over the trials' own time; ``gpu_util_mean`` the
+mean of NVML's utilisation (the share of time a kernel ran) sampled every 0.2 s during the setting.
+
+Then ``--latency-trials`` trials run under a latency budget measured on the GPU (eager PyTorch, batch
+``--latency-batch``): 50% of the unpruned model, or above the smallest model's measured latency when
+50% is out of reach (the row says which). Each ``ok`` trial's pruned model is rebuilt from its recorded
+policy and timed again beside the unpruned one; ``over`` counts those more than 2% over the limit
+(the search's tolerance), in a ``check=latency`` row.
+
+``--dry-run`` runs the same path on the CPU in a minute or two (resnet20, 16x16 images, 2 trials per
+setting at concurrency 1 and 2, both precisions meaning the same fp32 there), into
 ``results/bench/gpu/gpu_dry_run.csv`` unless ``--out`` says otherwise.
-
-Run from the repository root::
 
     python scripts/gpu_check.py --dry-run       # on the CPU
     python scripts/gpu_check.py                 # on a CUDA machine
-    python scripts/gpu_check.py --out $OUT/gpu.csv --trials 12
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
-import functools
+import multiprocessing as mp
 import os
+import statistics
+import subprocess
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-
-import autoprune as ap
-from autoprune import SearchConfig, Splits, TensorData, TrainConfig, evaluate, search, train
 
 __all__ = ["main", "synthetic_splits"]
 
 _ROOT = Path(__file__).resolve().parent.parent
 _OUT = _ROOT / "results" / "benchmarks" / "gpu.csv"
 _DRY_OUT = _ROOT / "results" / "bench" / "gpu" / "gpu_dry_run.csv"
-_RUNS = _ROOT / "results" / "bench" / "gpu"
-
 COMPUTE_PARTS = ("bn_recalibration", "finetune", "evaluate")
-COLUMNS = ["gpus_per_trial", "concurrency", "trials", "seconds", "trials_per_hour", "compute_share",
-           "compute_share_tuner", "compute_share_trials", "tuner_seconds", "finetune_s_mean", "trial_s_mean",
-           "overhead_s_mean", "val_acc_mean", "model", "train_size", "image_size", "finetune_epochs", "batch_size",
-           "cpus_per_trial", "device"]
+COLUMNS = ["check", "gpus_per_trial", "concurrency", "precision", "trials", "ok", "seconds", "trials_per_hour",
+           "gpu_util_mean", "compute_share", "compute_share_trials", "finetune_s_mean", "trial_s_mean",
+           "val_acc_mean", "round_to", "budget", "latency_batch", "reach", "ratio_max", "over", "model",
+           "train_size", "image_size", "finetune_epochs", "batch_size", "device", "torch", "commit", "error"]
 
 
-def synthetic_splits(*, train_size: int, image_size: int, val_fraction: float = 0.1, classes: int = 10,
-                     seed: int = 0, **_: object) -> Splits:
-    """Random CIFAR-shaped images: Gaussian noise plus a fixed pattern per class (learnable, not trivial)."""
+def synthetic_splits(*, train_size: int, image_size: int, classes: int = 10, seed: int = 0):
+    """(train, val) of random CIFAR-shaped images: noise plus a fixed pattern per class (learnable, not trivial)."""
+    from autoprune import TensorData
+
     g = torch.Generator().manual_seed(seed)
     patterns = torch.randn(classes, 3, image_size, image_size, generator=g)
 
-    def draw(n: int) -> TensorData:
+    def draw(n: int):
         y = torch.randint(0, classes, (n,), generator=g)
-        x = torch.randn(n, 3, image_size, image_size, generator=g) + 0.5 * patterns[y]
-        return TensorData(x, y)
+        return TensorData(torch.randn(n, 3, image_size, image_size, generator=g) + 0.5 * patterns[y], y)
 
-    n_val = max(1, round(val_fraction * train_size))
-    train_ds, val_ds, test_ds = draw(train_size - n_val), draw(n_val), draw(max(1, train_size // 10))
-    return Splits(f"synthetic-{train_size}x{image_size}", train_ds, val_ds, test_ds, classes,
-                  (3, image_size, image_size))
+    n_val = max(1, train_size // 10)
+    return draw(train_size - n_val), draw(n_val)
 
 
-def _register(train_size: int, image_size: int) -> str:
-    name = f"synthetic-{train_size}x{image_size}"
-    if name not in ap.list_datasets():
-        def build(*, val_fraction: float, seed: int, **_: object) -> Splits:
-            return synthetic_splits(train_size=train_size, image_size=image_size, val_fraction=val_fraction,
-                                    seed=seed)
+def _config(args, **changes):
+    from autoprune import SearchConfig
 
-        ap.register_dataset(name)(functools.update_wrapper(build, synthetic_splits))
-    return name
+    base = dict(model=args.model, checkpoint=args.checkpoint, budget_flops="50%", finetune_epochs=args.finetune_epochs,
+                batch_size=args.batch_size, gpus_per_trial=0.0 if args.dry_run else 1.0,
+                device="cpu" if args.dry_run else "cuda", image_size=args.image_size)
+    base.update(changes)
+    return SearchConfig(**base)
 
 
-def _baseline(model_name: str, dataset: str, epochs: float, batch_size: int, device: str, folder: Path) -> str:
-    """Train briefly on the synthetic data and save the weights: pruning then sees real magnitudes."""
-    splits = ap.load_dataset(dataset)
-    model = ap.create_model(model_name, num_classes=splits.num_classes, in_channels=3)
+def _context(args, config, device: str):
+    from autoprune import create_model
+    from autoprune.trial import TrialContext
+
+    model = create_model(args.model, num_classes=10, in_channels=3)
+    model.load_state_dict(torch.load(args.checkpoint, map_location="cpu"))
+    train_ds, val_ds = synthetic_splits(train_size=args.train_size, image_size=args.image_size)
+    return TrialContext(config, model, train_ds.to(device), val_ds.to(device),
+                        torch.zeros(1, 3, args.image_size, args.image_size), device=device)
+
+
+def _worker(args, worker: int, trials: list[int], precision: str, threads: int, queue) -> None:
+    """One packed trial slot: its own context, then its share of the setting's trials, one after another."""
+    try:
+        _trials(args, worker, trials, precision, threads, queue)
+    except BaseException as e:  # noqa: BLE001 - said to the parent, which stops the check with it
+        import traceback
+
+        queue.put(("error", worker, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+        raise
+
+
+def _trials(args, worker: int, trials: list[int], precision: str, threads: int, queue) -> None:
+    import autoprune.train
+    from autoprune import run_trial
+
+    torch.set_num_threads(threads)
+    if precision == "fp32":  # the library's CUDA default is bf16 autocast; the check's baseline turns it off
+        autoprune.train._autocast = lambda device: contextlib.nullcontext()
+    device = "cpu" if args.dry_run else "cuda"
+    config = _config(args)
+    context = _context(args, config, device)
+    queue.put(("ready", worker, None))
+    for t in trials:
+        rng = np.random.default_rng(t)
+        proposal = {g: float(rng.uniform(0.1, 0.7)) for g in context.group_names}
+        r = run_trial(config, proposal, context, trial=t, origin="random")
+        queue.put(("trial", worker, {"status": r.status, "val_acc": r.val_acc, "trial_s": r.trial_s,
+                                     "finetune_s": r.finetune_s, "round_to": context.round_to, "error": r.error,
+                                     "compute_s": sum(r.timings.get(p, 0.0) for p in COMPUTE_PARTS)}))
+    queue.put(("done", worker, None))
+
+
+class _Utilisation:
+    """NVML's GPU utilisation sampled every 0.2 s in a thread (empty on the CPU or without NVML)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._handle = None
+        if enabled:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self._nvml, self._handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
+            except Exception as e:  # noqa: BLE001 - the check still runs without it
+                print(f"no GPU utilisation: {type(e).__name__}: {e}")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.samples.append(float(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu))
+
+    def __enter__(self):
+        if self._handle is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._handle is not None:
+            self._thread.join()
+
+    def mean(self) -> float | None:
+        return statistics.fmean(self.samples) if self.samples else None
+
+
+def _throughput(args, gpus: float, concurrency: int, precision: str, device_name: str) -> dict:
+    """Run one setting's trials in ``concurrency`` processes; time from all contexts ready to the last trial."""
+    spawn = mp.get_context("spawn")
+    queue = spawn.Queue()
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // concurrency)
+    shares = [list(range(w, args.trials, concurrency)) for w in range(concurrency)]
+    procs = [spawn.Process(target=_worker, args=(args, w, shares[w], precision, threads, queue))
+             for w in range(concurrency)]
+    for p in procs:
+        p.start()
+    results, ready, done = [], 0, 0
+    util = _Utilisation(not args.dry_run)
+    start = None
+    while done < concurrency:
+        kind, who, payload = queue.get(timeout=args.worker_timeout)
+        if kind == "ready":
+            ready += 1
+            if ready == concurrency:
+                start = time.perf_counter()
+                util.__enter__()
+        elif kind == "trial":
+            results.append(payload)
+        elif kind == "error":
+            for p in procs:
+                p.kill()
+            raise RuntimeError(f"worker {who} failed: {payload}")
+        else:
+            done += 1
+    seconds = time.perf_counter() - start
+    util.__exit__()
+    for p in procs:
+        p.join()
+    ok = [r for r in results if r["status"] == "ok"]
+    compute = sum(r["compute_s"] for r in results)
+    util_mean = util.mean()
+    return {"check": "throughput", "gpus_per_trial": gpus, "concurrency": concurrency, "precision": precision,
+            "trials": len(results), "ok": len(ok), "seconds": seconds, "trials_per_hour": len(results) / seconds * 3600,
+            "gpu_util_mean": util_mean if util_mean is not None else "",
+            "compute_share": compute / (seconds * concurrency),
+            "compute_share_trials": compute / sum(r["trial_s"] for r in results),
+            "finetune_s_mean": statistics.fmean(r["finetune_s"] for r in ok) if ok else "",
+            "trial_s_mean": statistics.fmean(r["trial_s"] for r in results),
+            "val_acc_mean": statistics.fmean(r["val_acc"] for r in ok) if ok else "",
+            "round_to": results[0]["round_to"] if results else "", "device": device_name,
+            "error": next((r["error"] for r in results if r["error"]), "")}
+
+
+def _latency(args, device_name: str) -> dict:
+    """Latency-budgeted trials on the device, each ok one re-timed against the budget from its policy."""
+    from autoprune import apply_policy, run_trial
+    from autoprune.latency import relative_latency
+
+    device = "cpu" if args.dry_run else "cuda"
+    flops_config = _config(args)
+    context = _context(args, flops_config, device)
+    timing = dict(device=device, batch_size=args.latency_batch, backend=flops_config.latency_backend,
+                  threads=flops_config.latency_threads)  # as the trials time it
+    # The smallest model the groups reach, timed beside the unpruned one: the budget must lie above it.
+    smallest = context.fit({g: 1.0 for g in context.group_names}, target=0.02)
+    small_ms, base_ms = relative_latency(apply_policy(context.model, smallest, context.example), context.model,
+                                         context.example, **timing)
+    reach = small_ms / base_ms
+    budget = 0.5 if reach < 0.45 else min(0.95, round(reach * 1.15, 2))
+    print(f"latency on {device_name}, batch {args.latency_batch}: unpruned {base_ms:.3f} ms, smallest model "
+          f"{reach:.3f} of it; budget {budget:.0%}")
+    config = _config(args, budget_flops=None, budget_latency=f"{budget:.0%}", latency_batch=args.latency_batch)
+    context.config = config
+    results = []
+    for t in range(args.latency_trials):
+        rng = np.random.default_rng(100 + t)
+        r = run_trial(config, {g: float(rng.uniform(0.1, 0.7)) for g in context.group_names}, context, trial=t,
+                      origin="random")
+        results.append(r)
+        print(f"  latency trial {t}: {r.status} ratio {r.latency_ratio} {r.error}")
+    ratios = []
+    for r in results:
+        if r.status == "ok":
+            pruned_ms, unpruned_ms = relative_latency(apply_policy(context.model, r.policy, context.example),
+                                                      context.model, context.example, **timing)
+            ratios.append(pruned_ms / unpruned_ms)
+    over = sum(q > budget * 1.02 for q in ratios)
+    print(f"re-timed {len(ratios)} ok trials: ratios {[round(q, 3) for q in ratios]}, {over} over {budget:.0%} + 2%")
+    return {"check": "latency", "trials": len(results), "ok": len(ratios), "round_to": context.round_to,
+            "budget": budget, "latency_batch": args.latency_batch, "reach": reach,
+            "ratio_max": max(ratios) if ratios else "", "over": over, "device": device_name,
+            "error": next((r.error for r in results if r.error), "")}
+
+
+def _baseline(args, folder: Path) -> str:
+    from autoprune import create_model
+    from autoprune.train import TrainConfig, evaluate, train
+
+    device = "cpu" if args.dry_run else "cuda"
+    train_ds, val_ds = synthetic_splits(train_size=args.train_size, image_size=args.image_size)
+    model = create_model(args.model, num_classes=10, in_channels=3)
     start = time.perf_counter()
-    if epochs > 0:
-        train(model, splits.train, TrainConfig(epochs=epochs, lr=0.1, batch_size=batch_size, warmup_epochs=0),
-              device=device)
-    acc = evaluate(model, splits.val, device=device)
-    print(f"baseline: {model_name} trained {epochs:g} epoch(s) on {device} in {time.perf_counter() - start:.1f}s, "
-          f"val_acc {acc:.3f}")
+    train(model, train_ds.to(device), TrainConfig(epochs=args.baseline_epochs, lr=0.1, batch_size=args.batch_size),
+          device=device)
+    print(f"baseline: {args.model} {args.baseline_epochs:g} epoch(s) in {time.perf_counter() - start:.1f}s, "
+          f"val_acc {evaluate(model, val_ds.to(device), device=device):.3f}")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "base.pt"
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, path)
     return str(path)
 
 
-def _row(outcome, gpus: float, concurrency: int, cfg: SearchConfig, args, device: str) -> dict:
-    t = outcome.trials
-    ok = t[t["status"] == "ok"]
-    compute = sum(float(t[f"t:{p}"].fillna(0).sum()) for p in COMPUTE_PARTS if f"t:{p}" in t)
-    trial_s = float(t["trial_s"].fillna(0).sum())
-    tuner = outcome.timings.get("tuner", float("nan"))
-    overhead = ok["trial_s"] - sum(ok[f"t:{p}"].fillna(0) for p in COMPUTE_PARTS if f"t:{p}" in ok)
-    return {"gpus_per_trial": gpus, "concurrency": concurrency, "trials": len(t), "seconds": outcome.seconds,
-            "trials_per_hour": len(t) / outcome.seconds * 3600,
-            "compute_share": compute / (outcome.seconds * concurrency),
-            "compute_share_tuner": compute / (tuner * concurrency), "compute_share_trials": compute / trial_s,
-            "tuner_seconds": tuner, "finetune_s_mean": float(ok["finetune_s"].mean()),
-            "trial_s_mean": float(ok["trial_s"].mean()), "overhead_s_mean": float(overhead.mean()),
-            "val_acc_mean": float(ok["val_acc"].mean()), "model": cfg.model, "train_size": args.train_size,
-            "image_size": args.image_size, "finetune_epochs": cfg.finetune_epochs, "batch_size": cfg.batch_size,
-            "cpus_per_trial": cfg.cpus_per_trial, "device": device}
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("AUTOPRUNE_COMMIT", "")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dry-run", action="store_true", help="CPU, resnet20, 16x16 images, 2 trials per setting")
     p.add_argument("--model", default=None, help="default resnet56 (dry run: resnet20)")
-    p.add_argument("--gpus-per-trial", default="1.0,0.25", help="settings to compare (default 1.0,0.25)")
+    p.add_argument("--gpus-per-trial", default="1.0,0.25", help="GPU shares to compare (default 1.0,0.25)")
+    p.add_argument("--precisions", default="bf16,fp32", help="default bf16,fp32")
     p.add_argument("--trials", type=int, default=None, help="trials per setting (default 8; dry run 2)")
+    p.add_argument("--latency-trials", type=int, default=None, help="default 6 (dry run 2)")
+    p.add_argument("--latency-batch", type=int, default=None, help="default 256 (dry run 1)")
     p.add_argument("--train-size", type=int, default=None, help="synthetic images (default 10000; dry run 512)")
     p.add_argument("--image-size", type=int, default=None, help="default 32 (dry run 16)")
-    p.add_argument("--finetune-epochs", type=float, default=None, help="per trial (default 2, the search's; dry 0.5)")
+    p.add_argument("--finetune-epochs", type=float, default=None, help="per trial (default 2; dry run 0.25)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--baseline-epochs", type=float, default=None, help="default 2 (dry run 0.5)")
+    p.add_argument("--baseline-epochs", type=float, default=None, help="default 2 (dry run 0.25)")
+    p.add_argument("--worker-timeout", type=float, default=180, help="seconds without word from a worker")
     p.add_argument("--out", default=None, help=f"default {_OUT.relative_to(_ROOT)} ({_DRY_OUT.relative_to(_ROOT)} "
                                                "for a dry run)")
     args = p.parse_args(argv)
     dry = args.dry_run
-    defaults = dict(model="resnet20", trials=2, train_size=512, image_size=16, finetune_epochs=0.5,
-                    baseline_epochs=0.5) if dry else dict(model="resnet56", trials=8, train_size=10000, image_size=32,
-                                                          finetune_epochs=2.0, baseline_epochs=2.0)
+    defaults = dict(model="resnet20", trials=2, latency_trials=2, latency_batch=1, train_size=512, image_size=16,
+                    finetune_epochs=0.25, baseline_epochs=0.25) if dry else dict(
+        model="resnet56", trials=8, latency_trials=6, latency_batch=256, train_size=10000, image_size=32,
+        finetune_epochs=2.0, baseline_epochs=2.0)
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    out = Path(args.out or (_DRY_OUT if dry else _OUT))
     if not dry and not torch.cuda.is_available():
         p.error("no CUDA GPU here; use --dry-run to check the path on the CPU")
-    cores = os.cpu_count() or 1
-    if dry:  # the CPU stands in for the GPU: concurrency 1 and 2, one core per trial
-        settings = [(0.0, 1), (0.0, min(2, cores))]
-        device = "cpu"
-    else:
-        settings = [(g, max(1, int(1 / g + 1e-9))) for g in (float(v) for v in args.gpus_per_trial.split(","))]
-        device = torch.cuda.get_device_name(0)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = _RUNS / stamp
-    dataset = _register(args.train_size, args.image_size)
-    print(f"gpu_check{' --dry-run' if dry else ''}: {args.model} on {dataset}, {args.trials} trials x "
-          f"{args.finetune_epochs:g} epochs per setting {settings} (gpus_per_trial, concurrency), device {device}")
-    checkpoint = _baseline(args.model, dataset, args.baseline_epochs, args.batch_size, "cpu" if dry else "cuda", folder)
-    rows = []
-    for gpus, concurrency in settings:
-        cfg = SearchConfig(model=args.model, dataset=dataset, checkpoint=checkpoint, budget_flops="50%",
-                           trials=args.trials, finetune_epochs=args.finetune_epochs, batch_size=args.batch_size,
-                           concurrency=concurrency, gpus_per_trial=gpus,
-                           cpus_per_trial=1.0 if dry else max(1.0, float(cores // concurrency)),
-                           device="cpu" if dry else "auto", results_dir=str(folder), name=f"g{gpus:g}-c{concurrency}")
-        outcome = search(cfg, log=lambda line: print(f"  {line}"))
-        rows.append(_row(outcome, gpus, concurrency, cfg, args, device))
-        r = rows[-1]
-        print(f"gpus_per_trial {gpus:g} x {concurrency}: {r['trials']} trials in {r['seconds']:.0f}s "
-              f"({r['trials_per_hour']:.0f}/h), compute_share {r['compute_share']:.3f} (tuner "
-              f"{r['compute_share_tuner']:.3f}, per trial {r['compute_share_trials']:.3f}), finetune "
-              f"{r['finetune_s_mean']:.1f}s and other {r['overhead_s_mean']:.1f}s per trial")
+    out = Path(args.out or (_DRY_OUT if dry else _OUT))
+    device_name = "cpu" if dry else torch.cuda.get_device_name(0)
+    settings = [(0.0, 1), (0.0, 2)] if dry else [(g, max(1, int(1 / g + 1e-9)))
+                                                 for g in (float(v) for v in args.gpus_per_trial.split(","))]
+    args.checkpoint = _baseline(args, out.parent / f"gpu-{time.strftime('%Y%m%d-%H%M%S')}")
+    common = {"model": args.model, "train_size": args.train_size, "image_size": args.image_size,
+              "finetune_epochs": args.finetune_epochs, "batch_size": args.batch_size, "torch": torch.__version__,
+              "commit": _commit()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+    with open(out, "w", newline="") as f:  # rows as they finish: a check cut short keeps what it measured
+        w = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
         w.writeheader()
-        for r in rows:
+        for precision in args.precisions.split(","):
+            for gpus, concurrency in settings:
+                r = {**common, **_throughput(args, gpus, concurrency, precision, device_name)}
+                w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+                f.flush()
+                print(f"{precision}, {gpus:g} GPU x {concurrency}: {r['trials']} trials ({r['ok']} ok) in "
+                      f"{r['seconds']:.1f}s = {r['trials_per_hour']:.0f}/h, GPU busy {r['gpu_util_mean']}, "
+                      f"compute share {r['compute_share']:.3f} (of trial time {r['compute_share_trials']:.3f}), "
+                      f"round_to {r['round_to']} {r['error']}", flush=True)
+        if args.latency_trials:
+            r = {**common, **_latency(args, device_name)}
             w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
     print(f"written: {out}")
     return 0
