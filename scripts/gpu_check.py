@@ -21,7 +21,7 @@ trials at 50% FLOPs; precision ``bf16`` is the library's CUDA default (bf16 auto
 mean of NVML's utilisation (the share of time a kernel ran) sampled every 0.2 s during the setting.
 
 Then ``--latency-trials`` trials run under a latency budget measured on the GPU (eager PyTorch, batch
-``--latency-batch``): 50% of the unpruned model, or above the smallest model's measured latency when
+``--latency-batch`` (each of a list)): 50% of the unpruned model, or above the smallest model's measured latency when
 50% is out of reach (the row says which). Each ``ok`` trial's pruned model is rebuilt from its recorded
 policy and timed again beside the unpruned one; ``over`` counts those more than 2% over the limit
 (the search's tolerance), in a ``check=latency`` row.
@@ -212,25 +212,28 @@ def _throughput(args, gpus: float, concurrency: int, precision: str, device_name
             "error": next((r["error"] for r in results if r["error"]), "")}
 
 
-def _latency(args, device_name: str) -> dict:
+def _latency(args, batch: int, device_name: str) -> dict:
     """Latency-budgeted trials on the device, each ok one re-timed against the budget from its policy."""
     from autoprune import apply_policy, run_trial
     from autoprune.latency import relative_latency
+    from autoprune.policy import Policy
 
     device = "cpu" if args.dry_run else "cuda"
     flops_config = _config(args)
     context = _context(args, flops_config, device)
-    timing = dict(device=device, batch_size=args.latency_batch, backend=flops_config.latency_backend,
+    timing = dict(device=device, batch_size=batch, backend=flops_config.latency_backend,
                   threads=flops_config.latency_threads)  # as the trials time it
     # The smallest model the groups reach, timed beside the unpruned one: the budget must lie above it.
-    smallest = context.fit({g: 1.0 for g in context.group_names}, target=0.02)
+    space = flops_config.space
+    smallest = Policy(args.model, {g: space.range_of(g)[1] for g in context.group_names}, context.costs.channels,
+                      context.round_to)
     small_ms, base_ms = relative_latency(apply_policy(context.model, smallest, context.example), context.model,
                                          context.example, **timing)
     reach = small_ms / base_ms
     budget = 0.5 if reach < 0.45 else min(0.95, round(reach * 1.15, 2))
-    print(f"latency on {device_name}, batch {args.latency_batch}: unpruned {base_ms:.3f} ms, smallest model "
+    print(f"latency on {device_name}, batch {batch}: unpruned {base_ms:.3f} ms, smallest model "
           f"{reach:.3f} of it; budget {budget:.0%}")
-    config = _config(args, budget_flops=None, budget_latency=f"{budget:.0%}", latency_batch=args.latency_batch)
+    config = _config(args, budget_flops=None, budget_latency=f"{budget:.0%}", latency_batch=batch)
     context.config = config
     results = []
     for t in range(args.latency_trials):
@@ -248,7 +251,7 @@ def _latency(args, device_name: str) -> dict:
     over = sum(q > budget * 1.02 for q in ratios)
     print(f"re-timed {len(ratios)} ok trials: ratios {[round(q, 3) for q in ratios]}, {over} over {budget:.0%} + 2%")
     return {"check": "latency", "trials": len(results), "ok": len(ratios), "round_to": context.round_to,
-            "budget": budget, "latency_batch": args.latency_batch, "reach": reach,
+            "budget": budget, "latency_batch": batch, "reach": reach,
             "ratio_max": max(ratios) if ratios else "", "over": over, "device": device_name,
             "error": next((r.error for r in results if r.error), "")}
 
@@ -284,10 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="CPU, resnet20, 16x16 images, 2 trials per setting")
     p.add_argument("--model", default=None, help="default resnet56 (dry run: resnet20)")
     p.add_argument("--gpus-per-trial", default="1.0,0.25", help="GPU shares to compare (default 1.0,0.25)")
-    p.add_argument("--precisions", default="bf16,fp32", help="default bf16,fp32")
+    p.add_argument("--precisions", default="bf16,fp32", help="default bf16,fp32; empty: the latency check alone")
     p.add_argument("--trials", type=int, default=None, help="trials per setting (default 8; dry run 2)")
     p.add_argument("--latency-trials", type=int, default=None, help="default 6 (dry run 2)")
-    p.add_argument("--latency-batch", type=int, default=None, help="default 256 (dry run 1)")
+    p.add_argument("--latency-batch", default=None, help="batch sizes, comma-separated (default 1,256; dry run 1)")
     p.add_argument("--train-size", type=int, default=None, help="synthetic images (default 10000; dry run 512)")
     p.add_argument("--image-size", type=int, default=None, help="default 32 (dry run 16)")
     p.add_argument("--finetune-epochs", type=float, default=None, help="per trial (default 2; dry run 0.25)")
@@ -300,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     dry = args.dry_run
     defaults = dict(model="resnet20", trials=2, latency_trials=2, latency_batch=1, train_size=512, image_size=16,
                     finetune_epochs=0.25, baseline_epochs=0.25) if dry else dict(
-        model="resnet56", trials=8, latency_trials=6, latency_batch=256, train_size=10000, image_size=32,
+        model="resnet56", trials=8, latency_trials=6, latency_batch="1,256", train_size=10000, image_size=32,
         finetune_epochs=2.0, baseline_epochs=2.0)
     for k, v in defaults.items():
         if getattr(args, k) is None:
@@ -319,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(out, "w", newline="") as f:  # rows as they finish: a check cut short keeps what it measured
         w = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
         w.writeheader()
-        for precision in args.precisions.split(","):
+        for precision in [v for v in args.precisions.split(",") if v]:  # none: the latency check alone
             for gpus, concurrency in settings:
                 r = {**common, **_throughput(args, gpus, concurrency, precision, device_name)}
                 w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
@@ -328,9 +331,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['seconds']:.1f}s = {r['trials_per_hour']:.0f}/h, GPU busy {r['gpu_util_mean']}, "
                       f"compute share {r['compute_share']:.3f} (of trial time {r['compute_share_trials']:.3f}), "
                       f"round_to {r['round_to']} {r['error']}", flush=True)
-        if args.latency_trials:
-            r = {**common, **_latency(args, device_name)}
+        for batch in [int(v) for v in str(args.latency_batch).split(",") if v] if args.latency_trials else []:
+            r = {**common, **_latency(args, batch, device_name)}
             w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+            f.flush()
     print(f"written: {out}")
     return 0
 
