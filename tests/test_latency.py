@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from autoprune.budget import Budget
 from autoprune.latency import measure_latency, relative_latency
@@ -215,3 +216,23 @@ def test_slower_note_names_the_ratio_and_the_fix():
     note = slower_note(2.5, 1, "onnxruntime cpu batch 1, 1 thread(s)")
     assert "2.50x" in note and "slower" in note and "--round-to 8" in note
     assert "--round-to" not in slower_note(1.2, 8, "cpu")
+
+
+def test_a_channels_last_model_is_timed_in_the_default_layout(monkeypatch):
+    """Training on CUDA leaves a model channels-last; timing it so beside a contiguous unpruned model compared
+    layouts, not sizes (0.42 against 0.62 on an H200). The timed copy is contiguous, the caller's model untouched."""
+    import autoprune.latency as lat
+
+    seen = []
+    real = lat._timer
+
+    def spy(stmt, threads=None, **names):
+        seen.append(all(p.is_contiguous() for p in names["net"].parameters()))
+        return real(stmt, threads, **names)
+
+    monkeypatch.setattr(lat, "_timer", spy)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).to(memory_format=torch.channels_last)
+    assert not model[0].weight.is_contiguous()
+    lat.relative_latency(model, nn.Sequential(nn.Conv2d(3, 8, 3)), torch.randn(1, 3, 8, 8), repeats=1, warmup=1)
+    assert seen == [True, True]
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last) and not model[0].weight.is_contiguous()
