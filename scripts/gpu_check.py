@@ -275,11 +275,15 @@ def _baseline(args, folder: Path) -> str:
 
 
 def _commit() -> str:
+    """The commit the check ran from: $AUTOPRUNE_COMMIT when set (a copied working tree's .git can lag behind
+    its files, as on the GPU machine), else git's HEAD here."""
+    if os.environ.get("AUTOPRUNE_COMMIT"):
+        return os.environ["AUTOPRUNE_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("AUTOPRUNE_COMMIT", "")
+        return ""
 
 
 def main(argv: list[str] | None = None) -> int:
