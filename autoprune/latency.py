@@ -81,10 +81,28 @@ def _device_of(model: nn.Module) -> torch.device | None:
     return None
 
 
+def _standard_strides(shape: torch.Size) -> tuple[int, ...]:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
 def _channels_last(model: nn.Module) -> bool:
-    """Whether a 4-D weight of ``model`` is stored channels-last (as train.py leaves a model on CUDA)."""
-    return any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
-               for p in model.parameters())
+    """Whether a 4-D weight of ``model`` is stored in another layout than PyTorch's default, as train.py leaves a
+    model on CUDA (channels-last). Strides are compared exactly: a depthwise, 1x1 or one-input-channel weight is
+    "contiguous" in both layouts to ``is_contiguous``, and a grayscale MobileNet has nothing else."""
+    return any(p.dim() == 4 and p.stride() != _standard_strides(p.shape) for p in model.parameters())
+
+
+def _default_layout(net: nn.Module) -> nn.Module:
+    """``net`` (a copy) with every 4-D parameter and buffer re-strided to the default layout, in place."""
+    with torch.no_grad():
+        for t in (*net.parameters(), *net.buffers()):
+            if t.dim() == 4:
+                t.data = t.data.clone(memory_format=torch.contiguous_format)
+    return net
 
 
 @contextlib.contextmanager
@@ -108,8 +126,8 @@ def _timed_copy(model: nn.Module, x: torch.Tensor, device: str | torch.device, b
     relayout = _channels_last(model)
     net = model if same and not relayout else copy.deepcopy(model).to(device)
     if relayout:
-        net = net.to(memory_format=torch.contiguous_format)
-    was_training = model.training
+        net = _default_layout(net)
+    modes = {m: m.training for m in model.modules()} if net is model else {}
     net.eval()
     inp = x[:1].to(device).expand(batch_size, *x.shape[1:]).contiguous()
     timer = _timer("net(inp)", threads, net=net, inp=inp)
@@ -118,7 +136,8 @@ def _timed_copy(model: nn.Module, x: torch.Tensor, device: str | torch.device, b
             one = timer.timeit(1).median * 1000.0  # also warms up (the Timer runs 2 passes first)
             yield timer, max(1, min(100, int(_SAMPLE_MS / max(one, 1e-3))))
     finally:
-        model.train(was_training)
+        for m, training in modes.items():  # each module's own mode (a frozen BatchNorm stays frozen)
+            m.train(training)
 
 
 class _OrtTimer:
@@ -147,21 +166,17 @@ def _ort_timer(model: nn.Module, x: torch.Tensor, batch_size: int, threads: int 
 
     from .export import onnx_bytes
 
-    was_training = model.training
-    net = copy.deepcopy(model).cpu().eval()
+    net = copy.deepcopy(model).cpu().eval()  # the caller's model is left as it is, modes included
     inp = x[:1].detach().cpu().expand(batch_size, *x.shape[1:]).contiguous()
-    try:
-        data = onnx_bytes(net, inp, dynamic_batch=False)  # the batch size timed is the one exported
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        timer = _OrtTimer(session, {"input": inp.numpy()})
-        one = timer.timeit(3).median * 1000.0
-        yield timer, max(1, min(100, int(_SAMPLE_MS / max(one, 1e-3))))
-    finally:
-        model.train(was_training)
+    data = onnx_bytes(net, inp, dynamic_batch=False)  # the batch size timed is the one exported
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    timer = _OrtTimer(session, {"input": inp.numpy()})
+    one = timer.timeit(3).median * 1000.0
+    yield timer, max(1, min(100, int(_SAMPLE_MS / max(one, 1e-3))))
 
 
 def _sample_ms(timer: Any, runs: int) -> float:

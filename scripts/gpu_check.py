@@ -11,7 +11,8 @@ Data: ``--train-size`` synthetic 3x32x32 images in 10 classes (Gaussian noise pl
 class, so finetuning has something to learn), nothing downloaded. A resnet56 is trained for
 ``--baseline-epochs`` (not counted), then each setting of (GPU share, precision) runs ``--trials``
 trials at 50% FLOPs; precision ``bf16`` is the library's CUDA default (bf16 autocast, channels-last),
-``fp32`` turns autocast off in the worker. Each setting writes a row of ``results/benchmarks/gpu.csv``:
+``fp32`` turns autocast off in the worker (convolutions then run in TF32, PyTorch's default). Each setting writes a
+row of ``results/benchmarks/gpu.csv``:
 
     check=throughput, gpus_per_trial, concurrency, precision, trials, ok, seconds, trials_per_hour,
     gpu_util_mean, compute_share, compute_share_trials, finetune_s_mean, trial_s_mean, round_to, ...
@@ -21,8 +22,9 @@ trials at 50% FLOPs; precision ``bf16`` is the library's CUDA default (bf16 auto
 mean of NVML's utilisation (the share of time a kernel ran) sampled every 0.2 s during the setting.
 
 Then ``--latency-trials`` trials run under a latency budget measured on the GPU (eager PyTorch, batch
-``--latency-batch`` (each of a list)): 50% of the unpruned model, or above the smallest model's measured latency when
-50% is out of reach (the row says which). Each ``ok`` trial's pruned model is rebuilt from its recorded
+``--latency-batch`` (each of a list)): 50% of the unpruned model, or 15% above the smallest model's measured
+latency when 50% is out of reach; when that would be over 95% (a launch-bound model, which pruning barely
+speeds up), no trials run and the row's ``error`` says so. Each ``ok`` trial's pruned model is rebuilt from its recorded
 policy and timed again beside the unpruned one; ``over`` counts those more than 2% over the limit
 (the search's tolerance), in a ``check=latency`` row.
 
@@ -40,6 +42,7 @@ import contextlib
 import csv
 import multiprocessing as mp
 import os
+import queue as queue_module
 import statistics
 import subprocess
 import threading
@@ -97,10 +100,10 @@ def _context(args, config, device: str):
                         torch.zeros(1, 3, args.image_size, args.image_size), device=device)
 
 
-def _worker(args, worker: int, trials: list[int], precision: str, threads: int, queue) -> None:
+def _worker(args, worker: int, trials: list[int], precision: str, threads: int, queue, go) -> None:
     """One packed trial slot: its own context, then its share of the setting's trials, one after another."""
     try:
-        _trials(args, worker, trials, precision, threads, queue)
+        _trials(args, worker, trials, precision, threads, queue, go)
     except BaseException as e:  # noqa: BLE001 - said to the parent, which stops the check with it
         import traceback
 
@@ -108,7 +111,7 @@ def _worker(args, worker: int, trials: list[int], precision: str, threads: int, 
         raise
 
 
-def _trials(args, worker: int, trials: list[int], precision: str, threads: int, queue) -> None:
+def _trials(args, worker: int, trials: list[int], precision: str, threads: int, queue, go) -> None:
     import autoprune.train
     from autoprune import run_trial
 
@@ -119,6 +122,7 @@ def _trials(args, worker: int, trials: list[int], precision: str, threads: int, 
     config = _config(args)
     context = _context(args, config, device)
     queue.put(("ready", worker, None))
+    go.wait()  # every slot starts its trials together, when the parent's clock starts
     for t in trials:
         rng = np.random.default_rng(t)
         proposal = {g: float(rng.uniform(0.1, 0.7)) for g in context.group_names}
@@ -157,7 +161,7 @@ class _Utilisation:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        if self._handle is not None:
+        if self._thread.is_alive():
             self._thread.join()
 
     def mean(self) -> float | None:
@@ -171,37 +175,53 @@ def _throughput(args, gpus: float, concurrency: int, precision: str, device_name
     cores = os.cpu_count() or 1
     threads = max(1, cores // concurrency)
     shares = [list(range(w, args.trials, concurrency)) for w in range(concurrency)]
-    procs = [spawn.Process(target=_worker, args=(args, w, shares[w], precision, threads, queue))
+    go = spawn.Event()
+    procs = [spawn.Process(target=_worker, args=(args, w, shares[w], precision, threads, queue, go), daemon=True)
              for w in range(concurrency)]
     for p in procs:
         p.start()
     results, ready, done = [], 0, 0
     util = _Utilisation(not args.dry_run)
-    start = None
-    while done < concurrency:
-        kind, who, payload = queue.get(timeout=args.worker_timeout)
-        if kind == "ready":
-            ready += 1
-            if ready == concurrency:
-                start = time.perf_counter()
-                util.__enter__()
-        elif kind == "trial":
-            results.append(payload)
-        elif kind == "error":
-            for p in procs:
+    start, quiet = None, 0.0
+    try:
+        while done < concurrency:
+            try:
+                kind, who, payload = queue.get(timeout=5)
+            except queue_module.Empty:  # a worker killed outright (out of memory, a CUDA abort) says nothing
+                dead = [i for i, p in enumerate(procs) if p.exitcode not in (None, 0)]
+                quiet += 5
+                if dead or quiet > args.worker_timeout:
+                    raise RuntimeError(f"worker(s) {dead} died (exit codes {[procs[i].exitcode for i in dead]})" if dead
+                                       else f"no word from any worker for {args.worker_timeout:g}s") from None
+                continue
+            quiet = 0.0
+            if kind == "ready":
+                ready += 1
+                if ready == concurrency:
+                    start = time.perf_counter()
+                    util.__enter__()
+                    go.set()
+            elif kind == "trial":
+                results.append(payload)
+            elif kind == "error":
+                raise RuntimeError(f"worker {who} failed: {payload}")
+            else:
+                done += 1
+        seconds = time.perf_counter() - start
+    finally:
+        util.__exit__()
+        for p in procs:
+            if p.is_alive() and done < concurrency:
                 p.kill()
-            raise RuntimeError(f"worker {who} failed: {payload}")
-        else:
-            done += 1
-    seconds = time.perf_counter() - start
-    util.__exit__()
-    for p in procs:
-        p.join()
+            p.join()
+    if not results:
+        raise RuntimeError(f"no trials ran at {gpus:g} GPU x {concurrency} ({precision}); give --trials >= 1")
     ok = [r for r in results if r["status"] == "ok"]
     compute = sum(r["compute_s"] for r in results)
     util_mean = util.mean()
     return {"check": "throughput", "gpus_per_trial": gpus, "concurrency": concurrency, "precision": precision,
-            "trials": len(results), "ok": len(ok), "seconds": seconds, "trials_per_hour": len(results) / seconds * 3600,
+            "trials": len(results), "ok": len(ok), "seconds": seconds,
+            "trials_per_hour": len(results) / seconds * 3600,  # every trial that ran; `ok` says how many were ok
             "gpu_util_mean": util_mean if util_mean is not None else "",
             "compute_share": compute / (seconds * concurrency),
             "compute_share_trials": compute / sum(r["trial_s"] for r in results),
@@ -230,7 +250,14 @@ def _latency(args, batch: int, device_name: str) -> dict:
     small_ms, base_ms = relative_latency(apply_policy(context.model, smallest, context.example), context.model,
                                          context.example, **timing)
     reach = small_ms / base_ms
-    budget = 0.5 if reach < 0.45 else min(0.95, round(reach * 1.15, 2))
+    budget = 0.5 if reach < 0.45 else round(reach * 1.15, 2)
+    row = {"check": "latency", "trials": 0, "ok": 0, "round_to": context.round_to, "latency_batch": batch,
+           "reach": reach, "device": device_name}
+    if budget > 0.95:  # launch-bound: pruning channels barely changes the time; no budget worth checking
+        print(f"latency on {device_name}, batch {batch}: unpruned {base_ms:.3f} ms, smallest model {reach:.3f} of "
+              "it: no latency budget to check")
+        return {**row, "error": f"the smallest model measured {reach:.3f} of the unpruned latency: no room "
+                                "for a budget (launch-bound)"}
     print(f"latency on {device_name}, batch {batch}: unpruned {base_ms:.3f} ms, smallest model "
           f"{reach:.3f} of it; budget {budget:.0%}")
     config = _config(args, budget_flops=None, budget_latency=f"{budget:.0%}", latency_batch=batch)
@@ -250,9 +277,8 @@ def _latency(args, batch: int, device_name: str) -> dict:
             ratios.append(pruned_ms / unpruned_ms)
     over = sum(q > budget * 1.02 for q in ratios)
     print(f"re-timed {len(ratios)} ok trials: ratios {[round(q, 3) for q in ratios]}, {over} over {budget:.0%} + 2%")
-    return {"check": "latency", "trials": len(results), "ok": len(ratios), "round_to": context.round_to,
-            "budget": budget, "latency_batch": batch, "reach": reach,
-            "ratio_max": max(ratios) if ratios else "", "over": over, "device": device_name,
+    return {**row, "trials": len(results), "ok": len(ratios), "budget": budget,
+            "ratio_max": max(ratios) if ratios else "", "over": over,
             "error": next((r.error for r in results if r.error), "")}
 
 

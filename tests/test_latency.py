@@ -220,19 +220,30 @@ def test_slower_note_names_the_ratio_and_the_fix():
 
 def test_a_channels_last_model_is_timed_in_the_default_layout(monkeypatch):
     """Training on CUDA leaves a model channels-last; timing it so beside a contiguous unpruned model compared
-    layouts, not sizes (0.42 against 0.62 on an H200). The timed copy is contiguous, the caller's model untouched."""
+    layouts, not sizes (0.42 against 0.62 on an H200). The timed copy has the default strides, also for a
+    grayscale MobileNet-like net whose every weight (one input channel, depthwise, 1x1) looks contiguous
+    either way; the caller's model is untouched, and a model timed in place gets each module's own mode back."""
     import autoprune.latency as lat
 
     seen = []
     real = lat._timer
 
     def spy(stmt, threads=None, **names):
-        seen.append(all(p.is_contiguous() for p in names["net"].parameters()))
+        seen.append(all(p.stride() == lat._standard_strides(p.shape) for p in names["net"].parameters()))
         return real(stmt, threads, **names)
 
     monkeypatch.setattr(lat, "_timer", spy)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).to(memory_format=torch.channels_last)
-    assert not model[0].weight.is_contiguous()
-    lat.relative_latency(model, nn.Sequential(nn.Conv2d(3, 8, 3)), torch.randn(1, 3, 8, 8), repeats=1, warmup=1)
-    assert seen == [True, True]
-    assert model[0].weight.is_contiguous(memory_format=torch.channels_last) and not model[0].weight.is_contiguous()
+    x = torch.randn(1, 1, 8, 8)
+    for model in (nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)),
+                  nn.Sequential(nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 16, 1))):
+        model = model.to(memory_format=torch.channels_last)
+        before = [p.stride() for p in model.parameters()]
+        assert lat._channels_last(model)
+        seen.clear()
+        lat.relative_latency(model, nn.Sequential(nn.Conv2d(1, 8, 3)), x, repeats=1, warmup=1)
+        assert seen == [True, True]
+        assert [p.stride() for p in model.parameters()] == before
+    plain = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8)).train()
+    plain[1].eval()  # frozen statistics, a mode of its own
+    lat.relative_latency(plain, nn.Sequential(nn.Conv2d(1, 8, 3)), x, repeats=1, warmup=1)
+    assert plain.training and plain[0].training and not plain[1].training
