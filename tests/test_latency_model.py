@@ -63,15 +63,18 @@ class _Exact:
         return self.base_ms * (self.cm.cost(sparsity, round_to or 1)["flops"] / self.cm.flops) ** 2
 
 
+def _flops_power_timer(calls: list, power: float):
+    """A stand-in for relative_latency: latency as the FLOPs share to ``power``, each call counted."""
+    def timer(pruned, original, x, **_):
+        calls.append(1)
+        return 10.0 * (count_flops(pruned, x) / count_flops(original, x)) ** power, 10.0
+    return timer
+
+
 def test_a_fit_with_an_accurate_latency_model_measures_once(monkeypatch):
     model, x = create_model("resnet20").eval(), torch.randn(1, 3, 32, 32)
     calls = []
-
-    def timer(pruned, original, x, **_):
-        calls.append(1)
-        return 10.0 * (count_flops(pruned, x) / count_flops(original, x)) ** 2, 10.0
-
-    monkeypatch.setattr(autoprune.latency, "relative_latency", timer)
+    monkeypatch.setattr(autoprune.latency, "relative_latency", _flops_power_timer(calls, 2))
     policy = uniform_policy(model, x, [Budget.parse("latency", "60%")], latency_model=_Exact(model, x))
     share = count_flops(apply_policy(model, policy, x), x) / count_flops(model, x)
     assert 0.6 * (1 - LATENCY_FILL) <= share ** 2 <= 0.6
@@ -110,12 +113,7 @@ def test_a_latency_model_whose_error_grows_with_size_is_bracketed_not_chased(mon
     aim the fit interpolates between them and lands within the fill window in a few measurements."""
     model, x = create_model("resnet20").eval(), torch.randn(1, 3, 32, 32)
     calls = []
-
-    def timer(pruned, original, x, **_):
-        calls.append(1)
-        return 10.0 * (count_flops(pruned, x) / count_flops(original, x)) ** 2.5, 10.0
-
-    monkeypatch.setattr(autoprune.latency, "relative_latency", timer)
+    monkeypatch.setattr(autoprune.latency, "relative_latency", _flops_power_timer(calls, 2.5))
     linear = _Exact(model, x)
     linear.predict = lambda s, round_to=None: linear.base_ms * linear.cm.cost(s, round_to or 1)["flops"] / linear.cm.flops
     policy = uniform_policy(model, x, [Budget.parse("latency", "60%")], latency_model=linear, round_to=1)
