@@ -4,7 +4,8 @@ Timing goes through ``torch.utils.benchmark.Timer``, which synchronises the acce
 sample and runs at the caller's thread count (``num_threads`` is passed explicitly: the Timer's own
 default of one thread would time a different program from the one the user runs). Relative figures
 are measured side by side in one process (interleaved samples), so drift of a shared machine
-affects both models alike and cancels in the ratio.
+affects both models alike and cancels in the ratio. Inside a search's trial, the other trials of the
+run on this machine pause while samples are taken (``quiet.py``): their load does not cancel.
 
 Measuring never moves or switches the mode of the caller's model: a model on another device is
 timed as a copy on ``device``.
@@ -31,6 +32,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
+from . import quiet
 from .config import LATENCY_BACKENDS as BACKENDS
 from .errors import ConfigError
 
@@ -192,9 +194,9 @@ def measure_latency(model: nn.Module, x: torch.Tensor, device: str | torch.devic
     ``backend`` ``torch`` (eager, on ``device``) or ``onnxruntime`` (CPU); ``threads`` intra-op
     threads (default: the caller's for torch, 1 for ONNX Runtime).
     """
-    with _timed_copy(model, x, device, batch_size, threads, backend) as (timer, runs):
+    with _timed_copy(model, x, device, batch_size, threads, backend) as (timer, runs), quiet.timing():
         timer.timeit(warmup)
-        return statistics.median(_sample_ms(timer, runs) for _ in range(repeats))
+        return statistics.median([_sample_ms(timer, runs) for _ in range(repeats)])
 
 
 @torch.no_grad()
@@ -203,7 +205,7 @@ def relative_latency(pruned: nn.Module, original: nn.Module, x: torch.Tensor, de
                      threads: int | None = None) -> tuple[float, float]:
     """(pruned ms, original ms): medians of interleaved timing samples in this process."""
     with _timed_copy(pruned, x, device, batch_size, threads, backend) as (ta, runs_a), \
-            _timed_copy(original, x, device, batch_size, threads, backend) as (tb, runs_b):
+            _timed_copy(original, x, device, batch_size, threads, backend) as (tb, runs_b), quiet.timing():
         ta.timeit(warmup)
         tb.timeit(warmup)
         a, b = [], []

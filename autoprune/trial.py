@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from .config import SearchConfig
+from . import quiet
 from .policy import Policy
 
 __all__ = ["TrialResult", "TrialContext", "run_trial", "TRIAL_COLUMNS", "STATUSES"]
@@ -252,22 +253,24 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
         t = lap("count", t)
         in_time("BatchNorm recalibration")
         task = context.task
-        if config.bn_batches:
-            task.recalibrate(small, device=dev, batches=config.bn_batches, batch_size=config.batch_size,
-                             seed=config.seed + trial)
-        t = lap("bn_recalibration", t)
-        if config.finetune_epochs > 0:
-            in_time("the finetune")
-            try:
-                task.finetune(small, config.finetune_epochs, device=dev, lr=config.finetune_lr,
-                              batch_size=config.batch_size, seed=config.seed + trial, deadline=deadline,
-                              teacher=context.teacher(dev) if config.distill else None, distill=config.distill)
-            except TimeoutError as e:
-                raise TimeoutError(f"ran longer than --trial-timeout {config.trial_timeout:g}s (finetune {e})") from None
-        t = lap("finetune", t)
-        in_time("evaluation")
-        val_acc = task.evaluate(small, device=dev)
-        t = lap("evaluate", t)
+        timed = config.budget("latency") is not None  # others of the run time models: give way to them
+        with quiet.training(small, _run_folder(config) if timed else None):
+            if config.bn_batches:
+                task.recalibrate(small, device=dev, batches=config.bn_batches, batch_size=config.batch_size,
+                                 seed=config.seed + trial)
+            t = lap("bn_recalibration", t)
+            if config.finetune_epochs > 0:
+                in_time("the finetune")
+                try:
+                    task.finetune(small, config.finetune_epochs, device=dev, lr=config.finetune_lr,
+                                  batch_size=config.batch_size, seed=config.seed + trial, deadline=deadline,
+                                  teacher=context.teacher(dev) if config.distill else None, distill=config.distill)
+                except TimeoutError as e:
+                    raise TimeoutError(f"ran longer than --trial-timeout {config.trial_timeout:g}s (finetune {e})") from None
+            t = lap("finetune", t)
+            in_time("evaluation")
+            val_acc = task.evaluate(small, device=dev)
+            t = lap("evaluate", t)
         latency_ms = latency_ratio = None
         status, error = "ok", ""
         latency_budget = config.budget("latency")
@@ -297,26 +300,19 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
 LATENCY_TOLERANCE = 0.02
 
 
-@contextlib.contextmanager
-def _latency_lock(config: SearchConfig):
-    """One latency measurement at a time per run (trials side by side would time each other's load).
-    The lock is a file in the run folder, so it holds across Ray's worker processes on one machine."""
-    if not config.name:
-        yield
-        return
-    import fcntl
+def _run_folder(config: SearchConfig):
     from pathlib import Path
 
-    folder = Path(config.results_dir) / config.name
-    if not folder.is_dir():
-        yield
-        return
-    with open(folder / ".latency.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return Path(config.results_dir) / config.name if config.name else None
+
+
+def _latency_lock(config: SearchConfig):
+    """One latency measurement at a time per run (trials side by side would time each other's load), and
+    while it takes samples the run's other trials on this machine pause (``quiet.py``). The lock is a file
+    in the run folder, so it holds across Ray's worker processes on one machine."""
+    from .quiet import measuring
+
+    return measuring(_run_folder(config))
 
 
 def _one_line(e: BaseException) -> str:

@@ -295,3 +295,30 @@ def test_every_latency_measurement_of_a_trial_holds_the_run_s_latency_lock(conte
     r = run_trial(cfg, uniform(ctx), ctx, trial=0)
     assert r.status == "ok", r.error
     assert len(calls) >= 2 and all(calls)  # the fit's and the re-measure's
+
+
+def test_a_latency_trial_trains_inside_the_quiet_gate_and_a_flops_trial_does_not(context, monkeypatch, tmp_path):
+    """Its BatchNorm recalibration, finetune and evaluation give way to the run's timers (quiet.py)."""
+    import contextlib
+
+    import autoprune.latency
+    import autoprune.quiet
+
+    seen = []
+
+    @contextlib.contextmanager
+    def training(model, folder):
+        seen.append((model.autoprune_policy.kept(), folder))
+        yield
+
+    monkeypatch.setattr(autoprune.quiet, "training", training)
+    monkeypatch.setattr(autoprune.latency, "relative_latency", lambda *a, **k: (4.0, 10.0))
+    (tmp_path / "run").mkdir()
+    for budgets in ({"budget_latency": "50%", "latency_model": False}, {"budget_flops": "50%"}):
+        cfg = context.config.replace(name="run", results_dir=str(tmp_path), **budgets)
+        ctx = TrialContext(cfg, context.model, context.train_ds, context.val_ds, context.example, device="cpu",
+                           groups=context.group_names)
+        r = run_trial(cfg, uniform(ctx), ctx, trial=0)
+        assert r.status == "ok", r.error
+        assert seen[-1][0] == r.policy.kept()
+    assert [folder for _, folder in seen] == [tmp_path / "run", None]

@@ -1,0 +1,77 @@
+"""Trials that train give way while another trial of the run takes latency samples (quiet.py)."""
+import multiprocessing
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+
+from autoprune import quiet
+
+pytestmark = pytest.mark.skipif(quiet.fcntl is None, reason="no fcntl on this platform")
+
+
+class _Slow(nn.Module):
+    """A 'training step' of 50 ms whose start and end go to a file."""
+
+    def __init__(self, log: str) -> None:
+        super().__init__()
+        self.log = log
+
+    def forward(self, x):
+        start = time.monotonic()
+        time.sleep(0.05)
+        with open(self.log, "a") as f:
+            f.write(f"{start} {time.monotonic()}\n")
+        return x
+
+
+def _train(folder: str, log: str, stop) -> None:
+    model = _Slow(log)
+    with quiet.training(model, folder):
+        while not stop.is_set():
+            model(torch.zeros(1))
+
+
+def _steps(log) -> list[tuple[float, float]]:
+    return [tuple(map(float, line.split())) for line in open(log)] if log.exists() else []
+
+
+def test_a_trainer_of_the_run_pauses_while_another_trial_takes_samples(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+    logs = [tmp_path / f"steps{i}.log" for i in range(2)]
+    workers = [ctx.Process(target=_train, args=(str(run), str(log), stop)) for log in logs]
+    for w in workers:
+        w.start()
+    try:
+        deadline = time.monotonic() + 30
+        while any(len(_steps(log)) < 3 for log in logs) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with quiet.measuring(run), quiet.timing():
+            began = time.monotonic()
+            time.sleep(0.5)
+            ended = time.monotonic()
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(10)
+    for log in logs:
+        steps = _steps(log)
+        assert not [s for s in steps if s[0] < ended and s[1] > began], "a step ran while samples were taken"
+        assert any(s[0] >= ended for s in steps), "the trainer did not resume"
+        assert any(s[1] <= began for s in steps)
+
+
+def test_outside_a_measurement_or_a_run_folder_nothing_waits(tmp_path):
+    model = _Slow(str(tmp_path / "log"))
+    with quiet.timing():  # no measurement in this process: no lock taken
+        with quiet.training(model, None):
+            model(torch.zeros(1))
+    with quiet.measuring(tmp_path / "missing"), quiet.timing():
+        assert not list(tmp_path.glob(".*.lock"))
+    assert len(_steps(tmp_path / "log")) == 1
+
