@@ -51,7 +51,7 @@ from .picks import Choice, resolve_pick, uniform_choices
 from .prune import apply_policy
 from .results import Run, load_run
 from .task import Classification
-from .train import TrainConfig, resolve_device
+from .training import TrainConfig, resolve_device
 
 __all__ = ["apply_run", "load_pruned"]
 

@@ -36,7 +36,7 @@ def split_of(dataset: str, val_fraction: float, split_seed: int) -> dict:
 
 def baseline_recipe(dataset: str, epochs: int, seed: int = 0):
     """The training recipe for a baseline: SGD + cosine, lr 0.1 (0.05 for the small digits set)."""
-    from .train import TrainConfig
+    from .training import TrainConfig
 
     lr = 0.05 if dataset == "digits" else 0.1
     hflip = dataset in ("cifar10", "cifar100", "imagefolder")  # flips would turn digits into non-digits

@@ -79,7 +79,7 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise ConfigError("Give at least one budget: --budget-flops, --budget-params or --budget-latency (e.g. 50%).")
     if not args.resume and config.name is None:
         config = config.replace(name=run_name(config))  # named now, so an interrupt can say which run
-    from .search import search
+    from .driver import search
 
     try:
         outcome = search(config, resume=args.resume, given=given, argv=["autoprune", *argv], log=_log, task=task)
@@ -221,7 +221,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .baseline import baseline_recipe, split_of, train_baseline
     from .data import load_dataset
     from .models import create_model
-    from .train import resolve_device
+    from .training import resolve_device
 
     dataset = args.dataset or "digits"
     if args.epochs < 1:

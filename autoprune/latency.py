@@ -92,7 +92,7 @@ def _standard_strides(shape: torch.Size) -> tuple[int, ...]:
 
 
 def _channels_last(model: nn.Module) -> bool:
-    """Whether a 4-D weight of ``model`` is stored in another layout than PyTorch's default, as train.py leaves a
+    """Whether a 4-D weight of ``model`` is stored in another layout than PyTorch's default, as training.py leaves a
     model on CUDA (channels-last). Strides are compared exactly: a depthwise, 1x1 or one-input-channel weight is
     "contiguous" in both layouts to ``is_contiguous``, and a grayscale MobileNet has nothing else."""
     return any(p.dim() == 4 and p.stride() != _standard_strides(p.shape) for p in model.parameters())

@@ -119,7 +119,7 @@ def _prepare_task(config: SearchConfig, run: RunDir, task, *, resume: bool, argv
     from .costs import count_flops
     from .data import memory_bytes
     from .models import load_checkpoint
-    from .train import resolve_device
+    from .training import resolve_device
 
     model, example, user = task
     model = copy.deepcopy(model).cpu().eval()
@@ -187,7 +187,7 @@ def _measure(config: SearchConfig, model, example, device, log) -> tuple[dict, l
     the latency table: what depends on the architecture, not the weights."""
     from .costs import count_flops, count_params
     from .probe import left_out_groups, prunable_groups
-    from .train import resolve_device
+    from .training import resolve_device
 
     sizes = {"flops": count_flops(model, example), "params": count_params(model)}
     if config.budget("latency") is not None:
@@ -247,7 +247,7 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
     from .models import create_model, load_checkpoint
     from .probe import prunable_groups
     from .task import Classification
-    from .train import resolve_device
+    from .training import resolve_device
 
     device = resolve_device(config.device)
     if config.gpus_per_trial > 0 and not config.address and not torch.cuda.is_available():

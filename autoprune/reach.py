@@ -64,7 +64,7 @@ def _reach_latency(config: SearchConfig, model, example, groups, *, smallest_pol
     from .latency import relative_latency
     from .policy import Policy
     from .prune import apply_policy
-    from .train import resolve_device
+    from .training import resolve_device
 
     sparsity, channels, round_to = smallest_policy
     small = apply_policy(model, Policy(config.model, sparsity, channels, round_to), example,

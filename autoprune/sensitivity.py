@@ -35,7 +35,7 @@ def group_sensitivity(model: nn.Module, x: torch.Tensor, groups: Sequence[str], 
     recalibration; ``model`` is left untouched. A group whose pruning fails, or gives a non-finite
     accuracy, is left out of the result."""
     from .data import TensorData
-    from .train import evaluate, recalibrate_bn
+    from .training import evaluate, recalibrate_bn
 
     channels = cost_model(model, x, exclude).channels
     subset = val_ds.take(torch.arange(min(val_images, len(val_ds)))) if isinstance(val_ds, TensorData) else val_ds

@@ -58,7 +58,7 @@ class Task:
 
 class Classification(Task):
     """The built-in task: an image classifier on a training and a validation split (cross-entropy,
-    top-1 accuracy), trained by ``train.train``. Trials, ``apply`` and the baseline reach the loss
+    top-1 accuracy), trained by ``training.train``. Trials, ``apply`` and the baseline reach the loss
     and the metric only through it; ``test_ds`` is read only by ``apply`` and the benchmarks."""
 
     def __init__(self, train_ds, val_ds, test_ds=None) -> None:
@@ -70,13 +70,13 @@ class Classification(Task):
         return cls(splits.train, splits.val, getattr(splits, "test", None))
 
     def recalibrate(self, model, *, device, batches, batch_size, seed) -> None:
-        from .train import recalibrate_bn
+        from .training import recalibrate_bn
 
         recalibrate_bn(model, self.train_ds, device=device, batches=batches, batch_size=batch_size, seed=seed)
 
     def finetune(self, model, epochs, *, device, lr, batch_size, seed, deadline=None, teacher=None, distill=0.0,
                  warmup_epochs=0.0) -> None:
-        from .train import TrainConfig
+        from .training import TrainConfig
 
         cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, warmup_epochs=warmup_epochs,
                           distill=distill)
@@ -85,14 +85,14 @@ class Classification(Task):
     def train(self, model, cfg, *, device, on_epoch=None, deadline=None, teacher=None) -> list[dict]:
         """Train with a full recipe (``train.TrainConfig``); with ``on_epoch``, each epoch's row carries
         its validation accuracy. Returns the epoch rows."""
-        from .train import train
+        from .training import train
 
         return train(model, self.train_ds, cfg, device=device, val_ds=self.val_ds if on_epoch else None,
                      on_epoch=on_epoch, deadline=deadline, teacher=teacher)
 
     def evaluate(self, model, *, device, split: str = "val") -> float:
         """Top-1 accuracy on the validation split (what a search maximises), or on ``split="test"``."""
-        from .train import evaluate
+        from .training import evaluate
 
         ds = self.test_ds if split == "test" else self.val_ds
         if ds is None:
@@ -180,7 +180,7 @@ class UserTask(Task):
         return model(batch[0] if isinstance(batch, (tuple, list)) else batch)
 
     def recalibrate(self, model, *, device, batches, batch_size, seed) -> None:
-        from .train import fresh_bn_statistics
+        from .training import fresh_bn_statistics
 
         if batches < 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             return

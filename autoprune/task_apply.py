@@ -47,7 +47,7 @@ def apply_task_run(run: str | os.PathLike | Run, *, pick: str | int = "best", ep
     ``spec`` is the task's pieces (default: its ``--task`` import path, called again; a run searched
     from Python must pass them)."""
     from .models import load_checkpoint
-    from .train import resolve_device
+    from .training import resolve_device
 
     run = run if isinstance(run, Run) else load_run(run)
     where = task_of(run)

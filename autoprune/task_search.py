@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from .config import SearchConfig
 from .errors import ConfigError
-from .search import SearchOutcome, search
+from .driver import SearchOutcome, search
 from .task import DIRECTIONS, TaskSpec, UserTask
 
 __all__ = ["search_task", "search_spec", "task_config"]
@@ -34,7 +34,7 @@ def search_task(model: nn.Module, example_input: torch.Tensor, budgets: Mapping[
                 direction: str = "maximize", resume: bool = False, log: Callable[[str], None] = print,
                 spec: str = "", **settings: Any) -> SearchOutcome:
     """Search per-group sparsities of ``model`` (trained) for the user's task; returns what
-    :func:`~autoprune.search.search` returns (the run folder, trials, front; ``outcome.policy()`` is the pick).
+    :func:`~autoprune.driver.search` returns (the run folder, trials, front; ``outcome.policy()`` is the pick).
 
     Args:
         example_input: one batch the model takes (``model(example_input)``), for the dependency graph,

@@ -1,7 +1,7 @@
 """What the search's driver and its Ray workers share: the trial context a worker keeps, the Tune
 function a trial runs in, the report it sends back, and the callback that writes its row.
 
-The search (``search.py``) and the reruns at longer finetunes (``promote.py``: rungs and
+The search (``driver.py``) and the reruns at longer finetunes (``promote.py``: rungs and
 confirmation) both run their trials through these.
 
 Example:
@@ -54,7 +54,7 @@ def context(prepared: Prepared, *, driver: bool = False) -> TrialContext:
     key = f"{prepared.run.path}{':driver' if driver else ''}"
     if key not in _CONTEXTS:
         from .models import create_model
-        from .train import resolve_device
+        from .training import resolve_device
 
         config = prepared.config
         device = resolve_device("cpu" if driver else config.trial_device)

@@ -112,12 +112,12 @@ def _worker(args, worker: int, trials: list[int], precision: str, threads: int, 
 
 
 def _trials(args, worker: int, trials: list[int], precision: str, threads: int, queue, go) -> None:
-    import autoprune.train
+    import autoprune.training
     from autoprune import run_trial
 
     torch.set_num_threads(threads)
     if precision == "fp32":  # the library's CUDA default is bf16 autocast; the check's baseline turns it off
-        autoprune.train._autocast = lambda device: contextlib.nullcontext()
+        autoprune.training._autocast = lambda device: contextlib.nullcontext()
     device = "cpu" if args.dry_run else "cuda"
     config = _config(args)
     context = _context(args, config, device)
@@ -284,7 +284,7 @@ def _latency(args, batch: int, device_name: str) -> dict:
 
 def _baseline(args, folder: Path) -> str:
     from autoprune import create_model
-    from autoprune.train import TrainConfig, evaluate, train
+    from autoprune.training import TrainConfig, evaluate, train
 
     device = "cpu" if args.dry_run else "cuda"
     train_ds, val_ds = synthetic_splits(train_size=args.train_size, image_size=args.image_size)

@@ -33,9 +33,9 @@ def run_path(tmp_path_factory) -> Path:
 def applied(run_path):
     """One apply of `best`, recording every dataset that apply evaluated on."""
     evaluated, loaded, lines = [], [], []
-    import autoprune.train
+    import autoprune.training
 
-    real_evaluate, real_load = autoprune.train.evaluate, apply_mod.load_dataset
+    real_evaluate, real_load = autoprune.training.evaluate, apply_mod.load_dataset
 
     def spy_evaluate(model, ds, **kw):
         evaluated.append(ds)
@@ -47,7 +47,7 @@ def applied(run_path):
 
     with pytest.MonkeyPatch.context() as mp:
         # every evaluation apply makes goes through the classification task to train.evaluate
-        mp.setattr(autoprune.train, "evaluate", spy_evaluate)
+        mp.setattr(autoprune.training, "evaluate", spy_evaluate)
         mp.setattr(apply_mod, "load_dataset", spy_load)
         result = apply_run(run_path, pick="best", epochs=1, device="cpu", log=lines.append)
     return result, lines, evaluated, loaded

@@ -244,7 +244,7 @@ def guarded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make baseline training, any training loop and Ray start-up raise: they must not be reached."""
     import autoprune.baseline
     import autoprune.cluster
-    import autoprune.train
+    import autoprune.training
 
     def forbid(what: str) -> Callable:
         def guard(*args, **kwargs):
@@ -254,7 +254,7 @@ def guarded(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(autoprune.baseline, "ensure_baseline", forbid("baseline preparation"))
     monkeypatch.setattr(autoprune.baseline, "train_baseline", forbid("baseline training"))
-    monkeypatch.setattr(autoprune.train, "train", forbid("the training loop"))
+    monkeypatch.setattr(autoprune.training, "train", forbid("the training loop"))
     monkeypatch.setattr(autoprune.cluster, "init_ray", forbid("Ray"))
 
 

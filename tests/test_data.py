@@ -153,7 +153,7 @@ def test_imagefolder_trains_on_augmented_crops_and_evaluates_on_centre_crops_wit
     validation part carved from it, and val/, give the same centre crop every time. Loaders decode in
     worker processes (set_workers, --workers) and give the batches the main process would."""
     from autoprune.loader import set_workers
-    from autoprune.train import TrainConfig, train
+    from autoprune.training import TrainConfig, train
 
     _write_pngs(tmp_path / "train", ["cat", "dog"], 6)
     _write_pngs(tmp_path / "val", ["cat", "dog"], 2)

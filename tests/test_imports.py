@@ -26,3 +26,17 @@ def test_help_does_not_load_ray():
 def test_public_api_loads_without_ray():
     mods = _modules_after("import autoprune as ap\nfor name in ap.__all__: getattr(ap, name)")
     assert "ray" not in mods and "torch" in mods
+
+
+def test_the_public_functions_named_like_their_jobs_are_functions_whatever_was_imported_first():
+    """``ap.train`` and ``ap.search`` stay the functions after their modules have loaded (no submodule of
+    the package carries their names, so importing one never rebinds the package attribute)."""
+    code = ("import autoprune as ap; ap.TrainConfig; ap.SearchConfig; import autoprune.task_search; "
+            "from autoprune import TrainConfig, train, search, evaluate; "
+            "assert callable(train) and callable(search) and callable(evaluate), (train, search); "
+            "assert train.__name__ == 'train' and search.__name__ == 'search'")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -18,7 +18,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 import autoprune as ap
-from autoprune.search import search
+from autoprune.driver import search
 from autoprune.searcher import STUDY_NAME
 from autoprune.trial import TRIAL_COLUMNS
 
@@ -388,13 +388,13 @@ def test_failure_after_ray_started_in_background_leaves_no_ray(small_config, mon
 
     import ray
 
-    import autoprune.train
+    import autoprune.training
 
     def broken_evaluate(*args, **kwargs):
         time.sleep(1.0)  # let the background start get going
         raise RuntimeError("evaluation broke")
 
-    monkeypatch.setattr(autoprune.train, "evaluate", broken_evaluate)
+    monkeypatch.setattr(autoprune.training, "evaluate", broken_evaluate)
     with pytest.raises(RuntimeError, match="evaluation broke"):
         search(small_config(name="broken"), log=lambda line: None)
     assert not ray.is_initialized()
@@ -543,7 +543,7 @@ def test_depth_starts_run_three_graded_shapes_at_the_budget_and_old_runs_resume_
 def test_depth_order_follows_the_model_not_the_dependency_graph():
     import torch
 
-    from autoprune.search import depth_order
+    from autoprune.driver import depth_order
 
     model = ap.create_model("vgg11_cifar", num_classes=10, in_channels=1)
     groups = [g.name for g in ap.prunable_groups(model, torch.zeros(1, 1, 28, 28))]

@@ -8,7 +8,7 @@ import torch.nn as nn
 from autoprune.data import load_dataset
 from autoprune.probe import prunable_groups
 from autoprune.sensitivity import group_sensitivity, sensitivity_shape
-from autoprune.train import TrainConfig, evaluate, recalibrate_bn, train
+from autoprune.training import TrainConfig, evaluate, recalibrate_bn, train
 
 
 def test_shape_keeps_more_of_the_sensitive_groups():

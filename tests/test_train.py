@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from autoprune.data import Splits, TensorData, load_dataset
 from autoprune.errors import ConfigError, DataError
-from autoprune.train import (
+from autoprune.training import (
     TrainConfig,
     _random_crop,
     evaluate,

@@ -77,12 +77,12 @@ def test_budget_out_of_reach_is_infeasible(context):
 
 
 def test_cuda_out_of_memory_is_a_failed_trial(context, monkeypatch):
-    import autoprune.train
+    import autoprune.training
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(autoprune.train, "train", oom)
+    monkeypatch.setattr(autoprune.training, "train", oom)
     r = run_trial(context.config, uniform(context), context)
     assert r.status == "failed" and r.error.startswith("CUDA out of memory")
 
@@ -208,7 +208,7 @@ def test_the_uniform_curve_under_a_latency_objective_uses_multiples_of_8_where_t
     the search's uniform warm starts use them; where counts are free, the run's rounding stays."""
     import autoprune.latency
     from autoprune.prune import _CACHE
-    from autoprune.search import _faster_rounding
+    from autoprune.driver import _faster_rounding
 
     def ms(model):
         return sum(c.out_channels * c.in_channels * (1.0 if c.out_channels % 8 == 0 else penalty)
@@ -248,16 +248,16 @@ def test_a_trial_past_its_timeout_is_failed_with_the_reason(context, monkeypatch
     """--trial-timeout: the finetune stops at the first step after the deadline; the trial is failed."""
     import time as time_module
 
-    import autoprune.train
+    import autoprune.training
 
-    slow = autoprune.train.make_loader
+    slow = autoprune.training.make_loader
 
     def slow_loader(*args, **kwargs):  # every batch takes 50 ms, so a 0.2 s budget runs out mid-finetune
         for batch in slow(*args, **kwargs):
             time_module.sleep(0.05)
             yield batch
 
-    monkeypatch.setattr(autoprune.train, "make_loader", lambda *a, **k: list(slow_loader(*a, **k)))
+    monkeypatch.setattr(autoprune.training, "make_loader", lambda *a, **k: list(slow_loader(*a, **k)))
     r = run_trial(context.config.replace(trial_timeout=0.2, finetune_epochs=1.0), uniform(context), context)
     assert r.status == "failed" and "--trial-timeout 0.2s" in r.error, r.error
     assert r.policy is not None  # what it was running is recorded with the failure
