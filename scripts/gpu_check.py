@@ -338,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.trials < 1 and args.precisions.strip():
+        p.error(f"--trials {args.trials}: give 1 or more trials per setting (or --precisions '' for the latency "
+                "check alone)")
     if not dry and not torch.cuda.is_available():
         p.error("no CUDA GPU here; use --dry-run to check the path on the CPU")
     out = Path(args.out or (_DRY_OUT if dry else _OUT))
