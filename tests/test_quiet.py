@@ -66,12 +66,56 @@ def test_a_trainer_of_the_run_pauses_while_another_trial_takes_samples(tmp_path)
         assert any(s[1] <= began for s in steps)
 
 
-def test_outside_a_measurement_or_a_run_folder_nothing_waits(tmp_path):
+def test_outside_a_measurement_nothing_waits_and_a_trainer_that_times_does_not_wait_for_itself(tmp_path):
     model = _Slow(str(tmp_path / "log"))
     with quiet.timing():  # no measurement in this process: no lock taken
         with quiet.training(model, None):
             model(torch.zeros(1))
-    with quiet.measuring(tmp_path / "missing"), quiet.timing():
-        assert not list(tmp_path.glob(".*.lock"))
-    assert len(_steps(tmp_path / "log")) == 1
+    with quiet.training(model, tmp_path):  # its own shared gate would block its exclusive one
+        with quiet.measuring(tmp_path), quiet.timing():
+            model(torch.zeros(1))
+    assert len(_steps(tmp_path / "log")) == 2
 
+
+def test_a_timer_waits_at_most_gate_wait_s_for_a_trainer_that_never_calls_its_model(tmp_path, monkeypatch):
+    """A user's loop that calls only submodules never reaches the hook: the samples are taken anyway."""
+    ctx = multiprocessing.get_context("fork")
+    stop, inside = ctx.Event(), ctx.Event()
+
+    def stuck():
+        with quiet.training(_Slow(str(tmp_path / "log")), tmp_path):
+            inside.set()
+            stop.wait(30)
+
+    worker = ctx.Process(target=stuck)
+    worker.start()
+    try:
+        assert inside.wait(30)
+        monkeypatch.setattr(quiet, "GATE_WAIT_S", 0.3)
+        start = time.monotonic()
+        with quiet.measuring(tmp_path), quiet.timing():
+            waited = time.monotonic() - start
+    finally:
+        stop.set()
+        worker.join(10)
+    assert 0.3 <= waited < 5
+
+
+def test_every_latency_measurement_takes_its_samples_inside_the_gate(monkeypatch):
+    """relative_latency and measure_latency (torch and ONNX Runtime alike) time inside quiet.timing()."""
+    import contextlib
+
+    import autoprune.latency as latency
+
+    entered = []
+
+    @contextlib.contextmanager
+    def timing():
+        entered.append(True)
+        yield
+
+    monkeypatch.setattr(quiet, "timing", timing)
+    net, x = nn.Sequential(nn.Conv2d(1, 2, 3)), torch.randn(1, 1, 8, 8)
+    latency.relative_latency(net, net, x, warmup=1, repeats=1)
+    latency.measure_latency(net, x, warmup=1, repeats=1)
+    assert entered == [True, True]
