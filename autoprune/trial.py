@@ -308,8 +308,8 @@ def _run_folder(config: SearchConfig):
 
 def _latency_lock(config: SearchConfig):
     """One latency measurement at a time per run (trials side by side would time each other's load), and
-    while it takes samples the run's other trials on this machine pause (``quiet.py``). The lock is a file
-    in the run folder, so it holds across Ray's worker processes on one machine."""
+    while it takes samples the run's other trials on this machine pause (``quiet.py``). The locks are files
+    per run and host in the temporary directory, so they hold across Ray's worker processes on one machine."""
     from .quiet import measuring
 
     return measuring(_run_folder(config))
