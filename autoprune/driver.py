@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from . import quiet
 from .attention import HEADS
 from .cluster import RayStarter
 from .config import UNIFORM_SIZES, SearchConfig
@@ -33,7 +34,7 @@ from .prepare import Prepared, prepare_run, resumable_run
 from .promote import confirm, promote_rungs
 from .searcher import close_stale_trials, make_searcher
 from .results import near_budget_of
-from .trial import TrialContext
+from .trial import TrialContext, run_folder
 from .workers import (
     WarmStart,
     candidate,
@@ -137,6 +138,7 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
         t = time.perf_counter()
         ray_starter.close()  # shuts down the Ray this search started, whatever happened
         lap(timings, "ray_shutdown", t)
+        quiet.forget(run_folder(config))  # no trial runs now: this host's lock files of the run go
     t = time.perf_counter()
     trials = run.read_trials()
     front = run.write_front(config, prepared.baseline)

@@ -19,14 +19,16 @@ non-blocking ``flock`` per forward pass. A timer waits at most ``GATE_WAIT_S`` f
 anyway: a user's task whose loop never calls the model object (only its submodules, or a compiled copy)
 cannot be paused and must not stall the run. Not paused: whatever a neighbour does outside its model's
 forward passes (pruning, counting FLOPs, a criterion's gradient pass on the unpruned model). Pauses count
-in the paused trial's time. Nothing happens outside a search's trials (no run folder set) or on a platform
-without ``fcntl``.
+in the paused trial's time; :func:`training` also says how long it waited (``t:paused`` in trials.csv).
+Nothing happens outside a search's trials (no run folder set) or on a platform without ``fcntl``.
+:func:`forget` removes a finished run's lock files on this host.
 
 Example:
     >>> with measuring(Path("results/run")):        # a trial that times
     ...     relative_latency(small, model, x)        # -> takes timing() around its samples
-    >>> with training(small, Path("results/run")):  # another trial, in another process
+    >>> with training(small, Path("results/run")) as waited:  # another trial, in another process
     ...     finetune(small, ...)
+    >>> waited.seconds                                # how long its forward passes were held
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: no pausing
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["measuring", "timing", "training", "GATE_WAIT_S"]
+__all__ = ["measuring", "timing", "training", "forget", "Waited", "GATE_WAIT_S"]
 
 GATE_WAIT_S = 30.0  # the longest a timer waits for the trainers' steps in flight to end
 
@@ -60,6 +62,17 @@ def _lock(folder: Path, kind: str) -> Path:
     where = Path(tempfile.gettempdir()) / "autoprune-locks"
     where.mkdir(exist_ok=True)
     return where / f"{key}.{kind}"
+
+
+_KINDS = ("latency", "turn", "gate")
+
+
+def forget(folder: Path | None) -> None:
+    """Remove this host's lock files of the run in ``folder`` (call when none of its trials is running)."""
+    if folder is None:
+        return
+    for kind in _KINDS:
+        _lock(folder, kind).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -113,14 +126,22 @@ def _wait_for(gate, deadline: float) -> bool:
             time.sleep(0.005)
 
 
+class Waited:
+    """How long the forward passes inside one :func:`training` block were held for a timer, in seconds."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+
 @contextlib.contextmanager
-def training(model: nn.Module, folder: Path | None) -> Iterator[None]:
+def training(model: nn.Module, folder: Path | None) -> Iterator[Waited]:
     """While inside, ``model``'s forward passes (training, BatchNorm recalibration, evaluation: any loop,
     a user's task included, as long as it calls ``model``) wait while a trial of the run on this host
-    takes timing samples."""
+    takes timing samples. Yields a :class:`Waited` that counts the time they waited."""
     global _TRAINING
+    waited = Waited()
     if fcntl is None or folder is None:
-        yield
+        yield waited
         return
     with open(_lock(folder, "turn"), "a") as turn, open(_lock(folder, "gate"), "a") as gate:
         fcntl.flock(gate, fcntl.LOCK_SH)
@@ -129,16 +150,18 @@ def training(model: nn.Module, folder: Path | None) -> Iterator[None]:
             try:
                 fcntl.flock(turn, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:  # a timer is waiting or timing: let it have the machine
+                start = time.monotonic()
                 _settle(module)
                 fcntl.flock(gate, fcntl.LOCK_UN)
                 fcntl.flock(turn, fcntl.LOCK_SH)  # until it is done
                 fcntl.flock(gate, fcntl.LOCK_SH)
+                waited.seconds += time.monotonic() - start
             fcntl.flock(turn, fcntl.LOCK_UN)
 
         handle = model.register_forward_pre_hook(give_way)
         _TRAINING += 1
         try:
-            yield
+            yield waited
         finally:
             _TRAINING -= 1
             handle.remove()

@@ -254,7 +254,7 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
         in_time("BatchNorm recalibration")
         task = context.task
         timed = config.budget("latency") is not None  # others of the run time models: give way to them
-        with quiet.training(small, _run_folder(config) if timed else None):
+        with quiet.training(small, run_folder(config) if timed else None) as waited:
             if config.bn_batches:
                 task.recalibrate(small, device=dev, batches=config.bn_batches, batch_size=config.batch_size,
                                  seed=config.seed + trial)
@@ -271,6 +271,8 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
             in_time("evaluation")
             val_acc = task.evaluate(small, device=dev)
             t = lap("evaluate", t)
+        if timed:
+            timings["paused"] = waited.seconds  # held for other trials' timing, inside the parts above
         latency_ms = latency_ratio = None
         status, error = "ok", ""
         latency_budget = config.budget("latency")
@@ -300,7 +302,8 @@ def run_trial(config: SearchConfig, proposal: Mapping[str, float], context: Tria
 LATENCY_TOLERANCE = 0.02
 
 
-def _run_folder(config: SearchConfig):
+def run_folder(config: SearchConfig):
+    """The run's folder, as its trials name it for the lock files of ``quiet.py`` (None without a run name)."""
     from pathlib import Path
 
     return Path(config.results_dir) / config.name if config.name else None
@@ -312,7 +315,7 @@ def _latency_lock(config: SearchConfig):
     per run and host in the temporary directory, so they hold across Ray's worker processes on one machine."""
     from .quiet import measuring
 
-    return measuring(_run_folder(config))
+    return measuring(run_folder(config))
 
 
 def _one_line(e: BaseException) -> str:

@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -103,7 +104,9 @@ class Model:
                               latency_threads=TIMING["threads"], results_dir=str(_RUNS), name=name, **budget)
         folder = _RUNS / name
         resume = (folder / "config.yaml").is_file()
-        ap.search(cfg, resume=resume, given={} if resume else None, log=lambda line: None)
+        state = folder / "state.json"
+        if not (resume and state.is_file() and json.loads(state.read_text()).get("finished")):  # read, not resumed
+            ap.search(cfg, resume=resume, given={} if resume else None, log=lambda line: None)
         return ap.load_run(folder)
 
     def final(self, small: torch.nn.Module, seed: int, extra_epochs: float = 0.0) -> dict:

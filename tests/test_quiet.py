@@ -1,6 +1,7 @@
 """Trials that train give way while another trial of the run takes latency samples (quiet.py)."""
 import multiprocessing
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,9 +29,10 @@ class _Slow(nn.Module):
 
 def _train(folder: str, log: str, stop) -> None:
     model = _Slow(log)
-    with quiet.training(model, folder):
+    with quiet.training(model, folder) as waited:
         while not stop.is_set():
             model(torch.zeros(1))
+    Path(log + ".waited").write_text(str(waited.seconds))
 
 
 def _steps(log) -> list[tuple[float, float]]:
@@ -64,6 +66,7 @@ def test_a_trainer_of_the_run_pauses_while_another_trial_takes_samples(tmp_path)
         assert not [s for s in steps if s[0] < ended and s[1] > began], "a step ran while samples were taken"
         assert any(s[0] >= ended for s in steps), "the trainer did not resume"
         assert any(s[1] <= began for s in steps)
+        assert 0.3 < float(Path(str(log) + ".waited").read_text()) < ended - began + 0.3  # held ~0.5 s, counted
 
 
 def test_outside_a_measurement_nothing_waits_and_a_trainer_that_times_does_not_wait_for_itself(tmp_path):
@@ -75,6 +78,19 @@ def test_outside_a_measurement_nothing_waits_and_a_trainer_that_times_does_not_w
         with quiet.measuring(tmp_path), quiet.timing():
             model(torch.zeros(1))
     assert len(_steps(tmp_path / "log")) == 2
+
+
+def test_forget_removes_the_runs_lock_files_on_this_host_and_no_other_runs(tmp_path):
+    one, other = tmp_path / "one", tmp_path / "other"
+    for folder in (one, other):
+        with quiet.measuring(folder), quiet.timing():
+            pass
+    files = {kind: quiet._lock(one, kind) for kind in ("latency", "turn", "gate")}
+    assert all(f.exists() for f in files.values())
+    quiet.forget(one)
+    assert not any(f.exists() for f in files.values())
+    assert quiet._lock(other, "gate").exists()
+    quiet.forget(other)
 
 
 def test_a_timer_waits_at_most_gate_wait_s_for_a_trainer_that_never_calls_its_model(tmp_path, monkeypatch):

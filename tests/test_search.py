@@ -18,6 +18,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 import autoprune as ap
+from autoprune import quiet
 from autoprune.driver import search
 from autoprune.searcher import STUDY_NAME
 from autoprune.trial import TRIAL_COLUMNS
@@ -383,7 +384,8 @@ def test_search_never_reads_the_test_split(small_config, tmp_path, monkeypatch):
 
 
 def test_failure_after_ray_started_in_background_leaves_no_ray(small_config, monkeypatch):
-    """Ray starts on a thread once the inputs are checked; a later failure must still shut it down."""
+    """Ray starts on a thread once the inputs are checked; a later failure must still shut it down (and
+    the run's lock files on this host go with it)."""
     import threading
 
     import ray
@@ -395,10 +397,16 @@ def test_failure_after_ray_started_in_background_leaves_no_ray(small_config, mon
         raise RuntimeError("evaluation broke")
 
     monkeypatch.setattr(autoprune.training, "evaluate", broken_evaluate)
+    config = small_config(name="broken")
+    folder = Path(config.results_dir) / "broken"
+    with quiet.measuring(folder), quiet.timing():  # this host's lock files of the run, as its trials leave them
+        pass
+    assert quiet._lock(folder, "gate").exists()
     with pytest.raises(RuntimeError, match="evaluation broke"):
-        search(small_config(name="broken"), log=lambda line: None)
+        search(config, log=lambda line: None)
     assert not ray.is_initialized()
     assert not [t for t in threading.enumerate() if t.name == "autoprune-ray"]
+    assert not [quiet._lock(folder, kind) for kind in ("latency", "turn", "gate") if quiet._lock(folder, kind).exists()]
 
 
 def test_taylor_pick_with_an_excluded_layer_applies_as_searched(small_config, tmp_path):

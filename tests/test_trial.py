@@ -309,7 +309,9 @@ def test_a_latency_trial_trains_inside_the_quiet_gate_and_a_flops_trial_does_not
     @contextlib.contextmanager
     def training(model, folder):
         seen.append((model.autoprune_policy.kept(), folder))
-        yield
+        waited = autoprune.quiet.Waited()
+        waited.seconds = 1.5  # held that long for another trial's timing
+        yield waited
 
     monkeypatch.setattr(autoprune.quiet, "training", training)
     monkeypatch.setattr(autoprune.latency, "relative_latency", lambda *a, **k: (4.0, 10.0))
@@ -321,4 +323,5 @@ def test_a_latency_trial_trains_inside_the_quiet_gate_and_a_flops_trial_does_not
         r = run_trial(cfg, uniform(ctx), ctx, trial=0)
         assert r.status == "ok", r.error
         assert seen[-1][0] == r.policy.kept()
+        assert r.timings.get("paused") == (1.5 if "budget_latency" in budgets else None)  # t:paused in trials.csv
     assert [folder for _, folder in seen] == [tmp_path / "run", None]
