@@ -94,7 +94,7 @@ class RunDir:
     def read_trials(self) -> pd.DataFrame:
         if not self.trials_csv.is_file():
             return pd.DataFrame(columns=list(TRIAL_COLUMNS) + ["error"])
-        return pd.read_csv(self.trials_csv, keep_default_na=True)
+        return read_table(self.trials_csv)
 
     def append(self, result: TrialResult, reference: tuple[str, float] | None = None) -> None:
         """Add one trial's row (rewriting trials.csv atomically) and save its policy.
@@ -136,6 +136,16 @@ class RunDir:
         plot_front(trials, front, self.path / "pareto.png", budgets=config.budgets, objective=objective,
                    baseline=baseline, curve=curve, floor=floor)
         return front
+
+
+TEXT_COLUMNS = ("status", "origin", "error", "importance", "node", "policy")  # never read as numbers
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """trials.csv or pareto.csv, its text columns as text: a Ray node id of hex digits such as
+    ``123456789012`` or ``4e1234567890`` would otherwise come back as a number, and differently in a
+    table whose other rows hold a node id with letters."""
+    return pd.read_csv(path, keep_default_na=True, dtype={c: object for c in TEXT_COLUMNS})
 
 
 def number_or_none(v: Any) -> float | None:
@@ -252,6 +262,6 @@ def load_run(path: str | Path) -> Run:
     baseline_path = d.path / "baseline.json"
     baseline = json.loads(baseline_path.read_text()) if baseline_path.is_file() else {}
     trials = d.read_trials()
-    pareto = pd.read_csv(d.path / "pareto.csv") if (d.path / "pareto.csv").is_file() \
+    pareto = read_table(d.path / "pareto.csv") if (d.path / "pareto.csv").is_file() \
         else pareto_front(trials, config.size_measure)
     return Run(d.path, config, baseline, trials, pareto, dict(d.read_config().get("left_out") or {}))

@@ -53,3 +53,25 @@ def test_a_latency_search_measures_the_smallest_model_and_starts_its_front_there
     floor, top = size_range(prepared)
     assert floor >= 0.7 and top == pytest.approx(0.9)
     assert any("front starts at 70.0% of the latency" in line for line in lines)
+
+
+def test_a_node_id_of_digits_stays_text_in_trials_csv(tmp_path):
+    """Ray node ids are 12 hex digits; one such as 123456789012 or 4e1234567890 read back as a number made
+    the same row differ between a run and its resume on a node with letters in its id."""
+    import pandas as pd
+
+    from autoprune.results import RunDir
+    from autoprune.trial import TrialResult
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    for trial, node in enumerate(("123456789012", "4e1234567890")):
+        run.append(TrialResult(trial=trial, status="ok", origin="optuna", val_acc=0.5, flops=1.0, flops_ratio=0.5,
+                               params=1, params_ratio=0.5, node=node))
+    first = run.read_trials()
+    assert first["node"].tolist() == ["123456789012", "4e1234567890"]
+    assert pd.read_csv(run.trials_csv)["node"].dtype.kind == "f"  # what a plain read makes of them
+    run.append(TrialResult(trial=2, status="ok", origin="optuna", val_acc=0.6, flops=1.0, flops_ratio=0.5, params=1,
+                           params_ratio=0.5, node="a1b2c3d4e5f6"))
+    again = run.read_trials()
+    assert again.iloc[:2].equals(first) and again["node"].tolist()[2] == "a1b2c3d4e5f6"
