@@ -3,8 +3,8 @@
 Timing goes through ``torch.utils.benchmark.Timer``, which synchronises the accelerator around each
 sample and runs at the caller's thread count (``num_threads`` is passed explicitly: the Timer's own
 default of one thread would time a different program from the one the user runs). Relative figures
-are measured side by side in one process (interleaved samples), so drift of a shared machine
-affects both models alike and cancels in the ratio. Inside a search's trial, the other trials of the
+are measured side by side in one process (interleaved samples, the ratio the median of the
+sample-by-sample ratios), so drift of a shared machine affects both models alike and cancels in it. Inside a search's trial, the other trials of the
 run on this machine pause while samples are taken (``quiet.py``): their load does not cancel.
 
 Measuring never moves or switches the mode of the caller's model: a model on another device is
@@ -203,7 +203,13 @@ def measure_latency(model: nn.Module, x: torch.Tensor, device: str | torch.devic
 def relative_latency(pruned: nn.Module, original: nn.Module, x: torch.Tensor, device: str | torch.device = "cpu",
                      batch_size: int = 1, *, warmup: int = 5, repeats: int = 15, backend: str = "torch",
                      threads: int | None = None) -> tuple[float, float]:
-    """(pruned ms, original ms): medians of interleaved timing samples in this process."""
+    """(pruned ms, original ms) from interleaved timing samples in this process.
+
+    The original's figure is the median of its samples; the pruned model's is that times the median of
+    the sample-by-sample ratios, so ``pruned / original`` is the paired median ratio: on a shared
+    machine it moved about half as much between measurements minutes apart as the ratio of the two
+    medians (``scripts/bench_timing_noise.py``).
+    """
     with _timed_copy(pruned, x, device, batch_size, threads, backend) as (ta, runs_a), \
             _timed_copy(original, x, device, batch_size, threads, backend) as (tb, runs_b), quiet.timing():
         ta.timeit(warmup)
@@ -212,4 +218,5 @@ def relative_latency(pruned: nn.Module, original: nn.Module, x: torch.Tensor, de
         for _ in range(repeats):
             a.append(_sample_ms(ta, runs_a))
             b.append(_sample_ms(tb, runs_b))
-    return statistics.median(a), statistics.median(b)
+    base = statistics.median(b)
+    return base * statistics.median(p / q for p, q in zip(a, b)), base

@@ -247,3 +247,15 @@ def test_a_channels_last_model_is_timed_in_the_default_layout(monkeypatch):
     plain[1].eval()  # frozen statistics, a mode of its own
     lat.relative_latency(plain, nn.Sequential(nn.Conv2d(1, 8, 3)), x, repeats=1, warmup=1)
     assert plain.training and plain[0].training and not plain[1].training
+
+
+def test_the_ratio_is_the_median_of_sample_by_sample_ratios(monkeypatch):
+    """A burst of load that hits one pair of samples moves neither model's figure apart from the other's:
+    the pruned model's milliseconds are the unpruned median times the median paired ratio."""
+    import autoprune.latency as lat
+
+    samples = iter([1.0, 2.0, 10.0, 20.0, 2.0, 100.0])  # pruned, unpruned, pruned, unpruned, ...: ratios .5 .5 .02
+    monkeypatch.setattr(lat, "_sample_ms", lambda timer, runs: next(samples))
+    net, x = nn.Sequential(nn.Conv2d(1, 2, 3)), torch.randn(1, 1, 8, 8)
+    pruned_ms, base_ms = lat.relative_latency(net, net, x, warmup=1, repeats=3)
+    assert base_ms == 20.0 and pruned_ms == pytest.approx(10.0)  # median over median would say 2 / 20
