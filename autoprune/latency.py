@@ -4,8 +4,9 @@ Timing goes through ``torch.utils.benchmark.Timer``, which synchronises the acce
 sample and runs at the caller's thread count (``num_threads`` is passed explicitly: the Timer's own
 default of one thread would time a different program from the one the user runs). Relative figures
 are measured side by side in one process (interleaved samples, the ratio the median of the
-sample-by-sample ratios), so drift of a shared machine affects both models alike and cancels in it. Inside a search's trial, the other trials of the
-run on this machine pause while samples are taken (``quiet.py``): their load does not cancel.
+sample-by-sample ratios), so drift of a shared machine affects both models alike and cancels in it.
+Inside a search's trial, the other trials of the run on this machine pause while samples are taken
+(``quiet.py``): their load does not cancel.
 
 Measuring never moves or switches the mode of the caller's model: a model on another device is
 timed as a copy on ``device``.
@@ -207,8 +208,8 @@ def relative_latency(pruned: nn.Module, original: nn.Module, x: torch.Tensor, de
 
     The original's figure is the median of its samples; the pruned model's is that times the median of
     the sample-by-sample ratios, so ``pruned / original`` is the paired median ratio: on a shared
-    machine it moved about half as much between measurements minutes apart as the ratio of the two
-    medians (``scripts/bench_timing_noise.py``).
+    machine its 95th-percentile deviation between measurements was 0.56-0.60 times that of the ratio of
+    the two medians (``scripts/bench_timing_noise.py``).
     """
     with _timed_copy(pruned, x, device, batch_size, threads, backend) as (ta, runs_a), \
             _timed_copy(original, x, device, batch_size, threads, backend) as (tb, runs_b), quiet.timing():
