@@ -39,11 +39,10 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
-import autoprune as ap
-import benchrows  # scripts/ is on sys.path when a script runs
 from autoprune.latency import _timed_copy  # the timers relative_latency uses; their raw samples are needed here
+
+import benchrows  # scripts/ is on sys.path when a script runs
+from bench_quiet_timing import pair  # the same two shapes as there
 
 COLUMNS = ["model", "mode", "call", "estimator", "ratio", "pruned_ms", "base_ms", "seconds", "commit"]
 MODES = ("fresh", "pinned", "sessions3")
@@ -89,10 +88,7 @@ def estimates(a: list[float], b: list[float]) -> dict[str, tuple[float, float, f
 def run(models: list[str], size: int, calls: int, out: Path) -> list[dict]:
     rows = []
     for name in models:
-        base = ap.create_model(name, num_classes=10, in_channels=1).eval()
-        x = torch.randn(1, 1, size, size)
-        policy = ap.fit_policy(base, x, {}, [ap.Budget.parse("flops", "44%")])
-        small = ap.apply_policy(base, policy, x).eval()
+        base, small, x = pair(name, size)
         _samples(small, base, x, 1, 2)  # warm the exporter and the runtime once
         for call in range(calls):
             for mode in MODES:
