@@ -115,6 +115,7 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
     start = time.perf_counter()
     timings: dict[str, float] = {}
     ray_starter = RayStarter()
+    owned = False  # this search took the run over: a refused start must not touch a running run's locks
     try:
         if resume and task is None:
             resumable_run(config, given)  # refuse a run with nothing to resume before importing its task
@@ -122,6 +123,7 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
         prepared = prepare_run(config, resume=resume, given=given, argv=argv, log=log, on_checked=ray_starter.start,
                                task=task)
         config, run = prepared.config, prepared.run
+        owned = True
         if prepared.task is not None:
             _ship_by_value(prepared)
         timings["prepare"] = time.perf_counter() - start
@@ -138,7 +140,8 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
         t = time.perf_counter()
         ray_starter.close()  # shuts down the Ray this search started, whatever happened
         lap(timings, "ray_shutdown", t)
-        quiet.forget(run_folder(config))  # no trial runs now: this host's lock files of the run go
+        if owned:  # no trial of this search runs now: this host's lock files of the run go
+            quiet.forget(run_folder(config))
     t = time.perf_counter()
     trials = run.read_trials()
     front = run.write_front(config, prepared.baseline)

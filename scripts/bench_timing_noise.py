@@ -19,7 +19,8 @@ drift spreads over all of them, each call with fresh ONNX Runtime sessions (as e
 
 From each call's samples, three estimators (paired: the same samples): ``median`` (median over
 median, what autoprune uses), ``min`` (fastest sample over fastest sample: interference only adds time)
-and ``paired`` (the median of sample-by-sample ratios). Rows: ``results/benchmarks/timing_noise.csv``
+and ``paired`` (the median of sample-by-sample ratios; its row's ``pruned_ms`` and ``base_ms`` are the two
+medians, as in the ``median`` row, so only ``ratio`` differs). Rows: ``results/benchmarks/timing_noise.csv``
 (model, mode, call, estimator, ratio, seconds, commit). Summary (``timing_noise_summary.csv``): per
 model, mode and estimator, the median ratio, its spread (min, max) and ``p95_dev``, the 95th percentile
 of |ratio / median - 1| over the calls: the margin a fit would need under its limit for a re-time to

@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import autoprune as ap
 from autoprune import quiet
+from autoprune.errors import RunError
 from autoprune.driver import search
 from autoprune.searcher import STUDY_NAME
 from autoprune.trial import TRIAL_COLUMNS
@@ -384,29 +385,54 @@ def test_search_never_reads_the_test_split(small_config, tmp_path, monkeypatch):
 
 
 def test_failure_after_ray_started_in_background_leaves_no_ray(small_config, monkeypatch):
-    """Ray starts on a thread once the inputs are checked; a later failure must still shut it down (and
-    the run's lock files on this host go with it)."""
+    """Ray starts on a thread once the inputs are checked; a later failure must still shut it down. A
+    search that took the run over removes the run's lock files on this host when it ends, even by a
+    failure; one that never took it over (refused, or failed before) leaves them: they may be a running
+    search's."""
     import threading
 
     import ray
 
+    import autoprune.driver
     import autoprune.training
 
     def broken_evaluate(*args, **kwargs):
         time.sleep(1.0)  # let the background start get going
         raise RuntimeError("evaluation broke")
 
+    def held(folder):  # this host's lock files of the run, as its trials leave them
+        with quiet.measuring(folder), quiet.timing():
+            pass
+        return [kind for kind in ("latency", "turn", "gate") if quiet._lock(folder, kind).exists()]
+
     monkeypatch.setattr(autoprune.training, "evaluate", broken_evaluate)
     config = small_config(name="broken")
     folder = Path(config.results_dir) / "broken"
-    with quiet.measuring(folder), quiet.timing():  # this host's lock files of the run, as its trials leave them
-        pass
-    assert quiet._lock(folder, "gate").exists()
-    with pytest.raises(RuntimeError, match="evaluation broke"):
+    assert held(folder) == ["latency", "turn", "gate"]
+    with pytest.raises(RuntimeError, match="evaluation broke"):  # in preparing the run: never took it over
         search(config, log=lambda line: None)
     assert not ray.is_initialized()
     assert not [t for t in threading.enumerate() if t.name == "autoprune-ray"]
-    assert not [quiet._lock(folder, kind) for kind in ("latency", "turn", "gate") if quiet._lock(folder, kind).exists()]
+    assert all(quiet._lock(folder, kind).exists() for kind in ("latency", "turn", "gate"))
+    monkeypatch.undo()
+
+    def broken_trials(*args, **kwargs):
+        raise RuntimeError("trials broke")
+
+    monkeypatch.setattr(autoprune.driver, "_search_trials", broken_trials)
+    config = small_config(name="taken")
+    folder = Path(config.results_dir) / "taken"
+    held(folder)
+    with pytest.raises(RuntimeError, match="trials broke"):  # after taking the run over
+        search(config, log=lambda line: None)
+    assert not ray.is_initialized()
+    assert not [kind for kind in ("latency", "turn", "gate") if quiet._lock(folder, kind).exists()]
+    assert held(folder)  # the run is going again (a resume elsewhere)...
+    with pytest.raises(RunError, match="already exists"):  # ...and a second start of it is refused
+        search(config, log=lambda line: None)
+    assert all(quiet._lock(folder, kind).exists() for kind in ("latency", "turn", "gate"))  # its locks untouched
+    quiet.forget(folder)
+    quiet.forget(Path(small_config(name="broken").results_dir) / "broken")
 
 
 def test_taylor_pick_with_an_excluded_layer_applies_as_searched(small_config, tmp_path):
