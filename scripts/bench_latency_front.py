@@ -49,13 +49,13 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import torch
 
 import autoprune as ap
+from autoprune.results import RunDir
 import benchrows  # scripts/ is on sys.path when a script runs
 
 _OUT = benchrows.ROOT / "results" / "benchmarks"
@@ -103,9 +103,8 @@ class Model:
                               concurrency=2, seed=seed, latency_backend=TIMING["backend"],
                               latency_threads=TIMING["threads"], results_dir=str(_RUNS), name=name, **budget)
         folder = _RUNS / name
-        resume = (folder / "config.yaml").is_file()
-        state = folder / "state.json"
-        if not (resume and state.is_file() and json.loads(state.read_text()).get("finished")):  # read, not resumed
+        resume = RunDir(folder).exists()
+        if not (resume and RunDir(folder).is_finished()):  # a finished search is read: a resume is refused
             ap.search(cfg, resume=resume, given={} if resume else None, log=lambda line: None)
         return ap.load_run(folder)
 
