@@ -40,6 +40,7 @@ from .workers import (
     candidate,
     context,
     lap,
+    reuse_actors,
     row_writer,
     run_config,
     size_range,
@@ -391,7 +392,7 @@ def _run_tuner(prepared: Prepared, ranges: dict, warm: tuple[WarmStart, ...], of
     tuner = tune.Tuner(
         job,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
-                                    max_concurrent_trials=config.concurrency, reuse_actors=True),
+                                    max_concurrent_trials=config.concurrency, reuse_actors=reuse_actors(config)),
         run_config=run_config(run, f"tune-{offset}", writer),
     )
     tuner.fit()

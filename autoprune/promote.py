@@ -21,6 +21,7 @@ from .workers import (
     context,
     lap,
     report,
+    reuse_actors,
     row_writer,
     run_config,
     set_threads,
@@ -136,7 +137,8 @@ def run_reruns(prepared: Prepared, plan: Mapping[int, Mapping[str, Any]], epochs
     tuner = tune.Tuner(
         job,
         param_space={"trial": tune.grid_search(sorted(plan))},
-        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=config.concurrency, reuse_actors=True),
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=config.concurrency,
+                                    reuse_actors=reuse_actors(config)),
         run_config=run_config(run, f"tune-{min(plan)}", writer),
     )
     tuner.fit()

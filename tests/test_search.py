@@ -289,6 +289,28 @@ def test_a_cluster_that_loses_a_node_finishes_with_every_trial_once(rand20, tmp_
         cluster.shutdown()
 
 
+def test_trial_workers_are_reused_only_on_a_ray_of_one_node_not_joined_by_address(monkeypatch):
+    """On a cluster a trial handed a cached worker that died with its node is failed by Ray Tune without
+    its retries (CI saw it in the test above), so each trial there starts its own worker."""
+    import ray
+
+    from autoprune.config import SearchConfig
+    from autoprune.workers import reuse_actors
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    nodes = [{"Alive": True}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    assert reuse_actors(SearchConfig())
+    nodes.append({"Alive": False})  # a node that left: still one alive
+    assert reuse_actors(SearchConfig())
+    nodes.append({"Alive": True})
+    assert not reuse_actors(SearchConfig())
+    nodes.pop()
+    assert not reuse_actors(SearchConfig(address="10.0.0.1:6379"))
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert not reuse_actors(SearchConfig())
+
+
 def _pids_using(text: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
