@@ -117,44 +117,51 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
     timings: dict[str, float] = {}
     ray_starter = RayStarter()
     owned = False  # this search took the run over: a refused start must not touch a running run's locks
-    try:
-        if resume and task is None:
-            resumable_run(config, given)  # refuse a run with nothing to resume before importing its task
-            task = _saved_task(config)
-        prepared = prepare_run(config, resume=resume, given=given, argv=argv, log=log, on_checked=ray_starter.start,
-                               task=task)
-        config, run = prepared.config, prepared.run
-        owned = True
-        if prepared.task is not None:
-            _ship_by_value(prepared)
-        timings["prepare"] = time.perf_counter() - start
-        done = run.read_trials()
-        remaining = config.trials - proposed_count(done)
-        if remaining > 0:
-            _search_trials(prepared, done, remaining, log=log, faults=faults or {}, timings=timings,
-                           ray_starter=ray_starter)
-        steps = dict(log=log, faults=faults or {}, timings=timings, ray_starter=ray_starter)
-        searched = proposed_count(run.read_trials()) >= config.trials
-        if searched and (not config.rungs or promote_rungs(prepared, **steps)) and config.confirm:
-            confirm(prepared, **steps)
-    finally:
+    release = None  # the run's writer lock (RunDir.hold), once taken
+    try:  # the writer lock is released on every way out, after the front and the state are written
+        try:
+            if resume:  # refuse a run with nothing to resume before importing its task, and one that
+                run, _ = resumable_run(config, given)  # another search is running now, before writing anything
+                release = run.hold()
+                task = _saved_task(config) if task is None else task
+            prepared = prepare_run(config, resume=resume, given=given, argv=argv, log=log,
+                                   on_checked=ray_starter.start, task=task)
+            config, run = prepared.config, prepared.run
+            release = release or run.hold()
+            owned = True
+            if prepared.task is not None:
+                _ship_by_value(prepared)
+            timings["prepare"] = time.perf_counter() - start
+            done = run.read_trials()
+            remaining = config.trials - proposed_count(done)
+            if remaining > 0:
+                _search_trials(prepared, done, remaining, log=log, faults=faults or {}, timings=timings,
+                               ray_starter=ray_starter)
+            steps = dict(log=log, faults=faults or {}, timings=timings, ray_starter=ray_starter)
+            searched = proposed_count(run.read_trials()) >= config.trials
+            if searched and (not config.rungs or promote_rungs(prepared, **steps)) and config.confirm:
+                confirm(prepared, **steps)
+        finally:
+            t = time.perf_counter()
+            ray_starter.close()  # shuts down the Ray this search started, whatever happened
+            lap(timings, "ray_shutdown", t)
+            if owned:  # no trial of this search runs now: this host's lock files of the run go
+                quiet.forget(run_folder(config))
         t = time.perf_counter()
-        ray_starter.close()  # shuts down the Ray this search started, whatever happened
-        lap(timings, "ray_shutdown", t)
-        if owned:  # no trial of this search runs now: this host's lock files of the run go
-            quiet.forget(run_folder(config))
-    t = time.perf_counter()
-    trials = run.read_trials()
-    front = run.write_front(config, prepared.baseline)
-    finished = proposed_count(trials) >= config.trials and (
-        not config.rungs or promotions(trials, config.size_measure, config.rung_epochs, config.reduction,
-                                       config.promote_criteria) is None) and (
-        not confirmations_due(trials, config.size_measure, config.confirm))
-    run.write_state(finished=finished)
-    timings["front"] = time.perf_counter() - t
-    return SearchOutcome(run.path, trials, front, config.trials, finished, time.perf_counter() - start,
-                         prepared.baseline, timings, prepared.left_out, config.size_measure,
-                         near_budget_of(config, prepared.baseline))
+        trials = run.read_trials()
+        front = run.write_front(config, prepared.baseline)
+        finished = proposed_count(trials) >= config.trials and (
+            not config.rungs or promotions(trials, config.size_measure, config.rung_epochs, config.reduction,
+                                           config.promote_criteria) is None) and (
+            not confirmations_due(trials, config.size_measure, config.confirm))
+        run.write_state(finished=finished)
+        timings["front"] = time.perf_counter() - t
+        return SearchOutcome(run.path, trials, front, config.trials, finished, time.perf_counter() - start,
+                             prepared.baseline, timings, prepared.left_out, config.size_measure,
+                             near_budget_of(config, prepared.baseline))
+    finally:
+        if release is not None:
+            release()
 
 
 def _saved_task(config: SearchConfig):

@@ -15,12 +15,14 @@ Example:
 """
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 import yaml
@@ -57,6 +59,28 @@ class RunDir:
 
     def is_finished(self) -> bool:
         return (self.path / "pareto.csv").is_file() and self.read_state().get("finished", False)
+
+    def hold(self) -> Callable[[], None]:
+        """Take the run's writer lock: one search (or resume) of a run at a time, as trials.csv has one
+        writer. An ``flock`` on ``.search.lock`` in the folder, which the system drops when the process
+        ends (a search killed with -9 can be resumed). Returns the release; raises :class:`RunError`
+        naming the process that holds it."""
+        fd = os.open(self.path / ".search.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise RunError(f"Run {str(self.path)!r} is being searched now by another process "
+                           f"({'pid ' + holder if holder else 'pid unknown'}); wait for it to end, or stop it "
+                           f"and add --resume again.") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+
+        def release() -> None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        return release
 
     def read_state(self) -> dict:
         p = self.path / "state.json"

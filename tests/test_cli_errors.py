@@ -325,6 +325,35 @@ def test_failed_search_leaves_existing_run_untouched(extra: list[str], expect: s
     assert _snapshot(results) == before
 
 
+def test_resume_of_a_run_another_search_is_running_is_refused_and_a_killed_one_frees_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, guarded: None) -> None:
+    """trials.csv has one writer: a second --resume of a run still being searched is refused before
+    anything is written; the lock dies with the process that held it (kill -9, then --resume works)."""
+    from autoprune.results import RunDir
+
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "results"
+    run = _fake_run(results / "going")
+    (run / "state.json").write_text(json.dumps({"finished": False}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"search": {"model": "resnet20", "budget_flops": "50%",
+                                                                "results_dir": str(results), "name": "going"}}))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from autoprune.results import RunDir; "
+                               "RunDir(sys.argv[1]).hold(); print('held', flush=True); time.sleep(600)", str(run)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = _snapshot(results)
+        code, out, err, _ = run_in_process(["search", "--budget-flops", "50%", "--resume", "--name", "going",
+                                            "--results-dir", str(results)], capsys)
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert "is being searched now" in err and f"pid {holder.pid}" in err, err
+        assert _snapshot(results) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    RunDir(run).hold()()  # taken and released: the killed holder's lock went with it
+
+
 def test_train_refuses_to_overwrite_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture, guarded: None) -> None:
     monkeypatch.chdir(tmp_path)
