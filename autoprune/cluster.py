@@ -27,8 +27,9 @@ from .config import SearchConfig
 __all__ = ["RayStarter", "init_ray"]
 
 
-def init_ray(config: SearchConfig, payload_bytes: int) -> bool:
-    """Join a cluster (``--address`` or RAY_ADDRESS) or start a small local Ray; True if we started it."""
+def init_ray(config: SearchConfig, payload_bytes: int) -> str:
+    """Join a cluster (``--address`` or RAY_ADDRESS) or start a small local Ray: ``"cluster"`` or
+    ``"local"``, or ``""`` when Ray was running already (this search then leaves it running)."""
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # trials.csv is our log
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -36,7 +37,7 @@ def init_ray(config: SearchConfig, payload_bytes: int) -> bool:
     import ray
 
     if ray.is_initialized():
-        return False
+        return ""
     address = config.address or os.environ.get("RAY_ADDRESS")
     package = Path(__file__).resolve().parent
     user = _user_code_paths(config)
@@ -45,7 +46,7 @@ def init_ray(config: SearchConfig, payload_bytes: int) -> bool:
         # environment. (A single-file user module must be importable on the cluster's workers.)
         ray.init(address=address, runtime_env={"py_modules": [str(package), *(p for p, pkg in user if pkg)]},
                  logging_level=logging.WARNING, log_to_driver=False)
-        return True
+        return "cluster"
     # Local workers import a user's `module:function` from where the driver found it.
     folders = [str(Path(p).parent) if pkg else p for p, pkg in user]
     if folders:
@@ -62,7 +63,7 @@ def init_ray(config: SearchConfig, payload_bytes: int) -> bool:
     # address="local": always a fresh private instance, never a cluster another `ray start` left running.
     ray.init(address="local", num_cpus=cpus, num_gpus=gpus, object_store_memory=store, logging_level=logging.ERROR,
              log_to_driver=False, configure_logging=True, **kwargs)
-    return True
+    return "local"
 
 
 def _user_code_paths(config: SearchConfig) -> list[tuple[str, bool]]:
@@ -114,6 +115,7 @@ class RayStarter:
         self._stop = threading.Event()
         self._started = False
         self._error: BaseException | None = None
+        self._private = False  # this search started a Ray of its own on this machine (no cluster joined)
 
     def start(self, config: SearchConfig, payload_bytes: int) -> None:
         if self._thread is not None:
@@ -126,7 +128,8 @@ class RayStarter:
 
         def run() -> None:
             try:
-                self._started = init_ray(config, payload_bytes)
+                mode = init_ray(config, payload_bytes)
+                self._started, self._private = bool(mode), mode == "local"
                 _quiet_tune_logs()
                 from ray import tune  # noqa: F401  (Tune's import, off the critical path too)
                 from ray.tune.search.optuna import OptunaSearch  # noqa: F401
@@ -138,6 +141,18 @@ class RayStarter:
 
         self._thread = threading.Thread(target=run, name="autoprune-ray", daemon=True)
         self._thread.start()
+
+    @property
+    def reuse_workers(self) -> bool:
+        """Whether Tune may hand a finished trial's worker, with its context, to the next trial: only
+        on a Ray this search started on this machine.
+
+        On a cluster (or a Ray started before the search) each trial starts its own worker, about 2 s
+        more per trial for resnet20. Ray Tune (2.60) fails a trial outright when the cached worker it
+        was handed had died with its node: the failed reset first retries the PENDING trial, then its
+        second callback errors it (``TuneController._process_trial_failure``), without the
+        FailureConfig retries; CI saw it. A fresh worker that dies is retried."""
+        return self._private
 
     def wait(self, config: SearchConfig, payload_bytes: int) -> bool:
         self.start(config, payload_bytes)  # not started yet (nothing called on_checked): start now

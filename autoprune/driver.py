@@ -3,7 +3,8 @@
 The driver prepares everything once (``prepare.prepare_run``: data, baseline, probed groups), ships
 the baseline weights and in-memory data to the workers through Ray's object store, and writes each
 trial's row as it ends. Workers build one :class:`~autoprune.trial.TrialContext` per process and
-reuse it for every trial they run. Ray itself starts in ``cluster.py``.
+reuse it for every trial they run; on a Ray this search did not start itself (a cluster), each trial
+has a worker of its own (``RayStarter.reuse_workers``). Ray itself starts in ``cluster.py``.
 
 Example:
     >>> outcome = search(SearchConfig(budget_flops="50%", trials=8))
@@ -40,7 +41,6 @@ from .workers import (
     candidate,
     context,
     lap,
-    reuse_actors,
     row_writer,
     run_config,
     size_range,
@@ -117,17 +117,16 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
     timings: dict[str, float] = {}
     ray_starter = RayStarter()
     owned = False  # this search took the run over: a refused start must not touch a running run's locks
-    release = None  # the run's writer lock (RunDir.hold), once taken
+    run = None  # whose writer lock (RunDir.hold) this search takes: on resume here, for a new run in prepare
     try:  # the writer lock is released on every way out, after the front and the state are written
         try:
             if resume:  # refuse a run with nothing to resume before importing its task, and one that
                 run, _ = resumable_run(config, given)  # another search is running now, before writing anything
-                release = run.hold()
+                run.hold()
                 task = _saved_task(config) if task is None else task
             prepared = prepare_run(config, resume=resume, given=given, argv=argv, log=log,
                                    on_checked=ray_starter.start, task=task)
             config, run = prepared.config, prepared.run
-            release = release or run.hold()
             owned = True
             if prepared.task is not None:
                 _ship_by_value(prepared)
@@ -160,8 +159,8 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
                              prepared.baseline, timings, prepared.left_out, config.size_measure,
                              near_budget_of(config, prepared.baseline))
     finally:
-        if release is not None:
-            release()
+        if run is not None:
+            run.release()
 
 
 def _saved_task(config: SearchConfig):
@@ -374,13 +373,14 @@ def _search_trials(prepared: Prepared, done: pd.DataFrame, remaining: int, *, lo
     ray_starter.wait(config, prepared.payload_bytes)
     t = lap(timings, "ray_start", t)
     try:
-        _run_tuner(prepared, ranges, warm, offset, remaining, faults, (floor, top), log=log)
+        _run_tuner(prepared, ranges, warm, offset, remaining, faults, (floor, top), log=log,
+                   reuse=ray_starter.reuse_workers)
     finally:
         lap(timings, "tuner", t)
 
 
 def _run_tuner(prepared: Prepared, ranges: dict, warm: tuple[WarmStart, ...], offset: int, remaining: int,
-               faults: Mapping[str, int], target: tuple[float, float], *, log) -> None:
+               faults: Mapping[str, int], target: tuple[float, float], *, log, reuse: bool) -> None:
     from ray import tune
 
     config, run = prepared.config, prepared.run
@@ -399,7 +399,7 @@ def _run_tuner(prepared: Prepared, ranges: dict, warm: tuple[WarmStart, ...], of
     tuner = tune.Tuner(
         job,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
-                                    max_concurrent_trials=config.concurrency, reuse_actors=reuse_actors(config)),
+                                    max_concurrent_trials=config.concurrency, reuse_actors=reuse),
         run_config=run_config(run, f"tune-{offset}", writer),
     )
     tuner.fit()

@@ -226,16 +226,23 @@ def _write(config: SearchConfig, run: RunDir, model, baseline: dict, groups, lef
     import torch
 
     run.path.mkdir(parents=True, exist_ok=True)
-    with atomic_path(run.path / "baseline.pt") as tmp:
-        torch.save(model.state_dict(), tmp)
-    run.write_baseline(baseline)
-    run.write_config(config, {"groups": groups, "left_out": left, "warnings": warnings,
-                              "versions": _versions(), "command": " ".join(argv) if argv else None,
-                              **(task or {})})
-    run.write_state(finished=False)
-    if table is not None:
-        with atomic_path(run.path / "latency_model.json") as tmp:
-            Path(tmp).write_text(json.dumps(table))
+    run.hold()  # the writer lock (``search`` gives it back), then: did another search start this run meanwhile?
+    try:
+        if run.exists():
+            raise RunError(f"Run {str(run.path)!r} was started by another search meanwhile; pick a new --name.")
+        with atomic_path(run.path / "baseline.pt") as tmp:
+            torch.save(model.state_dict(), tmp)
+        run.write_baseline(baseline)
+        run.write_config(config, {"groups": groups, "left_out": left, "warnings": warnings,
+                                  "versions": _versions(), "command": " ".join(argv) if argv else None,
+                                  **(task or {})})
+        run.write_state(finished=False)
+        if table is not None:
+            with atomic_path(run.path / "latency_model.json") as tmp:
+                Path(tmp).write_text(json.dumps(table))
+    except BaseException:
+        run.release()
+        raise
 
 
 def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_checked) -> Prepared:

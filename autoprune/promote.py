@@ -21,7 +21,6 @@ from .workers import (
     context,
     lap,
     report,
-    reuse_actors,
     row_writer,
     run_config,
     set_threads,
@@ -80,7 +79,8 @@ def _rerun(prepared: Prepared, parents: Sequence[int], epochs: float, prefix: st
             for i, p in enumerate(parents)}
     t = time.perf_counter()
     try:
-        run_reruns(prepared, plan, epochs, faults, (config.size_measure, top), log=log)
+        run_reruns(prepared, plan, epochs, faults, (config.size_measure, top), log=log,
+                   reuse=ray_starter.reuse_workers)
     finally:
         lap(timings, "tuner", t)
     missing = set(plan) - set(run.read_trials()["trial"].astype(int))
@@ -119,8 +119,9 @@ def rerun_trainable(cfg: dict, prepared: Prepared, plan: Mapping[int, Mapping[st
 
 
 def run_reruns(prepared: Prepared, plan: Mapping[int, Mapping[str, Any]], epochs: float,
-               faults: Mapping[str, int], reference: tuple[str, float], *, log) -> None:
-    """One Tune run over fixed trials (no searcher): each reruns its parent's policy at ``epochs``."""
+               faults: Mapping[str, int], reference: tuple[str, float], *, log, reuse: bool) -> None:
+    """One Tune run over fixed trials (no searcher): each reruns its parent's policy at ``epochs``;
+    ``reuse``: whether a finished trial's worker may run the next (``RayStarter.reuse_workers``)."""
     from ray import tune
 
     config, run = prepared.config, prepared.run
@@ -138,7 +139,7 @@ def run_reruns(prepared: Prepared, plan: Mapping[int, Mapping[str, Any]], epochs
         job,
         param_space={"trial": tune.grid_search(sorted(plan))},
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=config.concurrency,
-                                    reuse_actors=reuse_actors(config)),
+                                    reuse_actors=reuse),
         run_config=run_config(run, f"tune-{min(plan)}", writer),
     )
     tuner.fit()

@@ -15,14 +15,14 @@ Example:
 """
 from __future__ import annotations
 
-import fcntl
+import errno
 import io
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import pandas as pd
 import yaml
@@ -38,6 +38,8 @@ from .policy import Policy
 from .trial import TRIAL_COLUMNS, TrialResult
 
 __all__ = ["RunDir", "Run", "load_run", "unpruned_size"]
+
+_HELD: dict[Path, int] = {}  # run folder -> the descriptor of its writer lock, held by this process
 
 
 class RunDir:
@@ -60,11 +62,19 @@ class RunDir:
     def is_finished(self) -> bool:
         return (self.path / "pareto.csv").is_file() and self.read_state().get("finished", False)
 
-    def hold(self) -> Callable[[], None]:
+    def hold(self) -> None:
         """Take the run's writer lock: one search (or resume) of a run at a time, as trials.csv has one
-        writer. An ``flock`` on ``.search.lock`` in the folder, which the system drops when the process
-        ends (a search killed with -9 can be resumed). Returns the release; raises :class:`RunError`
-        naming the process that holds it."""
+        writer. An ``flock`` on ``.search.lock`` in the folder (which must exist), dropped by the system
+        when the process ends, so a search killed with -9 can be resumed; kept until :meth:`release`.
+        Taking it again in the same process is a no-op. Raises :class:`RunError` naming the process
+        that holds it. Where the filesystem has no locks (some network mounts, or no ``fcntl``), the
+        search goes on without one."""
+        if self.path in _HELD:
+            return
+        try:
+            import fcntl
+        except ImportError:
+            return
         fd = os.open(self.path / ".search.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -74,13 +84,26 @@ class RunDir:
             raise RunError(f"Run {str(self.path)!r} is being searched now by another process "
                            f"({'pid ' + holder if holder else 'pid unknown'}); wait for it to end, or stop it "
                            f"and add --resume again.") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                return
+            raise
+        _HELD[self.path] = fd
+        try:  # the holder's pid, for the message of a refused second search
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError:
+            pass
 
-        def release() -> None:
+    def release(self) -> None:
+        """Give the writer lock back (a no-op if this process does not hold it)."""
+        fd = _HELD.pop(self.path, None)
+        if fd is not None:
+            import fcntl
+
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
-        return release
 
     def read_state(self) -> dict:
         p = self.path / "state.json"

@@ -27,7 +27,7 @@ from .space import IMPORTANCE_PARAM, TARGET_PARAM
 from .trial import TrialContext, TrialResult, run_trial
 
 __all__ = ["WarmStart", "context", "set_threads", "trainable", "report", "candidate", "size_range", "lap",
-           "row_writer", "run_config", "reuse_actors"]
+           "row_writer", "run_config"]
 
 
 @dataclass(frozen=True)
@@ -272,21 +272,8 @@ def row_writer(run, config: SearchConfig, reference: tuple[str, float], log, des
 
 RETRIES = 3  # runs of a trial after its worker or node died, before it is recorded as failed (a retry
 # placed before the cluster has noticed a lost node can die with it too; the CI failure once blamed on
-# that was more likely a reused worker on the lost node, which Tune fails without retries: reuse_actors)
-
-
-def reuse_actors(config: SearchConfig) -> bool:
-    """Whether Tune may hand a finished trial's worker to the next trial (keeping its context): only on
-    a Ray of one node that we did not join by address.
-
-    On a cluster each trial starts its own worker. Ray Tune (2.60) fails a trial outright, without the
-    FailureConfig retries, when the cached worker it was handed had died with its node (the reset
-    fails while the trial is still PENDING); CI saw it. A fresh worker that dies is retried."""
-    import ray
-
-    if config.address or os.environ.get("RAY_ADDRESS"):
-        return False
-    return sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
+# that was more likely a reused worker on the lost node, which Tune fails without retries: see
+# RayStarter.reuse_workers)
 
 
 def run_config(run, name: str, callback):

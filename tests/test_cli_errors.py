@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -351,7 +352,38 @@ def test_resume_of_a_run_another_search_is_running_is_refused_and_a_killed_one_f
     finally:
         holder.kill()
         holder.wait()
-    RunDir(run).hold()()  # taken and released: the killed holder's lock went with it
+    freed = RunDir(run)
+    freed.hold()  # the killed holder's lock went with it
+    freed.release()
+
+
+def test_a_new_run_two_searches_start_at_once_is_written_by_one(tmp_path: Path) -> None:
+    """Two searches of the same new --name both passed the 'already exists' check while they prepared:
+    the second to write finds the first's writer lock, or its files, and writes nothing."""
+    from autoprune.config import SearchConfig
+    from autoprune.errors import RunError
+    from autoprune.prepare import _write
+    from autoprune.results import _HELD, RunDir
+
+    config = SearchConfig(budget_flops="50%", name="r", results_dir=str(tmp_path))
+    run = RunDir(tmp_path / "r")
+    _write(config, run, torch.nn.Linear(2, 2), {"val_acc": 0.5}, [], [], None, [], None)  # the first: holds it
+    try:
+        before = _snapshot(run.path)
+        second = subprocess.run([sys.executable, "-c", "import sys, torch; from autoprune.config import SearchConfig; "
+                                 "from autoprune.prepare import _write; from autoprune.results import RunDir; "
+                                 "config = SearchConfig(budget_flops='50%', name='r', results_dir=sys.argv[1]); "
+                                 "_write(config, RunDir(sys.argv[1] + '/r'), torch.nn.Linear(2, 2), {'val_acc': 0.7}, "
+                                 "[], [], None, [], None)", str(tmp_path)], capture_output=True, text=True, timeout=120)
+        assert second.returncode != 0 and f"pid {os.getpid()}" in second.stderr, second.stderr[-800:]
+        assert "is being searched now" in second.stderr
+        assert _snapshot(run.path) == before
+    finally:
+        run.release()
+    with pytest.raises(RunError, match="started by another search meanwhile"):
+        _write(config, run, torch.nn.Linear(2, 2), {"val_acc": 0.9}, [], [], None, [], None)
+    assert _snapshot(run.path) == before
+    assert run.path not in _HELD  # given back after the refusal
 
 
 def test_train_refuses_to_overwrite_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

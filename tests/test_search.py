@@ -289,26 +289,37 @@ def test_a_cluster_that_loses_a_node_finishes_with_every_trial_once(rand20, tmp_
         cluster.shutdown()
 
 
-def test_trial_workers_are_reused_only_on_a_ray_of_one_node_not_joined_by_address(monkeypatch):
+def test_trial_workers_are_reused_only_on_a_ray_the_search_started_here(monkeypatch):
     """On a cluster a trial handed a cached worker that died with its node is failed by Ray Tune without
-    its retries (CI saw it in the test above), so each trial there starts its own worker."""
+    its retries (CI saw it in the test above), so each trial there starts its own worker; so too on a
+    Ray that was running before the search (it may be a cluster)."""
     import ray
 
+    from autoprune.cluster import RayStarter
     from autoprune.config import SearchConfig
-    from autoprune.workers import reuse_actors
 
+    joined: list[str] = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    nodes = [{"Alive": True}]
-    monkeypatch.setattr(ray, "nodes", lambda: nodes)
-    assert reuse_actors(SearchConfig())
-    nodes.append({"Alive": False})  # a node that left: still one alive
-    assert reuse_actors(SearchConfig())
-    nodes.append({"Alive": True})
-    assert not reuse_actors(SearchConfig())
-    nodes.pop()
-    assert not reuse_actors(SearchConfig(address="10.0.0.1:6379"))
-    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
-    assert not reuse_actors(SearchConfig())
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: joined.append(kwargs["address"]))
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+
+    def reuse(config: SearchConfig) -> bool:
+        starter = RayStarter()
+        try:
+            starter.wait(config, 0)
+            return starter.reuse_workers
+        finally:
+            starter.close()
+
+    assert reuse(SearchConfig())
+    assert not reuse(SearchConfig(address="10.0.0.1:6379"))
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.2:6379")
+    assert not reuse(SearchConfig())
+    assert joined == ["local", "10.0.0.1:6379", "10.0.0.2:6379"]
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # started by the caller: not ours to judge
+    assert not reuse(SearchConfig())
+    assert len(joined) == 3
 
 
 def _pids_using(text: str) -> list[int]:
