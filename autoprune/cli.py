@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import AutopruneError, ConfigError
+from .errors import AutopruneError, ConfigError, RunError
 from .flags import DISTILL, build_parser, cli_reference, join_dash_values
 
 __all__ = ["main", "build_parser", "cli_reference"]
@@ -172,7 +172,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if run.trials.empty:
         _log(f"{run.path}: no finished trial yet")
         return _html_report(run) if args.html else 0
-    front = RunDir(run.path).write_front(run.config, run.baseline)
+    folder = RunDir(run.path)
+    try:  # the front is rewritten unless a search of the run is going on (its own last write must stand)
+        folder.hold()
+        searching = False
+    except RunError:
+        searching = True
+    try:
+        front = folder.write_front(run.config, run.baseline, write=not searching)
+    finally:
+        folder.release()
+    if searching:
+        _log(f"{run.path}: a search of this run is going on; pareto.csv and pareto.png are left to it, the "
+             "front below is of the trials finished so far")
     promoted = len(run.trials) - proposed_count(run.trials)
     _log(f"run {run.path}  ({proposed_count(run.trials)} trials"
          + (f" and {promoted} reruns at longer finetunes; the front uses the longest" if promoted else "")

@@ -75,7 +75,12 @@ class RunDir:
             import fcntl
         except ImportError:
             return
-        fd = os.open(self.path / ".search.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path / ".search.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # a folder we cannot write: no writer to guard
+                return
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -168,13 +173,16 @@ class RunDir:
         df.to_csv(buf, index=False)
         write_text(self.trials_csv, buf.getvalue())
 
-    def write_front(self, config: SearchConfig, baseline: Mapping[str, Any]) -> pd.DataFrame:
-        """Write pareto.csv (the front, with each point's gain over the uniform curve) and pareto.png."""
+    def write_front(self, config: SearchConfig, baseline: Mapping[str, Any], *, write: bool = True) -> pd.DataFrame:
+        """Write pareto.csv (the front, with each point's gain over the uniform curve) and pareto.png;
+        with ``write=False`` only return the front."""
         trials = self.read_trials()
         objective = config.size_measure
         front = pareto_front(trials, objective)
         curve = uniform_curve(trials, objective)
         front["gain_vs_uniform"] = gain_vs_uniform(front, curve, objective)
+        if not write:
+            return front
         buf = io.StringIO()
         front.to_csv(buf, index=False)
         write_text(self.path / "pareto.csv", buf.getvalue())

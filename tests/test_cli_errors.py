@@ -349,6 +349,9 @@ def test_resume_of_a_run_another_search_is_running_is_refused_and_a_killed_one_f
         assert code == 2 and len(err.splitlines()) == 1, err
         assert "is being searched now" in err and f"pid {holder.pid}" in err, err
         assert _snapshot(results) == before
+        code, out, err, _ = run_in_process(["report", str(run)], capsys)  # reads, leaves the front to the search
+        assert code == 0 and "a search of this run is going on" in out + err, out + err
+        assert _snapshot(results) == before
     finally:
         holder.kill()
         holder.wait()
