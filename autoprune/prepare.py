@@ -103,6 +103,9 @@ def prepare_run(config: SearchConfig, *, resume: bool, given: Mapping[str, Any] 
             hint = "pick a new --name" if state == "finished" else "add --resume to continue it, or pick a new --name"
             raise RunError(f"Run {str(run.path)!r} already exists ({state}); {hint}.")
         config = config.replace(name=name)
+    # By its absolute path: the trials name their timing locks after the run folder (``quiet.py``), and a
+    # Ray worker may run in another working directory than the driver's.
+    config = config.replace(results_dir=str(run.path.parent))
     if not config.budgets:
         raise ConfigError("Give at least one budget: --budget-flops, --budget-params or --budget-latency (e.g. 50%).")
     if task is not None:

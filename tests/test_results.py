@@ -29,6 +29,24 @@ def test_prepare_keeps_a_warning_for_a_checkpoint_without_its_split(rand20, tmp_
     assert not [line for line in lines if line.startswith("warning:")]
 
 
+def test_a_relative_results_dir_reaches_the_trials_as_an_absolute_path(rand20, tmp_path, monkeypatch):
+    """The trials name their timing locks after the run folder; a Ray worker in another working
+    directory than the driver's must name the same folder."""
+    from pathlib import Path
+
+    from autoprune.config import SearchConfig
+    from autoprune.prepare import prepare_run
+    from autoprune.trial import run_folder
+
+    monkeypatch.chdir(tmp_path)
+    cfg = SearchConfig(budget_flops="50%", checkpoint=rand20, image_size=16, results_dir="out", name="a")
+    prepared = prepare_run(cfg, resume=False, log=lambda line: None)
+    prepared.run.release()
+    monkeypatch.chdir("/")
+    assert run_folder(prepared.config) == tmp_path.resolve() / "out" / "a" == prepared.run.path
+    assert Path(prepared.config.results_dir).is_absolute()
+
+
 def test_a_latency_search_measures_the_smallest_model_and_starts_its_front_there(rand20, tmp_path, monkeypatch):
     """The smallest model the groups reach is timed once, side by side with the unpruned one; the front's
     floor is raised above it, so that no trial aims at a latency no shape reaches."""
