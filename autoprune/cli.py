@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -173,18 +174,25 @@ def _cmd_report(args: argparse.Namespace) -> int:
         _log(f"{run.path}: no finished trial yet")
         return _html_report(run) if args.html else 0
     folder = RunDir(run.path)
-    try:  # the front is rewritten unless a search of the run is going on (its own last write must stand)
-        folder.hold()
+    # The front is rewritten unless a search of the run is going on (its own last write must stand) or
+    # the folder is read-only.
+    writable = os.access(run.path, os.W_OK)
+    try:
+        if writable:
+            folder.hold()
         searching = False
     except RunError:
         searching = True
     try:
-        front = folder.write_front(run.config, run.baseline, write=not searching)
+        front = folder.write_front(run.config, run.baseline, write=writable and not searching)
     finally:
-        folder.release()
+        if writable and not searching:
+            folder.release()
     if searching:
         _log(f"{run.path}: a search of this run is going on; pareto.csv and pareto.png are left to it, the "
              "front below is of the trials finished so far")
+    elif not writable:
+        _log(f"{run.path}: read-only; pareto.csv and pareto.png were not rewritten")
     promoted = len(run.trials) - proposed_count(run.trials)
     _log(f"run {run.path}  ({proposed_count(run.trials)} trials"
          + (f" and {promoted} reruns at longer finetunes; the front uses the longest" if promoted else "")

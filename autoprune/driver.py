@@ -31,7 +31,7 @@ from .front import (
     proposed_count,
     uniform_origin,
 )
-from .prepare import Prepared, prepare_run, resumable_run
+from .prepare import Prepared, for_trials, prepare_run, resumable_run
 from .promote import confirm, promote_rungs
 from .searcher import close_stale_trials, make_searcher
 from .results import near_budget_of
@@ -121,11 +121,12 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
     try:  # the writer lock is released on every way out, after the front and the state are written
         try:
             if resume:  # refuse a run with nothing to resume before importing its task, and one that
-                run, _ = resumable_run(config, given)  # another search is running now, before writing anything
-                run.hold()
+                found, _ = resumable_run(config, given)  # another search is running now, before writing anything
+                found.hold()
+                run = found  # ... whose lock this search now gives back on its way out
                 task = _saved_task(config) if task is None else task
-            prepared = prepare_run(config, resume=resume, given=given, argv=argv, log=log,
-                                   on_checked=ray_starter.start, task=task)
+            prepared = for_trials(prepare_run(config, resume=resume, given=given, argv=argv, log=log,
+                                              on_checked=ray_starter.start, task=task))
             config, run = prepared.config, prepared.run
             owned = True
             if prepared.task is not None:

@@ -7,6 +7,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -21,7 +22,7 @@ from .front import proposed_count
 from .reach import left_out_text, smallest_reach
 from .results import RunDir
 
-__all__ = ["Prepared", "prepare_run", "run_name"]
+__all__ = ["Prepared", "prepare_run", "run_name", "for_trials"]
 
 
 @dataclass
@@ -88,7 +89,9 @@ def prepare_run(config: SearchConfig, *, resume: bool, given: Mapping[str, Any] 
     checked, before the baseline is loaded or trained (``search`` starts Ray there).
 
     Raises :class:`RunError` for a finished run, an existing unfinished run without ``--resume``,
-    or ``--resume`` of a folder that is not a run.
+    or ``--resume`` of a folder that is not a run. A new run's folder is written under its writer lock
+    (:meth:`RunDir.hold`), which the caller gives back with ``prepared.run.release()`` (``search``
+    does); on resume, ``search`` takes it before calling this.
 
     ``task`` is a user's task as ``(model, example_input, task.UserTask)``: no dataset is loaded and no
     baseline trained; the model is the baseline, scored by the task's ``evaluate``.
@@ -103,14 +106,18 @@ def prepare_run(config: SearchConfig, *, resume: bool, given: Mapping[str, Any] 
             hint = "pick a new --name" if state == "finished" else "add --resume to continue it, or pick a new --name"
             raise RunError(f"Run {str(run.path)!r} already exists ({state}); {hint}.")
         config = config.replace(name=name)
-    # By its absolute path: the trials name their timing locks after the run folder (``quiet.py``), and a
-    # Ray worker may run in another working directory than the driver's.
-    config = config.replace(results_dir=str(run.path.parent))
     if not config.budgets:
         raise ConfigError("Give at least one budget: --budget-flops, --budget-params or --budget-latency (e.g. 50%).")
     if task is not None:
         return _prepare_task(config, run, task, resume=resume, argv=argv, log=log, on_checked=on_checked)
     return _prepare(config, run, resume=resume, argv=argv, log=log, on_checked=on_checked)
+
+
+def for_trials(prepared: Prepared) -> Prepared:
+    """``prepared`` as the trials get it: the run folder by its absolute path, since they name their
+    timing locks after it (``quiet.py``) and a Ray worker may run in another working directory than the
+    driver's. (config.yaml keeps ``--results-dir`` as given.)"""
+    return dataclasses.replace(prepared, config=prepared.config.replace(results_dir=str(prepared.run.path.parent)))
 
 
 def _prepare_task(config: SearchConfig, run: RunDir, task, *, resume: bool, argv, log, on_checked) -> Prepared:

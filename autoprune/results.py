@@ -66,11 +66,12 @@ class RunDir:
         """Take the run's writer lock: one search (or resume) of a run at a time, as trials.csv has one
         writer. An ``flock`` on ``.search.lock`` in the folder (which must exist), dropped by the system
         when the process ends, so a search killed with -9 can be resumed; kept until :meth:`release`.
-        Taking it again in the same process is a no-op. Raises :class:`RunError` naming the process
-        that holds it. Where the filesystem has no locks (some network mounts, or no ``fcntl``), the
-        search goes on without one."""
+        Raises :class:`RunError` naming the process that holds it, this one included (a second search
+        of the run on another thread). Where the filesystem has no locks (some network mounts, no
+        ``fcntl``) or the folder cannot be written, the search goes on without one."""
         if self.path in _HELD:
-            return
+            raise RunError(f"Run {str(self.path)!r} is being searched now by this process (pid {os.getpid()}); "
+                           "wait for that search to end.")
         try:
             import fcntl
         except ImportError:
@@ -101,8 +102,12 @@ class RunDir:
         except OSError:
             pass
 
+    def held(self) -> bool:
+        """Whether this process holds the run's writer lock."""
+        return self.path in _HELD
+
     def release(self) -> None:
-        """Give the writer lock back (a no-op if this process does not hold it)."""
+        """Give the writer lock back (a no-op if this process does not hold it); only its taker calls this."""
         fd = _HELD.pop(self.path, None)
         if fd is not None:
             import fcntl

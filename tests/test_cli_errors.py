@@ -387,6 +387,25 @@ def test_a_new_run_two_searches_start_at_once_is_written_by_one(tmp_path: Path) 
         _write(config, run, torch.nn.Linear(2, 2), {"val_acc": 0.9}, [], [], None, [], None)
     assert _snapshot(run.path) == before
     assert run.path not in _HELD  # given back after the refusal
+    run.hold()  # a search of the run on another thread of this process
+    try:
+        with pytest.raises(RunError, match="being searched now by this process"):
+            _write(config, RunDir(run.path), torch.nn.Linear(2, 2), {"val_acc": 0.9}, [], [], None, [], None)
+        assert run.held() and _snapshot(run.path) == before  # the first search keeps its lock
+    finally:
+        run.release()
+
+
+def test_report_of_a_read_only_run_rewrites_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    import autoprune.cli
+
+    run = _fake_run(tmp_path / "results" / "done")
+    before = _snapshot(run)
+    monkeypatch.setattr(autoprune.cli.os, "access", lambda path, mode: False)  # as a read-only mount says
+    code, out, err, _ = run_in_process(["report", str(run)], capsys)
+    assert code == 0 and "read-only; pareto.csv and pareto.png were not rewritten" in out + err, out + err
+    assert _snapshot(run) == before
 
 
 def test_train_refuses_to_overwrite_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -17,6 +17,7 @@ def test_prepare_keeps_a_warning_for_a_checkpoint_without_its_split(rand20, tmp_
     lines = []
     cfg = SearchConfig(budget_flops="50%", checkpoint=rand20, image_size=16, results_dir=str(tmp_path), name="a")
     prepared = prepare_run(cfg, resume=False, log=lines.append)
+    prepared.run.release()
     warned = [line for line in lines if line.startswith("warning:")]
     assert len(warned) == 1 and "split" in warned[0] and rand20 in warned[0]
     saved = yaml.safe_load((prepared.run.path / "config.yaml").read_text())
@@ -25,26 +26,29 @@ def test_prepare_keeps_a_warning_for_a_checkpoint_without_its_split(rand20, tmp_
     save_checkpoint(load_checkpoint(create_model("resnet20"), rand20), recorded,
                     {"split": split_of("digits", 0.1, 0)})
     lines.clear()
-    prepare_run(cfg.replace(checkpoint=str(recorded), name="b"), resume=False, log=lines.append)
+    prepare_run(cfg.replace(checkpoint=str(recorded), name="b"), resume=False, log=lines.append).run.release()
     assert not [line for line in lines if line.startswith("warning:")]
 
 
 def test_a_relative_results_dir_reaches_the_trials_as_an_absolute_path(rand20, tmp_path, monkeypatch):
     """The trials name their timing locks after the run folder; a Ray worker in another working
-    directory than the driver's must name the same folder."""
-    from pathlib import Path
+    directory than the driver's must name the same folder. config.yaml keeps --results-dir as given."""
+    import yaml
 
     from autoprune.config import SearchConfig
-    from autoprune.prepare import prepare_run
+    from autoprune.prepare import for_trials, prepare_run
     from autoprune.trial import run_folder
 
     monkeypatch.chdir(tmp_path)
     cfg = SearchConfig(budget_flops="50%", checkpoint=rand20, image_size=16, results_dir="out", name="a")
     prepared = prepare_run(cfg, resume=False, log=lambda line: None)
     prepared.run.release()
+    shipped = for_trials(prepared)
     monkeypatch.chdir("/")
-    assert run_folder(prepared.config) == tmp_path.resolve() / "out" / "a" == prepared.run.path
-    assert Path(prepared.config.results_dir).is_absolute()
+    assert run_folder(shipped.config) == tmp_path.resolve() / "out" / "a" == prepared.run.path
+    assert run_folder(prepared.config) != prepared.run.path  # relative: another folder seen from "/"
+    saved = yaml.safe_load((prepared.run.path / "config.yaml").read_text())
+    assert saved["search"]["results_dir"] == "out"
 
 
 def test_a_latency_search_measures_the_smallest_model_and_starts_its_front_there(rand20, tmp_path, monkeypatch):
@@ -66,6 +70,7 @@ def test_a_latency_search_measures_the_smallest_model_and_starts_its_front_there
     cfg = SearchConfig(budget_latency="90%", checkpoint=rand20, image_size=16, results_dir=str(tmp_path), name="a",
                        latency_model=False)
     prepared = prepare_run(cfg, resume=False, log=lines.append)
+    prepared.run.release()
     assert len(timed) == 1 and timed[0] < 0.2  # the smallest model, every group at its highest sparsity
     assert prepared.baseline["reachable_latency"] == 0.7
     floor, top = size_range(prepared)
