@@ -176,23 +176,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     folder = RunDir(run.path)
     # The front is rewritten unless a search of the run is going on (its own last write must stand) or
     # the folder is read-only.
-    writable = os.access(run.path, os.W_OK)
-    try:
-        if writable:
+    write, why_not = os.access(run.path, os.W_OK), "read-only; pareto.csv and pareto.png were not rewritten"
+    if write:
+        try:
             folder.hold()
-        searching = False
-    except RunError:
-        searching = True
+        except RunError:
+            write, why_not = False, ("a search of this run is going on; pareto.csv and pareto.png are left to "
+                                     "it, the front below is of the trials finished so far")
     try:
-        front = folder.write_front(run.config, run.baseline, write=writable and not searching)
+        front = folder.write_front(run.config, run.baseline, write=write)
     finally:
-        if writable and not searching:
+        if write:
             folder.release()
-    if searching:
-        _log(f"{run.path}: a search of this run is going on; pareto.csv and pareto.png are left to it, the "
-             "front below is of the trials finished so far")
-    elif not writable:
-        _log(f"{run.path}: read-only; pareto.csv and pareto.png were not rewritten")
+    if not write:
+        _log(f"{run.path}: {why_not}")
     promoted = len(run.trials) - proposed_count(run.trials)
     _log(f"run {run.path}  ({proposed_count(run.trials)} trials"
          + (f" and {promoted} reruns at longer finetunes; the front uses the longest" if promoted else "")
