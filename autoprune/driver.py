@@ -34,7 +34,7 @@ from .front import (
 from .prepare import Prepared, for_trials, prepare_run, resumable_run
 from .promote import confirm, promote_rungs
 from .searcher import close_stale_trials, make_searcher
-from .results import near_budget_of
+from .results import RunDir, near_budget_of
 from .trial import TrialContext, run_folder
 from .workers import (
     WarmStart,
@@ -118,6 +118,10 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
     ray_starter = RayStarter()
     owned = False  # this search took the run over: a refused start must not touch a running run's locks
     run = None  # whose writer lock (RunDir.hold) this search takes: on resume here, for a new run in prepare
+
+    def took(new: RunDir) -> None:  # a new run's lock, taken in prepare: given back below, even if
+        nonlocal run  # prepare is interrupted (Ctrl-C) after taking it and before it returns
+        run = new
     try:  # the writer lock is released on every way out, after the front and the state are written
         try:
             if resume:  # refuse a run with nothing to resume before importing its task, and one that
@@ -126,7 +130,7 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
                 run = found  # ... whose lock this search now gives back on its way out
                 task = _saved_task(config) if task is None else task
             prepared = for_trials(prepare_run(config, resume=resume, given=given, argv=argv, log=log,
-                                              on_checked=ray_starter.start, task=task))
+                                              on_checked=ray_starter.start, task=task, on_held=took))
             config, run = prepared.config, prepared.run
             owned = True
             if prepared.task is not None:
@@ -167,7 +171,6 @@ def search(config: SearchConfig, *, resume: bool = False, given: Mapping[str, An
 def _saved_task(config: SearchConfig):
     """On resume, the task a run searched, imported again from its ``--task`` path (None: classification)."""
     from .errors import RunError
-    from .results import RunDir
     from .task import load_task
 
     if config.name is None:

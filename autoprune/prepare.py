@@ -80,7 +80,8 @@ def resumable_run(config: SearchConfig, given: Mapping[str, Any] | None = None) 
 
 def prepare_run(config: SearchConfig, *, resume: bool, given: Mapping[str, Any] | None = None,
                 argv: list[str] | None = None, log: Callable[[str], None] = print,
-                on_checked: Callable[[SearchConfig, int], None] | None = None, task=None) -> Prepared:
+                on_checked: Callable[[SearchConfig, int], None] | None = None, task=None,
+                on_held: Callable[[RunDir], None] | None = None) -> Prepared:
     """Check the run folder and the inputs, then load data and baseline; no Ray yet.
 
     ``given`` holds the settings given again on ``--resume`` (see
@@ -91,7 +92,8 @@ def prepare_run(config: SearchConfig, *, resume: bool, given: Mapping[str, Any] 
     Raises :class:`RunError` for a finished run, an existing unfinished run without ``--resume``,
     or ``--resume`` of a folder that is not a run. A new run's folder is written under its writer lock
     (:meth:`RunDir.hold`), which the caller gives back with ``prepared.run.release()`` (``search``
-    does); on resume, ``search`` takes it before calling this.
+    does); ``on_held(run)`` is called the moment it is taken, so that a caller interrupted before this
+    returns can give it back too. On resume, ``search`` takes it before calling this.
 
     ``task`` is a user's task as ``(model, example_input, task.UserTask)``: no dataset is loaded and no
     baseline trained; the model is the baseline, scored by the task's ``evaluate``.
@@ -109,8 +111,9 @@ def prepare_run(config: SearchConfig, *, resume: bool, given: Mapping[str, Any] 
     if not config.budgets:
         raise ConfigError("Give at least one budget: --budget-flops, --budget-params or --budget-latency (e.g. 50%).")
     if task is not None:
-        return _prepare_task(config, run, task, resume=resume, argv=argv, log=log, on_checked=on_checked)
-    return _prepare(config, run, resume=resume, argv=argv, log=log, on_checked=on_checked)
+        return _prepare_task(config, run, task, resume=resume, argv=argv, log=log, on_checked=on_checked,
+                             on_held=on_held)
+    return _prepare(config, run, resume=resume, argv=argv, log=log, on_checked=on_checked, on_held=on_held)
 
 
 def for_trials(prepared: Prepared) -> Prepared:
@@ -120,7 +123,8 @@ def for_trials(prepared: Prepared) -> Prepared:
     return dataclasses.replace(prepared, config=prepared.config.replace(results_dir=str(prepared.run.path.parent)))
 
 
-def _prepare_task(config: SearchConfig, run: RunDir, task, *, resume: bool, argv, log, on_checked) -> Prepared:
+def _prepare_task(config: SearchConfig, run: RunDir, task, *, resume: bool, argv, log, on_checked,
+                  on_held=None) -> Prepared:
     """``_prepare`` for a user's task: the given model is the baseline; its metric the task's."""
     import copy
 
@@ -162,7 +166,7 @@ def _prepare_task(config: SearchConfig, run: RunDir, task, *, resume: bool, argv
                     "groups": len(groups)}
         model.cpu()
         _write(config, run, model, baseline, groups, left, table, [], argv,
-               {"task": user.spec or "python", "metric": user.metric, "direction": user.direction})
+               {"task": user.spec or "python", "metric": user.metric, "direction": user.direction}, on_held)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return Prepared(config, run, state, None, None, tuple(example.shape[1:]), 0, groups, baseline, left, table,
                     task=user, model=model, example=example, task_bytes=task_bytes)
@@ -230,7 +234,7 @@ def _measure(config: SearchConfig, model, example, device, log) -> tuple[dict, l
 
 
 def _write(config: SearchConfig, run: RunDir, model, baseline: dict, groups, left, table, warnings, argv,
-           task: Mapping[str, str] | None = None) -> None:
+           task: Mapping[str, str] | None = None, on_held: Callable[[RunDir], None] | None = None) -> None:
     """The run folder's baseline.pt, baseline.json, config.yaml (``task``: a user task's import path,
     metric and direction), state and latency table."""
     import torch
@@ -238,6 +242,8 @@ def _write(config: SearchConfig, run: RunDir, model, baseline: dict, groups, lef
     run.path.mkdir(parents=True, exist_ok=True)
     run.hold()  # the writer lock (``search`` gives it back), then: did another search start this run meanwhile?
     try:
+        if on_held is not None:
+            on_held(run)
         if run.exists():
             raise RunError(f"Run {str(run.path)!r} was started by another search meanwhile; pick a new --name.")
         with atomic_path(run.path / "baseline.pt") as tmp:
@@ -255,7 +261,7 @@ def _write(config: SearchConfig, run: RunDir, model, baseline: dict, groups, lef
         raise
 
 
-def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_checked) -> Prepared:
+def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_checked, on_held=None) -> Prepared:
     import torch
 
     from .baseline import ensure_baseline
@@ -321,7 +327,7 @@ def _prepare(config: SearchConfig, run: RunDir, *, resume: bool, argv, log, on_c
             "test_acc": info.get("test_acc"), "source": info.get("source"), "groups": len(groups),
         }
         model.cpu()  # evaluation left it on the device; workers get CPU weights and move them themselves
-        _write(config, run, model, baseline, groups, left, table, warnings, argv)
+        _write(config, run, model, baseline, groups, left, table, warnings, argv, on_held=on_held)
     return Prepared(config, run, model.state_dict(), splits.train, splits.val, tuple(splits.input_shape),
                     splits.num_classes, groups, baseline, left, table)
 

@@ -396,6 +396,27 @@ def test_a_new_run_two_searches_start_at_once_is_written_by_one(tmp_path: Path) 
         run.release()
 
 
+def test_a_search_interrupted_right_after_writing_a_new_run_gives_its_lock_back(
+        small_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C between prepare taking a new run's writer lock and returning: the search gives it back
+    (a notebook that goes on could otherwise never search or report that run again)."""
+    import autoprune.driver
+    from autoprune.driver import search
+    from autoprune.results import RunDir
+
+    def interrupted(prepared):
+        raise KeyboardInterrupt
+
+    config = small_config(trials=1)
+    monkeypatch.setattr(autoprune.driver, "for_trials", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        search(config, log=lambda line: None)
+    run = RunDir(Path(config.results_dir) / config.name)
+    assert run.exists() and not run.held()
+    run.hold()  # free for a --resume
+    run.release()
+
+
 def test_report_of_a_read_only_run_rewrites_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture) -> None:
     import autoprune.cli
