@@ -241,9 +241,11 @@ def _write(config: SearchConfig, run: RunDir, model, baseline: dict, groups, lef
 
     run.path.mkdir(parents=True, exist_ok=True)
     run.hold()  # the writer lock (``search`` gives it back), then: did another search start this run meanwhile?
-    try:
+    handed = False  # once handed to ``on_held``'s caller, only the caller gives it back (a second release
+    try:  # could free a lock another thread of this process took on the run in between)
         if on_held is not None:
             on_held(run)
+            handed = True
         if run.exists():
             raise RunError(f"Run {str(run.path)!r} was started by another search meanwhile; pick a new --name.")
         with atomic_path(run.path / "baseline.pt") as tmp:
@@ -257,7 +259,8 @@ def _write(config: SearchConfig, run: RunDir, model, baseline: dict, groups, lef
             with atomic_path(run.path / "latency_model.json") as tmp:
                 Path(tmp).write_text(json.dumps(table))
     except BaseException:
-        run.release()
+        if not handed:
+            run.release()
         raise
 
 

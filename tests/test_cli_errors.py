@@ -387,6 +387,11 @@ def test_a_new_run_two_searches_start_at_once_is_written_by_one(tmp_path: Path) 
         _write(config, run, torch.nn.Linear(2, 2), {"val_acc": 0.9}, [], [], None, [], None)
     assert _snapshot(run.path) == before
     assert run.path not in _HELD  # given back after the refusal
+    taker = []
+    with pytest.raises(RunError, match="started by another search meanwhile"):  # handed on: the taker's to free
+        _write(config, run, torch.nn.Linear(2, 2), {"val_acc": 0.9}, [], [], None, [], None, on_held=taker.append)
+    assert taker == [run] and run.held()
+    taker[0].release()
     run.hold()  # a search of the run on another thread of this process
     try:
         with pytest.raises(RunError, match="being searched now by this process"):
