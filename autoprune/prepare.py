@@ -92,8 +92,9 @@ def prepare_run(config: SearchConfig, *, resume: bool, given: Mapping[str, Any] 
     Raises :class:`RunError` for a finished run, an existing unfinished run without ``--resume``,
     or ``--resume`` of a folder that is not a run. A new run's folder is written under its writer lock
     (:meth:`RunDir.hold`), which the caller gives back with ``prepared.run.release()`` (``search``
-    does); ``on_held(run)`` is called the moment it is taken, so that a caller interrupted before this
-    returns can give it back too. On resume, ``search`` takes it before calling this.
+    does); ``on_held(run)``, if given, is called the moment it is taken, and from then on the caller
+    gives it back on every way out, an error or Ctrl-C inside this call included. On resume, ``search``
+    takes it before calling this.
 
     ``task`` is a user's task as ``(model, example_input, task.UserTask)``: no dataset is loaded and no
     baseline trained; the model is the baseline, scored by the task's ``evaluate``.
